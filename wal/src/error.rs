@@ -17,7 +17,11 @@ pub enum WalError {
         message: String,
     },
     #[error("wal corrupt: {file} at offset {offset}: {reason}")]
-    Corrupt { file: String, offset: u64, reason: String },
+    Corrupt {
+        file: String,
+        offset: u64,
+        reason: String,
+    },
     #[error("wal: group {group}: index {got} appended where {expected} was expected")]
     OutOfOrder { group: u64, expected: u64, got: u64 },
     #[error("wal: group {group}: index {index} is at or below the purged index {purged}")]
@@ -30,7 +34,12 @@ pub enum WalError {
 
 impl WalError {
     pub(crate) fn io(op: &'static str, file: impl Into<String>, e: io::Error) -> Self {
-        WalError::Io { op, file: file.into(), kind: e.kind(), message: e.to_string() }
+        WalError::Io {
+            op,
+            file: file.into(),
+            kind: e.kind(),
+            message: e.to_string(),
+        }
     }
 
     /// True for errors after which the WAL accepts no more calls.

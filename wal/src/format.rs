@@ -55,7 +55,10 @@ pub struct RecordHeader {
 
 /// Bytes a record with `payload_len` bytes occupies on disk, padding included.
 pub fn record_bytes(payload_len: usize) -> usize {
-    align_up(RECORD_HEADER_BYTES + payload_len + RECORD_CRC_BYTES, RECORD_ALIGN)
+    align_up(
+        RECORD_HEADER_BYTES + payload_len + RECORD_CRC_BYTES,
+        RECORD_ALIGN,
+    )
 }
 
 pub fn align_up(v: usize, to: usize) -> usize {
@@ -74,7 +77,11 @@ pub fn segment_salt(seq: u64) -> u32 {
 
 /// Appends one encoded record (header, payload, CRC, padding) to `out`.
 pub fn encode_record(out: &mut Vec<u8>, salt: u32, header: &RecordHeader, payload: &[u8]) {
-    assert_eq!(header.len as usize, payload.len(), "record len must match payload");
+    assert_eq!(
+        header.len as usize,
+        payload.len(),
+        "record len must match payload"
+    );
     let start = out.len();
     debug_assert_eq!(start % RECORD_ALIGN, 0);
     out.extend_from_slice(&header.len.to_le_bytes());
@@ -101,9 +108,14 @@ pub enum RecordDefect {
     UnknownKind(u8),
     ReservedNotZero,
     /// `len` exceeds `record_bytes_max` or the record passes the segment end.
-    BadLength { len: u32 },
+    BadLength {
+        len: u32,
+    },
     /// The LSN is not the next expected one.
-    LsnMismatch { expected: u64, found: u64 },
+    LsnMismatch {
+        expected: u64,
+        found: u64,
+    },
     /// The CRC does not verify (torn write, bit flip, or another segment's record).
     BadCrc,
 }
@@ -200,7 +212,10 @@ impl SegmentHeader {
     /// Decodes and checks page 0; the error says what is wrong.
     pub fn decode(page: &[u8]) -> Result<Self, String> {
         if page.len() < PAGE {
-            return Err(format!("segment shorter than its header page ({} bytes)", page.len()));
+            return Err(format!(
+                "segment shorter than its header page ({} bytes)",
+                page.len()
+            ));
         }
         if &page[0..8] != MAGIC {
             return Err("bad segment magic".into());
@@ -259,14 +274,23 @@ mod tests {
     #[test]
     fn record_round_trips_and_is_aligned() {
         let mut buf = Vec::new();
-        let h = RecordHeader { len: 5, kind: RecordKind::Entry, group: 7, index: 9, lsn: 11 };
+        let h = RecordHeader {
+            len: 5,
+            kind: RecordKind::Entry,
+            group: 7,
+            index: 9,
+            lsn: 11,
+        };
         encode_record(&mut buf, segment_salt(3), &h, b"hello");
         assert_eq!(buf.len(), record_bytes(5));
         assert_eq!(buf.len() % RECORD_ALIGN, 0);
         let got = decode_header(&buf, 0, 1 << 20).unwrap();
         assert_eq!(got, h);
         assert!(crc_ok(&buf, 0, &got, segment_salt(3)));
-        assert!(!crc_ok(&buf, 0, &got, segment_salt(4)), "another segment's salt must not verify");
+        assert!(
+            !crc_ok(&buf, 0, &got, segment_salt(4)),
+            "another segment's salt must not verify"
+        );
         assert_eq!(payload(&buf, 0, &got), b"hello");
     }
 
@@ -278,11 +302,18 @@ mod tests {
 
     #[test]
     fn segment_header_round_trips_and_detects_flips() {
-        let h = SegmentHeader { seq: 42, first_lsn: 1000, segment_bytes: 1 << 20, torn_window_bytes: 65536 };
+        let h = SegmentHeader {
+            seq: 42,
+            first_lsn: 1000,
+            segment_bytes: 1 << 20,
+            torn_window_bytes: 65536,
+        };
         let mut page = h.encode();
         assert_eq!(SegmentHeader::decode(&page).unwrap(), h);
         page[20] ^= 1;
-        assert!(SegmentHeader::decode(&page).unwrap_err().contains("checksum"));
+        assert!(SegmentHeader::decode(&page)
+            .unwrap_err()
+            .contains("checksum"));
     }
 
     #[test]

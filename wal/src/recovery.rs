@@ -29,7 +29,9 @@ pub struct SegmentScan {
 impl SegmentScan {
     /// LSN of the last valid record, or `first_lsn - 1` if none.
     pub fn last_lsn(&self) -> u64 {
-        self.records.last().map_or(self.header.first_lsn - 1, |r| r.header.lsn)
+        self.records
+            .last()
+            .map_or(self.header.first_lsn - 1, |r| r.header.lsn)
     }
 }
 
@@ -51,7 +53,10 @@ pub fn scan_segment(
     if header.seq != seq {
         return Err(Damage {
             offset: 0,
-            reason: format!("segment header says seq {} but the file name says {seq}", header.seq),
+            reason: format!(
+                "segment header says seq {} but the file name says {seq}",
+                header.seq
+            ),
         });
     }
     if header.segment_bytes != bytes.len() as u64 {
@@ -65,7 +70,10 @@ pub fn scan_segment(
         });
     }
     if header.first_lsn == 0 {
-        return Err(Damage { offset: 0, reason: "segment first_lsn is 0".into() });
+        return Err(Damage {
+            offset: 0,
+            reason: "segment first_lsn is 0".into(),
+        });
     }
     if let Some(expected) = expected_first_lsn {
         if header.first_lsn != expected {
@@ -89,7 +97,10 @@ pub fn scan_segment(
     let end = loop {
         match check_record(bytes, offset, salt, next_lsn, record_bytes_max) {
             Ok(h) => {
-                records.push(ScannedRecord { header: h, offset: offset as u64 });
+                records.push(ScannedRecord {
+                    header: h,
+                    offset: offset as u64,
+                });
                 offset += crate::format::record_bytes(h.len as usize);
                 next_lsn += 1;
             }
@@ -99,7 +110,13 @@ pub fn scan_segment(
     let window_end = offset.saturating_add(header.torn_window_bytes as usize);
     let valid_beyond_window =
         find_valid_record(bytes, window_end, salt, next_lsn, record_bytes_max).map(|o| o as u64);
-    Ok(SegmentScan { header, records, end_offset: offset as u64, end, valid_beyond_window })
+    Ok(SegmentScan {
+        header,
+        records,
+        end_offset: offset as u64,
+        end,
+        valid_beyond_window,
+    })
 }
 
 /// A record at `offset` that is valid in this segment with LSN `lsn`.
@@ -112,7 +129,10 @@ fn check_record(
 ) -> Result<RecordHeader, RecordDefect> {
     let h = decode_header(bytes, offset, record_bytes_max)?;
     if h.lsn != lsn {
-        return Err(RecordDefect::LsnMismatch { expected: lsn, found: h.lsn });
+        return Err(RecordDefect::LsnMismatch {
+            expected: lsn,
+            found: h.lsn,
+        });
     }
     if !crc_ok(bytes, offset, &h, salt) {
         return Err(RecordDefect::BadCrc);

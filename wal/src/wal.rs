@@ -56,14 +56,21 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Self { segment_bytes: 64 << 20, batch_bytes_max: 4 << 20, spare_segments_max: 2 }
+        Self {
+            segment_bytes: 64 << 20,
+            batch_bytes_max: 4 << 20,
+            spare_segments_max: 2,
+        }
     }
 }
 
 impl Config {
     /// Largest payload of a single record.
     pub fn record_bytes_max(&self) -> usize {
-        self.batch_bytes_max - format::RECORD_HEADER_BYTES - format::RECORD_CRC_BYTES - format::RECORD_ALIGN
+        self.batch_bytes_max
+            - format::RECORD_HEADER_BYTES
+            - format::RECORD_CRC_BYTES
+            - format::RECORD_ALIGN
     }
 
     fn torn_window_bytes(&self) -> u64 {
@@ -76,7 +83,10 @@ impl Config {
             return bad(format!("batch_bytes_max {} < {PAGE}", self.batch_bytes_max));
         }
         if self.segment_bytes % PAGE as u64 != 0 {
-            return bad(format!("segment_bytes {} is not a multiple of {PAGE}", self.segment_bytes));
+            return bad(format!(
+                "segment_bytes {} is not a multiple of {PAGE}",
+                self.segment_bytes
+            ));
         }
         if self.segment_bytes < (self.batch_bytes_max + 3 * PAGE) as u64 {
             return bad(format!(
@@ -118,11 +128,19 @@ impl Group {
     fn check_append(&self, group: u64, index: u64) -> Result<()> {
         if let Some((p, _)) = &self.purged {
             if index <= *p {
-                return Err(WalError::Compacted { group, index, purged: *p });
+                return Err(WalError::Compacted {
+                    group,
+                    index,
+                    purged: *p,
+                });
             }
         }
         match self.next_index {
-            Some(n) if n != index => Err(WalError::OutOfOrder { group, expected: n, got: index }),
+            Some(n) if n != index => Err(WalError::OutOfOrder {
+                group,
+                expected: n,
+                got: index,
+            }),
             _ => Ok(()),
         }
     }
@@ -260,7 +278,10 @@ impl<S: Storage> Wal<S> {
     pub async fn open(storage: S, cfg: Config) -> Result<(Self, OpenReport)> {
         cfg.validate()?;
         let storage = Rc::new(storage);
-        let names = storage.list().await.map_err(|e| WalError::io("list", storage.describe("."), e))?;
+        let names = storage
+            .list()
+            .await
+            .map_err(|e| WalError::io("list", storage.describe("."), e))?;
         let mut seqs = Vec::new();
         let mut spares = Vec::new();
         for name in &names {
@@ -269,7 +290,10 @@ impl<S: Storage> Wal<S> {
             } else if let Some(n) = format::parse_spare_name(name) {
                 spares.push(n);
             } else if name.ends_with(".tmp") {
-                storage.remove(name).await.map_err(|e| WalError::io("remove", storage.describe(name), e))?;
+                storage
+                    .remove(name)
+                    .await
+                    .map_err(|e| WalError::io("remove", storage.describe(name), e))?;
             }
         }
         seqs.sort_unstable();
@@ -279,14 +303,23 @@ impl<S: Storage> Wal<S> {
                 return Err(WalError::Corrupt {
                     file: storage.describe(&segment_name(w[0] + 1)),
                     offset: 0,
-                    reason: format!("segment {} is missing between {} and {}", w[0] + 1, w[0], w[1]),
+                    reason: format!(
+                        "segment {} is missing between {} and {}",
+                        w[0] + 1,
+                        w[0],
+                        w[1]
+                    ),
                 });
             }
         }
 
         let mut groups: BTreeMap<u64, Group> = BTreeMap::new();
+        let mut replay_groups: BTreeMap<u64, ReplayGroup> = BTreeMap::new();
         let mut segments = VecDeque::new();
-        let mut report = OpenReport { segments: seqs.len(), ..Default::default() };
+        let mut report = OpenReport {
+            segments: seqs.len(),
+            ..Default::default()
+        };
         let mut expected_first = None;
         let mut next_lsn = 1;
         let mut last_drop_lsn = 0;
@@ -297,17 +330,25 @@ impl<S: Storage> Wal<S> {
         let mut files = Vec::new();
         for &seq in &seqs {
             let name = segment_name(seq);
-            let file = storage.open(&name).await.map_err(|e| WalError::io("open", storage.describe(&name), e))?;
-            let len = storage.file_len(&file).await.map_err(|e| WalError::io("stat", storage.describe(&name), e))?;
+            let file = storage
+                .open(&name)
+                .await
+                .map_err(|e| WalError::io("open", storage.describe(&name), e))?;
+            let len = storage
+                .file_len(&file)
+                .await
+                .map_err(|e| WalError::io("stat", storage.describe(&name), e))?;
             let page = storage
                 .read_at(&file, 0, PAGE.min(len as usize))
                 .await
                 .map_err(|e| WalError::io("read", storage.describe(&name), e))?;
-            let first = SegmentHeader::decode(&page).map(|h| h.first_lsn).map_err(|reason| WalError::Corrupt {
-                file: storage.describe(&name),
-                offset: 0,
-                reason,
-            })?;
+            let first = SegmentHeader::decode(&page)
+                .map(|h| h.first_lsn)
+                .map_err(|reason| WalError::Corrupt {
+                    file: storage.describe(&name),
+                    offset: 0,
+                    reason,
+                })?;
             files.push((seq, name, Rc::new(file), len, first));
         }
 
@@ -327,9 +368,24 @@ impl<S: Storage> Wal<S> {
             let verdict = recovery::judge(&scan, next_first).map_err(corrupt)?;
             for r in &scan.records {
                 let h = &r.header;
-                let loc = Loc { seq: *seq, offset: r.offset, len: h.len, lsn: h.lsn };
-                replay(&mut groups, h, format::payload(&bytes, r.offset as usize, h), loc)
-                    .map_err(|reason| WalError::Corrupt { file: storage.describe(name), offset: r.offset, reason })?;
+                let loc = Loc {
+                    seq: *seq,
+                    offset: r.offset,
+                    len: h.len,
+                    lsn: h.lsn,
+                };
+                replay(
+                    &mut groups,
+                    h,
+                    format::payload(&bytes, r.offset as usize, h),
+                    loc,
+                    Some(&mut replay_groups),
+                )
+                .map_err(|reason| WalError::Corrupt {
+                    file: storage.describe(name),
+                    offset: r.offset,
+                    reason,
+                })?;
                 if matches!(h.kind, RecordKind::Purge | RecordKind::Truncate) {
                     last_drop_lsn = h.lsn;
                 }
@@ -343,9 +399,28 @@ impl<S: Storage> Wal<S> {
                 let tail = bytes[page_start as usize..end as usize].to_vec();
                 tail_state = Some((*seq, end, tail, scan.header, zero_to));
             }
-            segments.push_back(Segment { seq: *seq, file: file.clone() });
+            segments.push_back(Segment {
+                seq: *seq,
+                file: file.clone(),
+            });
         }
 
+        for (gid, t) in &replay_groups {
+            if let Some(Gap {
+                lo: expected,
+                jumped_to: index,
+                seq,
+                offset,
+                ..
+            }) = t.gap
+            {
+                return Err(WalError::Corrupt {
+                    file: storage.describe(&segment_name(seq)),
+                    offset,
+                    reason: format!("group {gid}: entry {index} follows {expected} with no purge covering the gap: records are missing"),
+                });
+            }
+        }
         let next_spare = spares.last().map_or(0, |n| n + 1);
         let inner = Inner {
             cfg: cfg.clone(),
@@ -370,7 +445,11 @@ impl<S: Storage> Wal<S> {
             waiters: Vec::new(),
             fatal: None,
         };
-        let wal = Wal { storage, inner: RefCell::new(inner), stats: Cell::new(WalStats::default()) };
+        let wal = Wal {
+            storage,
+            inner: RefCell::new(inner),
+            stats: Cell::new(WalStats::default()),
+        };
 
         match tail_state {
             Some((seq, offset, tail, header, zero_to)) => {
@@ -381,13 +460,23 @@ impl<S: Storage> Wal<S> {
                 if zero_end > page_start {
                     let mut buf = tail.clone();
                     buf.resize((zero_end - page_start) as usize, 0);
-                    let file = wal.inner.borrow().segments.back().expect("last segment").file.clone();
+                    let file = wal
+                        .inner
+                        .borrow()
+                        .segments
+                        .back()
+                        .expect("last segment")
+                        .file
+                        .clone();
                     let name = segment_name(seq);
                     wal.storage
                         .write_at(&file, page_start, &buf)
                         .await
                         .map_err(|e| WalError::io("write", wal.storage.describe(&name), e))?;
-                    wal.storage.sync(&file).await.map_err(|e| WalError::io("fsync", wal.storage.describe(&name), e))?;
+                    wal.storage
+                        .sync(&file)
+                        .await
+                        .map_err(|e| WalError::io("fsync", wal.storage.describe(&name), e))?;
                     report.tail_zeroed_bytes = zero_end - offset;
                 }
                 let mut inner = wal.inner.borrow_mut();
@@ -426,7 +515,9 @@ impl<S: Storage> Wal<S> {
                     g.check_append(group, index)?;
                 }
             }
-            last = self.put_record(RecordKind::Entry, group, index, payload).await?;
+            last = self
+                .put_record(RecordKind::Entry, group, index, payload)
+                .await?;
         }
         Ok(last)
     }
@@ -437,17 +528,24 @@ impl<S: Storage> Wal<S> {
         self.check_fatal()?;
         {
             let inner = self.inner.borrow();
-            let Some(g) = inner.groups.get(&group) else { return Ok(inner.next_lsn - 1) };
+            let Some(g) = inner.groups.get(&group) else {
+                return Ok(inner.next_lsn - 1);
+            };
             if let Some((p, _)) = &g.purged {
                 if index <= *p {
-                    return Err(WalError::Compacted { group, index, purged: *p });
+                    return Err(WalError::Compacted {
+                        group,
+                        index,
+                        purged: *p,
+                    });
                 }
             }
             if g.next_index.is_none_or(|n| index >= n) {
                 return Ok(inner.next_lsn - 1); // nothing there to remove
             }
         }
-        self.put_record(RecordKind::Truncate, group, index, &[]).await
+        self.put_record(RecordKind::Truncate, group, index, &[])
+            .await
     }
 
     /// Removes `group`'s entries `<= index` (after a snapshot), remembering
@@ -458,7 +556,11 @@ impl<S: Storage> Wal<S> {
             let inner = self.inner.borrow();
             if let Some((p, _)) = inner.groups.get(&group).and_then(|g| g.purged.as_ref()) {
                 if index < *p {
-                    return Err(WalError::Compacted { group, index, purged: *p });
+                    return Err(WalError::Compacted {
+                        group,
+                        index,
+                        purged: *p,
+                    });
                 }
             }
         }
@@ -531,7 +633,13 @@ impl<S: Storage> Wal<S> {
 
     /// `group`'s metadata value under `key`.
     pub fn meta(&self, group: u64, key: u64) -> Option<Vec<u8>> {
-        self.inner.borrow().groups.get(&group)?.meta.get(&key).cloned()
+        self.inner
+            .borrow()
+            .groups
+            .get(&group)?
+            .meta
+            .get(&key)
+            .cloned()
     }
 
     /// The latched fatal error, if any.
@@ -543,6 +651,75 @@ impl<S: Storage> Wal<S> {
         self.stats.get()
     }
 
+    /// Record bytes appended but not yet taken by a flush (bounded by `batch_bytes_max`).
+    pub fn queued_bytes(&self) -> usize {
+        self.inner.borrow().queued_bytes
+    }
+
+    /// Panics if an internal invariant does not hold. Cheap; tests call it after
+    /// every step.
+    pub fn check_invariants(&self) {
+        let inner = self.inner.borrow();
+        assert!(
+            inner.durable_lsn < inner.next_lsn,
+            "durable <= last appended"
+        );
+        // Backpressure keeps queued bytes within batch_bytes_max, plus at most
+        // one rotation checkpoint (restated purge points and metadata).
+        assert!(
+            inner.queued_bytes <= 2 * inner.cfg.batch_bytes_max,
+            "queued bytes {} over the bound",
+            inner.queued_bytes
+        );
+        for b in inner
+            .sealed
+            .iter()
+            .chain(inner.open.iter())
+            .chain(inner.inflight.as_deref())
+        {
+            assert!(
+                b.record_bytes <= inner.cfg.batch_bytes_max,
+                "a batch fits the torn window"
+            );
+        }
+        let queued: usize = inner
+            .sealed
+            .iter()
+            .chain(inner.open.iter())
+            .map(|b| b.record_bytes)
+            .sum();
+        assert_eq!(queued, inner.queued_bytes, "queued bytes match the batches");
+        for w in inner.segments.iter().collect::<Vec<_>>().windows(2) {
+            assert_eq!(w[0].seq + 1, w[1].seq, "live segments are consecutive");
+        }
+        assert!(
+            inner.cur_offset <= inner.cfg.segment_bytes.max(inner.cur_offset),
+            "writer inside its segment"
+        );
+        for (gid, g) in &inner.groups {
+            if let (Some(last), Some(next)) = (g.last_index(), g.next_index) {
+                assert_eq!(
+                    last + 1,
+                    next,
+                    "group {gid}: next index follows the last entry"
+                );
+            }
+            if let (Some((p, _)), Some(first)) = (&g.purged, g.entries.front()) {
+                let _ = first;
+                assert!(
+                    g.first_index > *p,
+                    "group {gid}: live entries above the purge point"
+                );
+            }
+            let mut prev_lsn = 0;
+            for l in &g.entries {
+                assert!(l.lsn > prev_lsn, "group {gid}: entry LSNs increase");
+                prev_lsn = l.lsn;
+                assert!(l.lsn < inner.next_lsn);
+            }
+        }
+    }
+
     /// Number of live segment files.
     pub fn segment_count(&self) -> usize {
         self.inner.borrow().segments.len()
@@ -551,12 +728,20 @@ impl<S: Storage> Wal<S> {
     /// Reads `group`'s entries in `range` (clamped to the live entries), in
     /// index order, from memory if not yet written, else from disk with the
     /// checksum verified.
-    pub async fn read(&self, group: u64, range: impl RangeBounds<u64>) -> Result<Vec<(u64, Vec<u8>)>> {
+    pub async fn read(
+        &self,
+        group: u64,
+        range: impl RangeBounds<u64>,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
         self.check_fatal()?;
         let (locs, mut out, first) = {
             let inner = self.inner.borrow();
-            let Some(g) = inner.groups.get(&group) else { return Ok(Vec::new()) };
-            let Some(last) = g.last_index() else { return Ok(Vec::new()) };
+            let Some(g) = inner.groups.get(&group) else {
+                return Ok(Vec::new());
+            };
+            let Some(last) = g.last_index() else {
+                return Ok(Vec::new());
+            };
             let lo = match range.start_bound() {
                 Bound::Included(&i) => i,
                 Bound::Excluded(&i) => i.saturating_add(1),
@@ -577,7 +762,8 @@ impl<S: Storage> Wal<S> {
             }
             let locs: Vec<Loc> = (lo..=hi).map(|i| g.loc(i).expect("live entry")).collect();
             // Entries still in memory are copied now, under the same borrow.
-            let out: Vec<Option<Vec<u8>>> = locs.iter().map(|l| inner.payload_in_memory(l)).collect();
+            let out: Vec<Option<Vec<u8>>> =
+                locs.iter().map(|l| inner.payload_in_memory(l)).collect();
             (locs, out, lo)
         };
         // Disk reads for the rest, coalesced per segment.
@@ -593,12 +779,17 @@ impl<S: Storage> Wal<S> {
                 && out[j].is_none()
                 && locs[j].seq == locs[i].seq
                 && locs[j].offset >= locs[i].offset
-                && locs[j].offset + record_bytes(locs[j].len as usize) as u64 - locs[i].offset <= span_max
+                && locs[j].offset + record_bytes(locs[j].len as usize) as u64 - locs[i].offset
+                    <= span_max
             {
                 j += 1;
             }
             let start = align_down_u64(locs[i].offset, PAGE as u64);
-            let end_byte = locs[i..j].iter().map(|l| l.offset + record_bytes(l.len as usize) as u64).max().expect("non-empty");
+            let end_byte = locs[i..j]
+                .iter()
+                .map(|l| l.offset + record_bytes(l.len as usize) as u64)
+                .max()
+                .expect("non-empty");
             let end = format::align_up(end_byte as usize, PAGE) as u64;
             let file = self.segment_file(locs[i].seq)?;
             let name = segment_name(locs[i].seq);
@@ -610,16 +801,28 @@ impl<S: Storage> Wal<S> {
             for k in i..j {
                 let l = locs[k];
                 let at = (l.offset - start) as usize;
-                let bad = |reason: String| WalError::Corrupt { file: self.storage.describe(&name), offset: l.offset, reason };
-                let h = format::decode_header(&bytes, at, usize::MAX).map_err(|d| bad(d.to_string()))?;
-                if h.lsn != l.lsn || h.len != l.len || !format::crc_ok(&bytes, at, &h, segment_salt(l.seq)) {
+                let bad = |reason: String| WalError::Corrupt {
+                    file: self.storage.describe(&name),
+                    offset: l.offset,
+                    reason,
+                };
+                let h = format::decode_header(&bytes, at, usize::MAX)
+                    .map_err(|d| bad(d.to_string()))?;
+                if h.lsn != l.lsn
+                    || h.len != l.len
+                    || !format::crc_ok(&bytes, at, &h, segment_salt(l.seq))
+                {
                     return Err(bad("entry does not verify on read".into()));
                 }
                 out[k] = Some(format::payload(&bytes, at, &h).to_vec());
             }
             i = j;
         }
-        Ok(out.into_iter().enumerate().map(|(k, p)| (first + k as u64, p.expect("filled"))).collect())
+        Ok(out
+            .into_iter()
+            .enumerate()
+            .map(|(k, p)| (first + k as u64, p.expect("filled")))
+            .collect())
     }
 
     /// Creates a spare segment if there is none, so the next rotation does not
@@ -638,12 +841,18 @@ impl<S: Storage> Wal<S> {
         };
         let tmp = format!("{}.tmp", spare_name(n));
         let r = async {
-            self.storage.create_zeroed(&tmp, bytes).await.map_err(|e| WalError::io("create", self.storage.describe(&tmp), e))?;
+            self.storage
+                .create_zeroed(&tmp, bytes)
+                .await
+                .map_err(|e| WalError::io("create", self.storage.describe(&tmp), e))?;
             self.storage
                 .rename(&tmp, &spare_name(n))
                 .await
                 .map_err(|e| WalError::io("rename", self.storage.describe(&tmp), e))?;
-            self.storage.sync_dir().await.map_err(|e| WalError::io("fsync dir", self.storage.describe("."), e))
+            self.storage
+                .sync_dir()
+                .await
+                .map_err(|e| WalError::io("fsync dir", self.storage.describe("."), e))
         }
         .await;
         r.map_err(|e| self.latch(e))?;
@@ -683,10 +892,19 @@ impl<S: Storage> Wal<S> {
     }
 
     /// Encodes one record into the open batch, waiting for queue space first.
-    async fn put_record(&self, kind: RecordKind, group: u64, index: u64, payload: &[u8]) -> Result<u64> {
+    async fn put_record(
+        &self,
+        kind: RecordKind,
+        group: u64,
+        index: u64,
+        payload: &[u8],
+    ) -> Result<u64> {
         let max = self.inner.borrow().cfg.record_bytes_max();
         if payload.len() > max {
-            return Err(WalError::RecordTooLarge { bytes: payload.len(), max });
+            return Err(WalError::RecordTooLarge {
+                bytes: payload.len(),
+                max,
+            });
         }
         let size = record_bytes(payload.len());
         // Backpressure: queued bytes stay within batch_bytes_max.
@@ -696,7 +914,8 @@ impl<S: Storage> Wal<S> {
                 if let Some(e) = &inner.fatal {
                     return Err(e.clone());
                 }
-                if inner.queued_bytes == 0 || inner.queued_bytes + size <= inner.cfg.batch_bytes_max {
+                if inner.queued_bytes == 0 || inner.queued_bytes + size <= inner.cfg.batch_bytes_max
+                {
                     break;
                 }
                 if inner.flushing {
@@ -725,7 +944,9 @@ impl<S: Storage> Wal<S> {
         let batch = {
             let mut inner = self.inner.borrow_mut();
             debug_assert!(!inner.flushing);
-            let Some(batch) = inner.take_batch() else { return Ok(()) };
+            let Some(batch) = inner.take_batch() else {
+                return Ok(());
+            };
             inner.flushing = true;
             let batch = Rc::new(batch);
             inner.inflight = Some(batch.clone());
@@ -739,7 +960,10 @@ impl<S: Storage> Wal<S> {
             inner.inflight = None;
             match &result {
                 Ok(()) => {
-                    assert!(batch.last_lsn >= inner.durable_lsn, "durable LSN never goes back");
+                    assert!(
+                        batch.last_lsn >= inner.durable_lsn,
+                        "durable LSN never goes back"
+                    );
                     inner.durable_lsn = batch.last_lsn;
                     stats.batches += 1;
                     stats.records += batch.last_lsn + 1 - batch.first_lsn;
@@ -777,7 +1001,10 @@ impl<S: Storage> Wal<S> {
             .write_at(&file, batch.start, &data)
             .await
             .map_err(|e| WalError::io("write", self.storage.describe(&name), e))?;
-        self.storage.sync(&file).await.map_err(|e| WalError::io("fsync", self.storage.describe(&name), e))
+        self.storage
+            .sync(&file)
+            .await
+            .map_err(|e| WalError::io("fsync", self.storage.describe(&name), e))
     }
 
     /// Turns a spare into segment `seq`: header written and synced, renamed,
@@ -788,7 +1015,11 @@ impl<S: Storage> Wal<S> {
             Some(n) => n,
             None => {
                 self.ensure_spare().await?;
-                self.inner.borrow_mut().spares.pop().expect("spare just created")
+                self.inner
+                    .borrow_mut()
+                    .spares
+                    .pop()
+                    .expect("spare just created")
             }
         };
         let (segment_bytes, window) = {
@@ -799,13 +1030,30 @@ impl<S: Storage> Wal<S> {
         let to = segment_name(seq);
         let io = |op, e| WalError::io(op, self.storage.describe(&from), e);
         let file = self.storage.open(&from).await.map_err(|e| io("open", e))?;
-        let header = SegmentHeader { seq, first_lsn, segment_bytes, torn_window_bytes: window };
-        self.storage.write_at(&file, 0, &header.encode()).await.map_err(|e| io("write", e))?;
+        let header = SegmentHeader {
+            seq,
+            first_lsn,
+            segment_bytes,
+            torn_window_bytes: window,
+        };
+        self.storage
+            .write_at(&file, 0, &header.encode())
+            .await
+            .map_err(|e| io("write", e))?;
         self.storage.sync(&file).await.map_err(|e| io("fsync", e))?;
-        self.storage.rename(&from, &to).await.map_err(|e| io("rename", e))?;
-        self.storage.sync_dir().await.map_err(|e| io("fsync dir", e))?;
+        self.storage
+            .rename(&from, &to)
+            .await
+            .map_err(|e| io("rename", e))?;
+        self.storage
+            .sync_dir()
+            .await
+            .map_err(|e| io("fsync dir", e))?;
         let file = Rc::new(file);
-        self.inner.borrow_mut().segments.push_back(Segment { seq, file: file.clone() });
+        self.inner.borrow_mut().segments.push_back(Segment {
+            seq,
+            file: file.clone(),
+        });
         Ok(file)
     }
 
@@ -815,11 +1063,18 @@ impl<S: Storage> Wal<S> {
         loop {
             let victim = {
                 let mut inner = self.inner.borrow_mut();
-                if inner.reclaiming || inner.durable_lsn < inner.last_drop_lsn || inner.segments.len() < 2 {
+                if inner.reclaiming
+                    || inner.durable_lsn < inner.last_drop_lsn
+                    || inner.segments.len() < 2
+                {
                     return Ok(());
                 }
                 let oldest = inner.segments.front().expect("non-empty").seq;
-                let needed = inner.groups.values().filter_map(|g| g.entries.front().map(|l| l.seq)).min();
+                let needed = inner
+                    .groups
+                    .values()
+                    .filter_map(|g| g.entries.front().map(|l| l.seq))
+                    .min();
                 // Never the segment being written, nor one with live entries.
                 if oldest >= inner.cur_seq || needed.is_some_and(|n| n <= oldest) {
                     return Ok(());
@@ -876,19 +1131,44 @@ impl<F> Inner<F> {
             self.start_segment();
         }
         let lsn = self.encode_at_position(kind, group, index, payload);
-        let loc = Loc { seq: self.cur_seq, offset: self.cur_offset - size, len: payload.len() as u32, lsn };
-        let header = RecordHeader { len: payload.len() as u32, kind, group, index, lsn };
-        replay(&mut self.groups, &header, payload, loc).expect("validated before encoding");
+        let loc = Loc {
+            seq: self.cur_seq,
+            offset: self.cur_offset - size,
+            len: payload.len() as u32,
+            lsn,
+        };
+        let header = RecordHeader {
+            len: payload.len() as u32,
+            kind,
+            group,
+            index,
+            lsn,
+        };
+        replay(&mut self.groups, &header, payload, loc, None).expect("validated before encoding");
         if matches!(kind, RecordKind::Purge | RecordKind::Truncate) {
             self.last_drop_lsn = lsn;
         }
         lsn
     }
 
-    fn encode_at_position(&mut self, kind: RecordKind, group: u64, index: u64, payload: &[u8]) -> u64 {
+    fn encode_at_position(
+        &mut self,
+        kind: RecordKind,
+        group: u64,
+        index: u64,
+        payload: &[u8],
+    ) -> u64 {
         let lsn = self.next_lsn;
         self.next_lsn += 1;
         let size = record_bytes(payload.len());
+        // One batch is one write: keep it within batch_bytes_max (the torn window).
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|b| b.record_bytes > 0 && b.record_bytes + size > self.cfg.batch_bytes_max)
+        {
+            self.seal_open();
+        }
         if self.open.is_none() {
             let start = align_down_u64(self.cur_offset, PAGE as u64);
             debug_assert_eq!((self.cur_offset - start) as usize, self.tail.len());
@@ -897,14 +1177,20 @@ impl<F> Inner<F> {
                 start,
                 buf: self.tail.clone(),
                 first_lsn: lsn,
-                last_lsn: lsn,
+                last_lsn: lsn - 1,
                 record_bytes: 0,
                 new_segment: false,
             });
         }
         let batch = self.open.as_mut().expect("open batch");
         let salt = segment_salt(batch.seq);
-        let header = RecordHeader { len: payload.len() as u32, kind, group, index, lsn };
+        let header = RecordHeader {
+            len: payload.len() as u32,
+            kind,
+            group,
+            index,
+            lsn,
+        };
         encode_record(&mut batch.buf, salt, &header, payload);
         batch.last_lsn = lsn;
         batch.record_bytes += size;
@@ -914,12 +1200,22 @@ impl<F> Inner<F> {
         lsn
     }
 
+    /// Moves the open batch to the sealed queue. The next batch of the same
+    /// segment starts by rewriting this one's last partial page.
+    fn seal_open(&mut self) {
+        if let Some(b) = self.open.take() {
+            if b.seq == self.cur_seq {
+                let page_start = align_down_u64(self.cur_offset, PAGE as u64);
+                self.tail = b.buf[(page_start - b.start) as usize..].to_vec();
+            }
+            self.sealed.push_back(b);
+        }
+    }
+
     /// Closes the current segment and starts the next one with a checkpoint
     /// of every group's purge point and metadata.
     fn start_segment(&mut self) {
-        if let Some(b) = self.open.take() {
-            self.sealed.push_back(b);
-        }
+        self.seal_open();
         self.cur_seq += 1;
         self.cur_offset = FIRST_RECORD_OFFSET;
         self.tail.clear();
@@ -937,8 +1233,14 @@ impl<F> Inner<F> {
             .groups
             .iter()
             .flat_map(|(&gid, g)| {
-                let purge = g.purged.iter().map(move |(i, m)| (RecordKind::Purge, gid, *i, m.clone()));
-                let meta = g.meta.iter().map(move |(k, v)| (RecordKind::Meta, gid, *k, v.clone()));
+                let purge = g
+                    .purged
+                    .iter()
+                    .map(move |(i, m)| (RecordKind::Purge, gid, *i, m.clone()));
+                let meta = g
+                    .meta
+                    .iter()
+                    .map(move |(k, v)| (RecordKind::Meta, gid, *k, v.clone()));
                 purge.chain(meta)
             })
             .collect();
@@ -954,15 +1256,10 @@ impl<F> Inner<F> {
 
     /// The next batch to write: a sealed one, else the open one.
     fn take_batch(&mut self) -> Option<Batch> {
-        let batch = if let Some(b) = self.sealed.pop_front() {
-            b
-        } else {
-            let b = self.open.take()?;
-            // The next batch of this segment starts by rewriting our last partial page.
-            let page_start = align_down_u64(self.cur_offset, PAGE as u64);
-            self.tail = b.buf[(page_start - b.start) as usize..].to_vec();
-            b
-        };
+        if self.sealed.is_empty() {
+            self.seal_open();
+        }
+        let batch = self.sealed.pop_front()?;
         self.queued_bytes -= batch.record_bytes;
         Some(batch)
     }
@@ -971,7 +1268,12 @@ impl<F> Inner<F> {
         if loc.lsn <= self.durable_lsn {
             return None;
         }
-        let batches = self.inflight.as_deref().into_iter().chain(self.sealed.iter()).chain(self.open.iter());
+        let batches = self
+            .inflight
+            .as_deref()
+            .into_iter()
+            .chain(self.sealed.iter())
+            .chain(self.open.iter());
         for b in batches {
             if b.holds(loc) {
                 let at = (loc.offset - b.start) as usize + format::RECORD_HEADER_BYTES;
@@ -982,16 +1284,101 @@ impl<F> Inner<F> {
     }
 }
 
-/// Applies one record to the group index (on append and on replay).
-fn replay(groups: &mut BTreeMap<u64, Group>, h: &RecordHeader, payload: &[u8], loc: Loc) -> Result<(), String> {
+/// Replay bookkeeping for one group on open.
+///
+/// Segments are reclaimed once no *live* entry is in them, so the oldest
+/// replayed segment may not hold a group's entries that a purge further on in
+/// the log removes. The group's first entry record in the replay may then jump
+/// past the index its checkpoint implies. The skipped indexes (the gap) must
+/// all be removed by later purges (from below) and truncates (from above) by the
+/// end of the replay, or records are missing.
+#[derive(Default)]
+struct ReplayGroup {
+    seen_entry_or_truncate: bool,
+    gap: Option<Gap>,
+}
+
+/// Indexes `lo..=hi` skipped by a replay jump, found at `seq`/`offset`.
+struct Gap {
+    lo: u64,
+    hi: u64,
+    jumped_to: u64,
+    seq: u64,
+    offset: u64,
+}
+
+impl ReplayGroup {
+    /// Purges remove the gap from below, truncates from above.
+    fn shrink(&mut self, purged_to: Option<u64>, truncated_from: Option<u64>) {
+        if let Some(g) = &mut self.gap {
+            if let Some(p) = purged_to {
+                g.lo = g.lo.max(p + 1);
+            }
+            if let Some(t) = truncated_from {
+                g.hi = g.hi.min(t.saturating_sub(1));
+                if t == 0 {
+                    g.lo = 1;
+                    g.hi = 0;
+                }
+            }
+            if g.lo > g.hi {
+                self.gap = None;
+            }
+        }
+    }
+}
+
+/// Applies one record to the group index (on append, strictly; on replay,
+/// allowing the first-entry jump described at [`ReplayGroup`]).
+fn replay(
+    groups: &mut BTreeMap<u64, Group>,
+    h: &RecordHeader,
+    payload: &[u8],
+    loc: Loc,
+    mut replaying: Option<&mut BTreeMap<u64, ReplayGroup>>,
+) -> Result<(), String> {
     let g = groups.entry(h.group).or_default();
+    let track = replaying.as_mut().map(|r| r.entry(h.group).or_default());
     match h.kind {
         RecordKind::Entry => {
-            g.check_append(h.group, h.index).map_err(|e| e.to_string())?;
+            if let Err(e) = g.check_append(h.group, h.index) {
+                match &track {
+                    Some(t)
+                        if !t.seen_entry_or_truncate
+                            && g.entries.is_empty()
+                            && h.index > g.next_index.unwrap_or(0) => {}
+                    _ => return Err(e.to_string()),
+                }
+                if let Some(t) = track {
+                    let lo = g.next_index.unwrap_or(0);
+                    t.gap = Some(Gap {
+                        lo,
+                        hi: h.index - 1,
+                        jumped_to: h.index,
+                        seq: loc.seq,
+                        offset: loc.offset,
+                    });
+                    t.seen_entry_or_truncate = true;
+                }
+            } else if let Some(t) = track {
+                t.seen_entry_or_truncate = true;
+            }
             g.push(h.index, loc);
         }
+        RecordKind::Truncate => {
+            if let Some(t) = track {
+                t.seen_entry_or_truncate = true;
+                t.shrink(None, Some(h.index));
+            }
+            g.truncate(h.index)
+        }
         RecordKind::Truncate => g.truncate(h.index),
-        RecordKind::Purge => g.purge(h.index, payload.to_vec()),
+        RecordKind::Purge => {
+            if let Some(t) = track {
+                t.shrink(Some(h.index), None);
+            }
+            g.purge(h.index, payload.to_vec())
+        }
         RecordKind::Meta => {
             g.meta.insert(h.index, payload.to_vec());
         }

@@ -55,7 +55,10 @@ impl Storage for DmaStorage {
             buf.as_bytes_mut().fill(0);
             let written = file.write_at(buf, offset).await.map_err(to_io)?;
             if written == 0 {
-                return Err(io::Error::new(io::ErrorKind::WriteZero, "zero-length write"));
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "zero-length write",
+                ));
             }
             offset += written as u64;
         }
@@ -87,9 +90,15 @@ impl Storage for DmaStorage {
             let rest = &data[done..];
             let mut buf = file.alloc_dma_buffer(rest.len());
             buf.as_bytes_mut().copy_from_slice(rest);
-            let n = file.write_at(buf, offset + done as u64).await.map_err(to_io)?;
+            let n = file
+                .write_at(buf, offset + done as u64)
+                .await
+                .map_err(to_io)?;
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::WriteZero, "zero-length write"));
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "zero-length write",
+                ));
             }
             done += n;
         }

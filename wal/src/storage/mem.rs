@@ -95,8 +95,11 @@ impl MemStorage {
     pub fn crash(&self, mode: CrashMode) -> MemStorage {
         let s = self.state.borrow();
         // Start from the durable images, keyed by file identity.
-        let mut images: Vec<(FileRef, Vec<u8>)> =
-            s.files.values().map(|f| (f.clone(), f.borrow().durable.clone())).collect();
+        let mut images: Vec<(FileRef, Vec<u8>)> = s
+            .files
+            .values()
+            .map(|f| (f.clone(), f.borrow().durable.clone()))
+            .collect();
         let image_of = |images: &mut Vec<(FileRef, Vec<u8>)>, f: &FileRef| -> Option<usize> {
             images.iter().position(|(g, _)| Rc::ptr_eq(g, f))
         };
@@ -110,7 +113,9 @@ impl MemStorage {
             CrashMode::TearAt(n) => n,
         };
         for (f, offset, data) in &s.unsynced {
-            let Some(i) = image_of(&mut images, f) else { continue }; // file was removed
+            let Some(i) = image_of(&mut images, f) else {
+                continue;
+            }; // file was removed
             let img = &mut images[i].1;
             match mode {
                 CrashMode::Sectors { .. } => {
@@ -136,7 +141,13 @@ impl MemStorage {
             .map(|(name, f)| {
                 let i = image_of(&mut images, f).expect("image of every file");
                 let img = images[i].1.clone();
-                (name.clone(), Rc::new(RefCell::new(MemFile { durable: img.clone(), current: img })))
+                (
+                    name.clone(),
+                    Rc::new(RefCell::new(MemFile {
+                        durable: img.clone(),
+                        current: img,
+                    })),
+                )
             })
             .collect();
         MemStorage {
@@ -150,7 +161,11 @@ impl MemStorage {
 
     /// The current (page-cache) bytes of `name`, for tests that corrupt files.
     pub fn file_bytes(&self, name: &str) -> Option<Vec<u8>> {
-        self.state.borrow().files.get(name).map(|f| f.borrow().current.clone())
+        self.state
+            .borrow()
+            .files
+            .get(name)
+            .map(|f| f.borrow().current.clone())
     }
 
     /// Replaces the bytes of `name`, durable at once (a test's corruption).
@@ -205,7 +220,11 @@ impl Storage for MemStorage {
     async fn create_zeroed(&self, name: &str, bytes: u64) -> io::Result<()> {
         let mut s = self.state.borrow_mut();
         if let Some(space) = s.faults.space_bytes {
-            let used: u64 = s.files.values().map(|f| f.borrow().current.len() as u64).sum();
+            let used: u64 = s
+                .files
+                .values()
+                .map(|f| f.borrow().current.len() as u64)
+                .sum();
             if used + bytes > space {
                 return Err(io::Error::from_raw_os_error(libc_enospc()));
             }
@@ -213,7 +232,10 @@ impl Storage for MemStorage {
         let zeros = vec![0u8; bytes as usize];
         s.files.insert(
             name.to_string(),
-            Rc::new(RefCell::new(MemFile { durable: zeros.clone(), current: zeros })),
+            Rc::new(RefCell::new(MemFile {
+                durable: zeros.clone(),
+                current: zeros,
+            })),
         );
         Ok(())
     }
@@ -269,20 +291,18 @@ impl Storage for MemStorage {
 
     async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         let mut s = self.state.borrow_mut();
-        let f = s
-            .files
-            .remove(from)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{from}: no such file")))?;
+        let f = s.files.remove(from).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("{from}: no such file"))
+        })?;
         s.files.insert(to.to_string(), f);
         Ok(())
     }
 
     async fn remove(&self, name: &str) -> io::Result<()> {
         let mut s = self.state.borrow_mut();
-        let f = s
-            .files
-            .remove(name)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{name}: no such file")))?;
+        let f = s.files.remove(name).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("{name}: no such file"))
+        })?;
         s.unsynced.retain(|(g, _, _)| !Rc::ptr_eq(g, &f));
         Ok(())
     }

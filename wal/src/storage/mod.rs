@@ -20,10 +20,10 @@
 
 use std::io;
 
-mod mem;
-mod std_fs;
 #[cfg(feature = "dma")]
 mod dma;
+mod mem;
+mod std_fs;
 
 #[cfg(feature = "dma")]
 pub use dma::DmaStorage;

@@ -21,7 +21,11 @@ impl StdStorage {
 }
 
 pub(crate) fn write_zeroed_file(path: &std::path::Path, bytes: u64) -> io::Result<()> {
-    let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
     let chunk = vec![0u8; 1 << 20];
     let mut left = bytes;
     while left > 0 {
@@ -59,7 +63,10 @@ impl Storage for StdStorage {
     }
 
     async fn open(&self, name: &str) -> io::Result<File> {
-        OpenOptions::new().read(true).write(true).open(self.dir.join(name))
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.dir.join(name))
     }
 
     async fn file_len(&self, file: &File) -> io::Result<u64> {
