@@ -15,6 +15,7 @@ pub mod format;
 pub mod recovery;
 pub mod storage;
 mod wal;
+mod yield_once;
 
 pub use error::{Result, WalError};
 pub use wal::{Config, OpenReport, Wal, WalStats, META_VOTE};

@@ -593,7 +593,16 @@ impl<S: Storage> Wal<S> {
                 }
             };
             match epoch {
-                None => self.flush_once().await?,
+                None => {
+                    // Let tasks that are ready to run (appenders woken by the
+                    // last flush) append first, so they join this batch. One
+                    // trip through the run queue, not a timer.
+                    crate::yield_once::yield_now().await;
+                    if self.inner.borrow().flushing {
+                        continue;
+                    }
+                    self.flush_once().await?
+                }
                 Some(epoch) => FlushDone { wal: self, epoch }.await,
             }
         }
@@ -1372,7 +1381,6 @@ fn replay(
             }
             g.truncate(h.index)
         }
-        RecordKind::Truncate => g.truncate(h.index),
         RecordKind::Purge => {
             if let Some(t) = track {
                 t.shrink(Some(h.index), None);

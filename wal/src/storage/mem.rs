@@ -12,11 +12,8 @@
 use super::Storage;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
 
 type FileRef = Rc<RefCell<MemFile>>;
 
@@ -195,21 +192,6 @@ fn eio(what: &str) -> io::Error {
     io::Error::other(format!("injected {what} failure (EIO)"))
 }
 
-struct YieldOnce(bool);
-
-impl Future for YieldOnce {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            Poll::Ready(())
-        } else {
-            self.0 = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    }
-}
-
 impl Storage for MemStorage {
     type File = FileRef;
 
@@ -274,7 +256,7 @@ impl Storage for MemStorage {
     async fn sync(&self, file: &FileRef) -> io::Result<()> {
         let yield_first = self.state.borrow().yield_on_sync;
         if yield_first {
-            YieldOnce(false).await;
+            crate::yield_once::yield_now().await;
         }
         let mut s = self.state.borrow_mut();
         if s.faults.fail_sync_nth == Some(s.syncs + 1) {
