@@ -62,7 +62,7 @@ struct Args {
     segment_bytes: u64,
     #[arg(long, default_value_t = 4 << 20)]
     batch_bytes_max: usize,
-    /// CPU to pin the executor to.
+    /// CPU to pin the executor to (compare with fio pinned to the same CPU).
     #[arg(long, default_value_t = 0)]
     cpu: usize,
     /// Entries each writer keeps before purging (segments then recycle).
