@@ -35,7 +35,9 @@ impl WalThread {
         let handle = LocalExecutorBuilder::new(Placement::Unbound)
             .io_memory(1 << 20)
             .spawn(move || async move {
-                let (wal, _) = Wal::open(DmaStorage::new(&path).expect("dir"), Config::default()).await.expect("open");
+                let (wal, _) = Wal::open(DmaStorage::new(&path).expect("dir"), Config::default())
+                    .await
+                    .expect("open");
                 let wal = Rc::new(wal);
                 let mut next_index = vec![1u64; 1024];
                 while let Ok(job) = rx.recv() {
@@ -43,13 +45,17 @@ impl WalThread {
                     let start = Instant::now();
                     let mut tasks = Vec::new();
                     for w in 0..job.writers {
-                        let share = job.appends / job.writers + u64::from(w < job.appends % job.writers);
+                        let share =
+                            job.appends / job.writers + u64::from(w < job.appends % job.writers);
                         let first = next_index[w as usize];
                         next_index[w as usize] += share;
                         let (wal, payload) = (wal.clone(), payload.clone());
                         tasks.push(glommio::spawn_local(async move {
                             for i in first..first + share {
-                                let lsn = wal.append(w, [(i, payload.as_slice())]).await.expect("append");
+                                let lsn = wal
+                                    .append(w, [(i, payload.as_slice())])
+                                    .await
+                                    .expect("append");
                                 wal.sync(lsn).await.expect("sync");
                             }
                             // Keep the log short so segments recycle.
@@ -66,7 +72,11 @@ impl WalThread {
                 }
             })
             .expect("glommio executor");
-        Self { jobs: Some(tx), handle: Some(handle), _dir: dir }
+        Self {
+            jobs: Some(tx),
+            handle: Some(handle),
+            _dir: dir,
+        }
     }
 
     fn run(&self, writers: u64, record_bytes: usize, appends: u64) -> Duration {
@@ -74,7 +84,12 @@ impl WalThread {
         self.jobs
             .as_ref()
             .expect("running")
-            .send(Job { writers, record_bytes, appends, done })
+            .send(Job {
+                writers,
+                record_bytes,
+                appends,
+                done,
+            })
             .expect("wal thread alive");
         wait.recv().expect("job finished")
     }
@@ -93,7 +108,10 @@ fn wal_append(c: &mut Criterion) {
     let wal = WalThread::start();
 
     let mut by_size = c.benchmark_group("wal_append/record_bytes (16 writers)");
-    by_size.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    by_size
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
     for bytes in [64usize, 256, 1024, 4096, 16384, 65536] {
         by_size.throughput(Throughput::Bytes(bytes as u64));
         by_size.bench_with_input(BenchmarkId::from_parameter(bytes), &bytes, |b, &bytes| {
@@ -103,12 +121,17 @@ fn wal_append(c: &mut Criterion) {
     by_size.finish();
 
     let mut by_writers = c.benchmark_group("wal_append/writers (256 B)");
-    by_writers.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    by_writers
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
     by_writers.throughput(Throughput::Elements(1));
     for writers in [1u64, 4, 16, 64, 256] {
-        by_writers.bench_with_input(BenchmarkId::from_parameter(writers), &writers, |b, &writers| {
-            b.iter_custom(|iters| wal.run(writers.min(iters), 256, iters))
-        });
+        by_writers.bench_with_input(
+            BenchmarkId::from_parameter(writers),
+            &writers,
+            |b, &writers| b.iter_custom(|iters| wal.run(writers.min(iters), 256, iters)),
+        );
     }
     by_writers.finish();
 }

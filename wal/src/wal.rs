@@ -82,7 +82,7 @@ impl Config {
         if self.batch_bytes_max < PAGE {
             return bad(format!("batch_bytes_max {} < {PAGE}", self.batch_bytes_max));
         }
-        if self.segment_bytes % PAGE as u64 != 0 {
+        if !self.segment_bytes.is_multiple_of(PAGE as u64) {
             return bad(format!(
                 "segment_bytes {} is not a multiple of {PAGE}",
                 self.segment_bytes

@@ -76,21 +76,13 @@ fn run(steps: Vec<Step>) {
             match step {
                 Step::Append { group, count, len } => {
                     let g = current.groups.get(&group).cloned().unwrap_or_default();
-                    let mut index = g.next_index.unwrap_or(1);
-                    for _ in 0..count {
+                    let first = g.next_index.unwrap_or(1);
+                    for index in first..first + count as u64 {
                         let p = payload(group, index, len, salt);
-                        let lsn = wal
-                            .append(group, [(index, p.as_slice())])
-                            .await
-                            .expect("append");
-                        let op = Op::Entry {
-                            group,
-                            index,
-                            payload: p,
-                        };
+                        let lsn = wal.append(group, [(index, p.as_slice())]).await.expect("append");
+                        let op = Op::Entry { group, index, payload: p };
                         current.apply(&op);
                         history.push((lsn, op));
-                        index += 1;
                     }
                 }
                 Step::Truncate { group, back } => {

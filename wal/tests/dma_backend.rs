@@ -10,14 +10,17 @@ use common::payload;
 use glommio::{LocalExecutorBuilder, Placement};
 use std::rc::Rc;
 
-
 #[test]
 fn dma_wal_round_trips_with_concurrent_writers() {
     // Under the target dir: /tmp may be tmpfs, which has no O_DIRECT.
     let base = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
     let dir = tempfile::tempdir_in(base).unwrap();
     let path = dir.path().to_path_buf();
-    let cfg = Config { segment_bytes: 256 * 1024, batch_bytes_max: 64 * 1024, spare_segments_max: 1 };
+    let cfg = Config {
+        segment_bytes: 256 * 1024,
+        batch_bytes_max: 64 * 1024,
+        spare_segments_max: 1,
+    };
     let writers = 16u64;
     let per_writer = 200u64;
     let (p1, c1) = (path.clone(), cfg.clone());
@@ -52,14 +55,23 @@ fn dma_wal_round_trips_with_concurrent_writers() {
         .unwrap()
         .join()
         .unwrap();
-    assert!(batches < writers * per_writer, "group commit shares fsyncs ({batches} batches)");
+    assert!(
+        batches < writers * per_writer,
+        "group commit shares fsyncs ({batches} batches)"
+    );
     LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(1 << 20)
         .spawn(move || async move {
-            let (wal, _) = Wal::open(DmaStorage::new(&path).unwrap(), cfg).await.unwrap();
+            let (wal, _) = Wal::open(DmaStorage::new(&path).unwrap(), cfg)
+                .await
+                .unwrap();
             for w in 0..writers {
                 let got = wal.read(w, ..).await.unwrap();
-                assert_eq!(got.first().map(|e| e.0), Some(per_writer - 20 + 1), "writer {w}");
+                assert_eq!(
+                    got.first().map(|e| e.0),
+                    Some(per_writer - 20 + 1),
+                    "writer {w}"
+                );
                 assert_eq!(got.len() as u64, 20);
                 for (i, p) in got {
                     assert_eq!(p, payload(w, i, 1000 + (i as usize % 7) * 500, 0));

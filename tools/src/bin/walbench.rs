@@ -184,7 +184,7 @@ async fn run<S: Storage + 'static>(storage: S, args: &Args) -> Result<()> {
                             .push(took.as_micros().min(u32::MAX as u128) as u32);
                     }
                 }
-                if index > keep && index % keep == 0 {
+                if index > keep && index.is_multiple_of(keep) {
                     wal.purge(w, index - keep, b"").await?;
                 }
                 index += 1;

@@ -2,7 +2,8 @@
 //!
 //! Runs on a glommio `LocalExecutor` (the shard core that owns the WAL). Data
 //! IO goes through the ring; directory operations (list, rename, remove, fsync
-//! of the directory) are rare and use blocking `std::fs` calls.
+//! of the directory) have no io_uring form here and run on glommio's blocking
+//! thread pool, so a directory fsync (a journal commit) never stalls the core.
 //!
 //! On a filesystem without O_DIRECT (tmpfs) glommio falls back to buffered IO.
 
@@ -31,6 +32,11 @@ fn to_io(e: glommio::GlommioError<()>) -> io::Error {
 }
 
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
+
+/// Runs a blocking filesystem call on glommio's blocking thread pool.
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    glommio::executor().spawn_blocking(f).await
+}
 
 impl Storage for DmaStorage {
     type File = DmaFile;
@@ -110,15 +116,18 @@ impl Storage for DmaStorage {
     }
 
     async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-        std::fs::rename(self.dir.join(from), self.dir.join(to))
+        let (from, to) = (self.dir.join(from), self.dir.join(to));
+        blocking(move || std::fs::rename(from, to)).await
     }
 
     async fn remove(&self, name: &str) -> io::Result<()> {
-        std::fs::remove_file(self.dir.join(name))
+        let path = self.dir.join(name);
+        blocking(move || std::fs::remove_file(path)).await
     }
 
     async fn sync_dir(&self) -> io::Result<()> {
-        sync_dir(&self.dir)
+        let dir = self.dir.clone();
+        blocking(move || sync_dir(&dir)).await
     }
 
     fn describe(&self, name: &str) -> String {

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what the tests need (Debian packages), then runs every test.
+# README's test command; .ci/run calls it. Run as root on Debian, or with the
+# packages below already installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the build and tests use: a C compiler for glommio's liburing
+# build. (Later suites add etcd-client for the real etcdctl and iproute2.)
+need=()
+command -v cc >/dev/null || need+=(gcc libc6-dev)
+command -v make >/dev/null || need+=(make)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "tools/test.sh: please install: ${need[*]}" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+
+# glommio needs locked memory for its io_uring buffers (1 MiB per executor).
+if [ "$(ulimit -l)" != unlimited ] && [ "$(ulimit -l)" -lt 4096 ]; then
+  ulimit -l 8192 2>/dev/null || echo "warning: RLIMIT_MEMLOCK is $(ulimit -l) KiB; see LINUX_REQUIREMENTS.md" >&2
+fi
+
+# One build profile (dev) for everything; benches run once each in test mode.
+# Long soaks are opt-in: PROPTEST_CASES=5000 tools/test.sh
+cargo test --workspace --all-targets --locked
