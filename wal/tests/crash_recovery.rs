@@ -79,8 +79,15 @@ fn run(steps: Vec<Step>) {
                     let first = g.next_index.unwrap_or(1);
                     for index in first..first + count as u64 {
                         let p = payload(group, index, len, salt);
-                        let lsn = wal.append(group, [(index, p.as_slice())]).await.expect("append");
-                        let op = Op::Entry { group, index, payload: p };
+                        let lsn = wal
+                            .append(group, [(index, p.as_slice())])
+                            .await
+                            .expect("append");
+                        let op = Op::Entry {
+                            group,
+                            index,
+                            payload: p,
+                        };
                         current.apply(&op);
                         history.push((lsn, op));
                     }

@@ -1,0 +1,8 @@
+//! Raft glue: openraft's storage traits over cairn's WAL.
+//!
+//! Runs on the shard core that owns the WAL: the types here are `!Send`
+//! (openraft is built with `single-threaded`).
+
+pub mod log_store;
+
+pub use log_store::WalLogStore;
