@@ -26,10 +26,13 @@ struct Applied {
     values: Vec<String>,
 }
 
+/// The last snapshot built or installed: its meta and its bytes.
+type StoredSnapshot = Option<(SnapshotMetaOf<TestConfig>, Vec<u8>)>;
+
 #[derive(Clone, Default)]
 struct FixtureStateMachine {
     applied: Rc<RefCell<Applied>>,
-    snapshot: Rc<RefCell<Option<(SnapshotMetaOf<TestConfig>, Vec<u8>)>>>,
+    snapshot: Rc<RefCell<StoredSnapshot>>,
 }
 
 impl RaftSnapshotBuilder<TestConfig> for FixtureStateMachine {
