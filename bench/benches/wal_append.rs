@@ -68,7 +68,7 @@ impl WalThread {
                         t.await;
                     }
                     let _ = job.done.send(start.elapsed());
-                    wal.ensure_spare().await.expect("spare");
+                    wal.maintain().await.expect("spare");
                 }
             })
             .expect("glommio executor");

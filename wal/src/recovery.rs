@@ -142,7 +142,7 @@ fn check_record(
 
 /// The first offset `>= from` (8-byte aligned) holding a record that verifies
 /// with `salt` and has an LSN `>= min_lsn`.
-fn find_valid_record(
+pub fn find_valid_record(
     bytes: &[u8],
     from: usize,
     salt: u32,

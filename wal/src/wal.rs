@@ -39,6 +39,9 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
+/// Batch buffers kept for reuse (each up to `batch_bytes_max` + 3 pages).
+const FREE_BUFS_MAX: usize = 2;
+
 /// Metadata key of a group's vote (hard state).
 pub const META_VOTE: u64 = 0;
 
@@ -216,6 +219,13 @@ struct Inner<F> {
     groups: BTreeMap<u64, Group>,
     /// Live segments, oldest first; the last one is being written.
     segments: VecDeque<Segment<F>>,
+    /// The next segment, named and directory-synced ahead of time; its header
+    /// is written together with its first batch.
+    next_segment: Option<Segment<F>>,
+    /// Sequence number of the next segment the flusher starts.
+    next_seq: u64,
+    /// A task is preparing `next_segment`.
+    preparing: bool,
     /// Spare numbers available for rotation.
     spares: Vec<u64>,
     next_spare: u64,
@@ -234,6 +244,8 @@ struct Inner<F> {
     /// another config).
     rotate_next: bool,
     reclaiming: bool,
+    /// Batch buffers to reuse (no page faults on fresh memory every batch).
+    free_bufs: Vec<Vec<u8>>,
     open: Option<Batch>,
     sealed: VecDeque<Batch>,
     queued_bytes: usize,
@@ -327,8 +339,11 @@ impl<S: Storage> Wal<S> {
         let mut tail_state: Option<(u64, u64, Vec<u8>, SegmentHeader, u64)> = None; // seq, offset, tail, header, zero_to
 
         // Segment headers first: judging segment i needs segment i+1's first LSN.
+        // The last segment may be one prepared ahead whose header (written with
+        // its first batch) never became durable.
         let mut files = Vec::new();
-        for &seq in &seqs {
+        let mut prepared = None;
+        for (i, &seq) in seqs.iter().enumerate() {
             let name = segment_name(seq);
             let file = storage
                 .open(&name)
@@ -342,7 +357,13 @@ impl<S: Storage> Wal<S> {
                 .read_at(&file, 0, PAGE.min(len as usize))
                 .await
                 .map_err(|e| WalError::io("read", storage.describe(&name), e))?;
-            let first = SegmentHeader::decode(&page)
+            let header = SegmentHeader::decode(&page);
+            let unwritten = header.as_ref().map_or(true, |h| h.seq != seq);
+            if unwritten && i + 1 == seqs.len() {
+                prepared = Some((seq, name, Rc::new(file), len));
+                continue;
+            }
+            let first = header
                 .map(|h| h.first_lsn)
                 .map_err(|reason| WalError::Corrupt {
                     file: storage.describe(&name),
@@ -405,6 +426,33 @@ impl<S: Storage> Wal<S> {
             });
         }
 
+        let mut next_segment = None;
+        if let Some((seq, name, file, len)) = prepared {
+            // Unwritten header: the first batch never became durable, unless
+            // valid records lie beyond the torn window (then page 0 is damaged).
+            let bytes = storage
+                .read_at(&file, 0, len as usize)
+                .await
+                .map_err(|e| WalError::io("read", storage.describe(&name), e))?;
+            let from = FIRST_RECORD_OFFSET as usize + cfg.torn_window_bytes() as usize;
+            if let Some(at) = recovery::find_valid_record(
+                &bytes,
+                from,
+                segment_salt(seq),
+                next_lsn,
+                cfg.record_bytes_max(),
+            ) {
+                return Err(WalError::Corrupt {
+                    file: storage.describe(&name),
+                    offset: 0,
+                    reason: format!(
+                        "segment header is unreadable but a valid record follows at offset {at}"
+                    ),
+                });
+            }
+            next_segment = Some(Segment { seq, file });
+        }
+
         for (gid, t) in &replay_groups {
             if let Some(Gap {
                 lo: expected,
@@ -425,7 +473,17 @@ impl<S: Storage> Wal<S> {
         let inner = Inner {
             cfg: cfg.clone(),
             groups,
+            next_seq: segments.back().map_or_else(
+                || {
+                    next_segment
+                        .as_ref()
+                        .map_or(1, |s: &Segment<S::File>| s.seq)
+                },
+                |s| s.seq + 1,
+            ),
             segments,
+            next_segment,
+            preparing: false,
             spares,
             next_spare,
             cur_seq: 0,
@@ -436,6 +494,7 @@ impl<S: Storage> Wal<S> {
             last_drop_lsn,
             rotate_next: false,
             reclaiming: false,
+            free_bufs: Vec::new(),
             open: None,
             sealed: VecDeque::new(),
             queued_bytes: 0,
@@ -488,13 +547,13 @@ impl<S: Storage> Wal<S> {
                     || header.torn_window_bytes != cfg.torn_window_bytes();
             }
             None => {
-                // Empty directory: the first append starts segment 1.
+                // No written segment: the first append starts the next one.
                 let mut inner = wal.inner.borrow_mut();
-                inner.cur_seq = 0;
+                inner.cur_seq = inner.next_seq - 1;
                 inner.cur_offset = cfg.segment_bytes; // forces a rotation on first append
             }
         }
-        wal.ensure_spare().await?;
+        wal.prepare_next().await?;
         Ok((wal, report))
     }
 
@@ -834,39 +893,14 @@ impl<S: Storage> Wal<S> {
             .collect())
     }
 
-    /// Creates a spare segment if there is none, so the next rotation does not
-    /// have to write a whole segment of zeros first. Owners may call this in
-    /// the background after rotations.
-    pub async fn ensure_spare(&self) -> Result<()> {
+    /// Background upkeep for the owner to call now and then (after rotations,
+    /// or on a timer): turns segments that no group needs any more into spares,
+    /// and prepares the next segment, so that a rotation on the write path
+    /// waits for neither a rename, a directory fsync nor a zero-filled file.
+    pub async fn maintain(&self) -> Result<()> {
         self.check_fatal()?;
-        let (n, bytes) = {
-            let mut inner = self.inner.borrow_mut();
-            if !inner.spares.is_empty() {
-                return Ok(());
-            }
-            let n = inner.next_spare;
-            inner.next_spare += 1;
-            (n, inner.cfg.segment_bytes)
-        };
-        let tmp = format!("{}.tmp", spare_name(n));
-        let r = async {
-            self.storage
-                .create_zeroed(&tmp, bytes)
-                .await
-                .map_err(|e| WalError::io("create", self.storage.describe(&tmp), e))?;
-            self.storage
-                .rename(&tmp, &spare_name(n))
-                .await
-                .map_err(|e| WalError::io("rename", self.storage.describe(&tmp), e))?;
-            self.storage
-                .sync_dir()
-                .await
-                .map_err(|e| WalError::io("fsync dir", self.storage.describe("."), e))
-        }
-        .await;
-        r.map_err(|e| self.latch(e))?;
-        self.inner.borrow_mut().spares.push(n);
-        Ok(())
+        self.reclaim().await?;
+        self.prepare_next().await
     }
 
     // ---- internals ----
@@ -976,7 +1010,7 @@ impl<S: Storage> Wal<S> {
                     inner.durable_lsn = batch.last_lsn;
                     stats.batches += 1;
                     stats.records += batch.last_lsn + 1 - batch.first_lsn;
-                    stats.bytes_written += format::align_up(batch.buf.len(), PAGE) as u64;
+                    stats.bytes_written += batch.buf.len() as u64;
                     if batch.new_segment {
                         stats.rotations += 1;
                     }
@@ -991,23 +1025,25 @@ impl<S: Storage> Wal<S> {
             for w in inner.waiters.drain(..) {
                 w.wake();
             }
+            if let Ok(done) = Rc::try_unwrap(batch) {
+                if inner.free_bufs.len() < FREE_BUFS_MAX {
+                    inner.free_bufs.push(done.buf);
+                }
+            }
         }
         self.stats.set(stats);
-        result?;
-        self.reclaim().await
+        result
     }
 
     async fn write_batch(&self, batch: &Batch) -> Result<()> {
+        let name = segment_name(batch.seq);
         let file = if batch.new_segment {
-            self.rotate(batch.seq, batch.first_lsn).await?
+            self.rotate(batch.seq).await?
         } else {
             self.segment_file(batch.seq)?
         };
-        let name = segment_name(batch.seq);
-        let mut data = batch.buf.clone();
-        data.resize(format::align_up(data.len(), PAGE), 0);
         self.storage
-            .write_at(&file, batch.start, &data)
+            .write_at(&file, batch.start, &batch.buf)
             .await
             .map_err(|e| WalError::io("write", self.storage.describe(&name), e))?;
         self.storage
@@ -1016,54 +1052,106 @@ impl<S: Storage> Wal<S> {
             .map_err(|e| WalError::io("fsync", self.storage.describe(&name), e))
     }
 
-    /// Turns a spare into segment `seq`: header written and synced, renamed,
-    /// directory synced.
-    async fn rotate(&self, seq: u64, first_lsn: u64) -> Result<Rc<S::File>> {
-        let spare = self.inner.borrow_mut().spares.pop();
-        let spare = match spare {
-            Some(n) => n,
-            None => {
-                self.ensure_spare().await?;
-                self.inner
-                    .borrow_mut()
-                    .spares
-                    .pop()
-                    .expect("spare just created")
+    /// Makes the prepared next segment (`seq`) the one being written,
+    /// preparing it now if the owner's [`Wal::maintain`] has not.
+    async fn rotate(&self, seq: u64) -> Result<Rc<S::File>> {
+        loop {
+            let prepared = self.inner.borrow().next_segment.as_ref().map(|s| s.seq);
+            match prepared {
+                Some(p) => {
+                    assert_eq!(p, seq, "the prepared segment is the next one");
+                    break;
+                }
+                None => {
+                    // Slow path: nobody prepared ahead. Recycle first.
+                    self.reclaim().await?;
+                    self.prepare_next().await?;
+                }
             }
-        };
-        let (segment_bytes, window) = {
-            let inner = self.inner.borrow();
-            (inner.cfg.segment_bytes, inner.cfg.torn_window_bytes())
-        };
-        let from = spare_name(spare);
-        let to = segment_name(seq);
-        let io = |op, e| WalError::io(op, self.storage.describe(&from), e);
-        let file = self.storage.open(&from).await.map_err(|e| io("open", e))?;
-        let header = SegmentHeader {
-            seq,
-            first_lsn,
-            segment_bytes,
-            torn_window_bytes: window,
-        };
-        self.storage
-            .write_at(&file, 0, &header.encode())
-            .await
-            .map_err(|e| io("write", e))?;
-        self.storage.sync(&file).await.map_err(|e| io("fsync", e))?;
-        self.storage
-            .rename(&from, &to)
-            .await
-            .map_err(|e| io("rename", e))?;
-        self.storage
-            .sync_dir()
-            .await
-            .map_err(|e| io("fsync dir", e))?;
-        let file = Rc::new(file);
-        self.inner.borrow_mut().segments.push_back(Segment {
-            seq,
-            file: file.clone(),
-        });
+        }
+        let mut inner = self.inner.borrow_mut();
+        let segment = inner.next_segment.take().expect("prepared");
+        let file = segment.file.clone();
+        inner.segments.push_back(segment);
+        inner.next_seq = seq + 1;
         Ok(file)
+    }
+
+    /// Names a spare (or a new zero-filled file) as the next segment and makes
+    /// the name durable. Its header is written later, with its first batch.
+    async fn prepare_next(&self) -> Result<()> {
+        loop {
+            let epoch = {
+                let inner = self.inner.borrow();
+                if let Some(e) = &inner.fatal {
+                    return Err(e.clone());
+                }
+                if inner.next_segment.is_some() {
+                    return Ok(());
+                }
+                if !inner.preparing {
+                    break;
+                }
+                inner.flush_epoch
+            };
+            FlushDone { wal: self, epoch }.await;
+        }
+        let (seq, spare, bytes) = {
+            let mut inner = self.inner.borrow_mut();
+            inner.preparing = true;
+            (inner.next_seq, inner.spares.pop(), inner.cfg.segment_bytes)
+        };
+        let to = segment_name(seq);
+        let io = |op, name: &str, e| WalError::io(op, self.storage.describe(name), e);
+        let r = async {
+            match spare {
+                Some(n) => {
+                    let from = spare_name(n);
+                    self.storage
+                        .rename(&from, &to)
+                        .await
+                        .map_err(|e| io("rename", &from, e))?;
+                }
+                None => {
+                    let tmp = format!("{to}.tmp");
+                    self.storage
+                        .create_zeroed(&tmp, bytes)
+                        .await
+                        .map_err(|e| io("create", &tmp, e))?;
+                    self.storage
+                        .rename(&tmp, &to)
+                        .await
+                        .map_err(|e| io("rename", &tmp, e))?;
+                }
+            }
+            self.storage
+                .sync_dir()
+                .await
+                .map_err(|e| io("fsync dir", ".", e))?;
+            self.storage.open(&to).await.map_err(|e| io("open", &to, e))
+        }
+        .await;
+        let mut inner = self.inner.borrow_mut();
+        inner.preparing = false;
+        inner.flush_epoch += 1;
+        for w in inner.waiters.drain(..) {
+            w.wake();
+        }
+        match r {
+            Ok(file) => {
+                inner.next_segment = Some(Segment {
+                    seq,
+                    file: Rc::new(file),
+                });
+                Ok(())
+            }
+            Err(e) => {
+                if inner.fatal.is_none() {
+                    inner.fatal = Some(e.clone());
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Drops segments that no group needs any more (oldest first), turning them
@@ -1184,7 +1272,11 @@ impl<F> Inner<F> {
             self.open = Some(Batch {
                 seq: self.cur_seq,
                 start,
-                buf: self.tail.clone(),
+                buf: {
+                    let mut buf = self.new_buf();
+                    buf.extend_from_slice(&self.tail);
+                    buf
+                },
                 first_lsn: lsn,
                 last_lsn: lsn - 1,
                 record_bytes: 0,
@@ -1229,10 +1321,14 @@ impl<F> Inner<F> {
         self.cur_offset = FIRST_RECORD_OFFSET;
         self.tail.clear();
         let lsn = self.next_lsn;
+        // The first batch of a segment is written from offset 0: its first
+        // page is the segment header, filled in when the batch is taken.
+        let mut buf = self.new_buf();
+        buf.resize(PAGE, 0);
         self.open = Some(Batch {
             seq: self.cur_seq,
-            start: FIRST_RECORD_OFFSET,
-            buf: Vec::new(),
+            start: 0,
+            buf,
             first_lsn: lsn,
             last_lsn: lsn - 1,
             record_bytes: 0,
@@ -1263,14 +1359,42 @@ impl<F> Inner<F> {
         }
     }
 
-    /// The next batch to write: a sealed one, else the open one.
+    /// The next batch to write (a sealed one, else the open one), ready for
+    /// the disk: header page filled in if it starts a segment, zero-padded to a
+    /// page boundary.
     fn take_batch(&mut self) -> Option<Batch> {
         if self.sealed.is_empty() {
             self.seal_open();
         }
-        let batch = self.sealed.pop_front()?;
+        let mut batch = self.sealed.pop_front()?;
         self.queued_bytes -= batch.record_bytes;
+        if batch.new_segment {
+            let header = SegmentHeader {
+                seq: batch.seq,
+                first_lsn: batch.first_lsn,
+                segment_bytes: self.cfg.segment_bytes,
+                torn_window_bytes: self.cfg.torn_window_bytes(),
+            };
+            assert_eq!(
+                batch.start, 0,
+                "a segment's first batch starts with its header"
+            );
+            batch.buf[..PAGE].copy_from_slice(&header.encode());
+        }
+        let padded = format::align_up(batch.buf.len(), PAGE);
+        batch.buf.resize(padded, 0);
         Some(batch)
+    }
+
+    /// An empty batch buffer, reused if one is free.
+    fn new_buf(&mut self) -> Vec<u8> {
+        match self.free_bufs.pop() {
+            Some(mut b) => {
+                b.clear();
+                b
+            }
+            None => Vec::with_capacity(self.cfg.batch_bytes_max + 3 * PAGE),
+        }
     }
 
     fn payload_in_memory(&self, loc: &Loc) -> Option<Vec<u8>> {

@@ -285,8 +285,8 @@ fn stale_records_in_a_recycled_segment_are_not_read_back() {
 }
 
 #[test]
-fn damaged_segment_header_is_refused() {
-    let storage = build(3, 10);
+fn damaged_header_of_a_closed_segment_is_refused() {
+    let (storage, _) = three_segments(1000);
     for (what, at) in [
         ("magic", 0usize),
         ("version", 8),
@@ -298,6 +298,38 @@ fn damaged_segment_header_is_refused() {
         let reason = expect_corrupt(reopen(&s), 1, 0);
         assert!(!reason.is_empty(), "{what}");
     }
+}
+
+#[test]
+fn damaged_header_of_the_last_segment_with_records_beyond_the_window_is_refused() {
+    // 100 records of ~240 B = 24 KiB, past the 12 KiB torn window.
+    let storage = build(100, 200);
+    for at in [0usize, 16, 48] {
+        let s = with_file(&storage, 1, |b| b[at] ^= 0x01);
+        let reason = expect_corrupt(reopen(&s), 1, 0);
+        assert!(reason.contains("valid record follows"), "{reason}");
+    }
+}
+
+#[test]
+fn unwritten_header_of_the_last_segment_means_its_first_batch_never_landed() {
+    // The header goes to disk with the segment's first batch, in one write.
+    // If it is not there and nothing valid lies beyond the torn window, that
+    // write was torn before its fdatasync returned: the segment is empty.
+    let len = 10;
+    let storage = build(3, len);
+    let s = with_file(&storage, 1, |b| b[..PAGE].fill(0));
+    let wal = reopen(&s).unwrap();
+    assert_eq!(indexes(&wal, len), Vec::<u64>::new());
+    // The file is reused as the next segment; the WAL works on.
+    block_on(async {
+        wal.append(GROUP, [(1, payload(GROUP, 1, len, 0).as_slice())])
+            .await
+            .unwrap();
+        wal.sync_all().await.unwrap();
+    });
+    drop(wal);
+    assert_eq!(indexes(&reopen(&s).unwrap(), len), vec![1]);
 }
 
 /// Three segments of GROUP entries (rotation at 64 KiB).

@@ -32,6 +32,8 @@ enum Step {
         value: u8,
     },
     Sync,
+    /// The owner's background upkeep: reclaim and prepare the next segment.
+    Maintain,
     Crash(CrashKind),
 }
 
@@ -51,6 +53,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (0..3u64, 0..8u64).prop_map(|(group, forward)| Step::Purge { group, forward }),
         1 => (0..3u64, any::<u8>()).prop_map(|(group, value)| Step::Meta { group, value }),
         3 => Just(Step::Sync),
+        1 => Just(Step::Maintain),
         1 => prop_oneof![
             Just(CrashKind::Drop),
             Just(CrashKind::Keep),
@@ -129,6 +132,7 @@ fn run(steps: Vec<Step>) {
                     history.push((lsn, op));
                 }
                 Step::Sync => wal.sync_all().await.expect("sync"),
+                Step::Maintain => wal.maintain().await.expect("maintain"),
                 Step::Crash(kind) => {
                     let durable = wal.durable_lsn();
                     let last = wal.last_lsn();

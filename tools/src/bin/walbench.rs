@@ -119,12 +119,13 @@ async fn run<S: Storage + 'static>(storage: S, args: &Args) -> Result<()> {
     };
     let (wal, _) = Wal::open(storage, cfg).await?;
     let wal = Rc::new(wal);
-    // Keeps a spare segment ready so rotations do not zero-fill inline.
+    // The owner's upkeep: reclaim old segments and prepare the next one, so
+    // rotations on the write path wait for no rename or directory fsync.
     let spare_keeper = {
         let wal = wal.clone();
         glommio::spawn_local(async move {
             while wal.fatal_error().is_none() {
-                if wal.ensure_spare().await.is_err() {
+                if wal.maintain().await.is_err() {
                     break;
                 }
                 glommio::timer::sleep(Duration::from_millis(5)).await;
