@@ -28,6 +28,7 @@ WB="target/release/walbench --cpu $CPU"
 for run in $(seq 1 "$RUNS"); do
   echo "round $run/$RUNS" >&2
   $WB --dir "$DIR/wal" --mode each --writers 1 --record-bytes 4096 --seconds "$SECS" | tail -1 > "$OUT/each-1x4k.$run.json"
+  $WB --dir "$DIR/wal" --mode raw --writers 1 --record-bytes 4096 --seconds "$SECS" | tail -1 > "$OUT/raw-1x4k.$run.json"
   fio --name=fsync4k --directory="$DIR" --filename=fio-4k --rw=write --bs=4k --direct=1 --fdatasync=1 \
       --size=64M --runtime="$SECS" --time_based --cpus_allowed="$CPU" --output-format=json > "$OUT/fio-4k-fdatasync.$run.json"
   $WB --dir "$DIR/wal" --mode group --writers 64 --record-bytes 256 --seconds "$SECS" | tail -1 > "$OUT/group-64x256.$run.json"
@@ -50,6 +51,7 @@ def fio(name, key):
 rows = {
   "walbench each 1×4 KiB appends/s": wal("each-1x4k", "appends_per_sec"),
   "fio 4 KiB O_DIRECT + fdatasync IOPS": fio("fio-4k-fdatasync", "iops"),
+  "walbench raw (bare glommio DmaFile) 4 KiB write+fdatasync/s": wal("raw-1x4k", "appends_per_sec"),
   "walbench group 64×256 B appends/s": wal("group-64x256", "appends_per_sec"),
   "walbench each 64×256 B appends/s": wal("each-64x256", "appends_per_sec"),
   "walbench group 16×64 KiB MB/s": wal("group-16x64k", "mb_per_sec"),
@@ -73,6 +75,8 @@ for name, a, b, goal in [
     ("group 64×256 B vs each 64×256 B", "walbench group 64×256 B appends/s", "walbench each 64×256 B appends/s", "≥ 20×"),
     ("group 16×64 KiB vs fio 1 MiB seq", "walbench group 16×64 KiB MB/s", "fio 1 MiB O_DIRECT io_uring MB/s", "≥ 0.70"),
     ("each 1×4 KiB vs fio 4 KiB fdatasync", "walbench each 1×4 KiB appends/s", "fio 4 KiB O_DIRECT + fdatasync IOPS", "≥ 0.80"),
+    ("(context) raw glommio 4 KiB vs fio 4 KiB fdatasync", "walbench raw (bare glommio DmaFile) 4 KiB write+fdatasync/s", "fio 4 KiB O_DIRECT + fdatasync IOPS", "—"),
+    ("(context) each 1×4 KiB vs raw glommio 4 KiB", "walbench each 1×4 KiB appends/s", "walbench raw (bare glommio DmaFile) 4 KiB write+fdatasync/s", "—"),
 ]:
     m, lo, hi = ratio(a, b)
     print(f"| {name} | {m:.2f} | {lo:.2f} .. {hi:.2f} | {goal} |")

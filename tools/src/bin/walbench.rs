@@ -8,6 +8,9 @@
 //!   fdatasync is in flight share the next one.
 //! - `--mode each`: the naive baseline: every append waits for its own
 //!   fdatasync, no batching (appenders take turns).
+//! - `--mode raw`: no WAL at all: one task writes `--record-bytes` (rounded up
+//!   to 4 KiB) with glommio's `DmaFile::write_at` and calls `fdatasync`, in a
+//!   loop, on a preallocated file. It shows what the IO stack alone allows.
 //!
 //! Each writer purges its group behind itself so segments are recycled as in
 //! steady state. The last line printed is one JSON object.
@@ -26,6 +29,7 @@ use std::time::{Duration, Instant};
 enum Mode {
     Group,
     Each,
+    Raw,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -111,7 +115,60 @@ fn main() -> Result<()> {
         .map_err(|e| anyhow::anyhow!("executor failed: {e:?}"))?
 }
 
+/// The `raw` mode: write + fdatasync on a bare DmaFile, no WAL.
+async fn run_raw(args: &Args) -> Result<()> {
+    use glommio::io::{DmaFile, OpenOptions};
+    const FILE_BYTES: u64 = 64 << 20;
+    let path = args.dir.join("raw.wal");
+    std::fs::write(&path, vec![0u8; FILE_BYTES as usize])?;
+    let file: DmaFile = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .dma_open(&path)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let bytes = args.record_bytes.div_ceil(4096).max(1) * 4096;
+    let warmup_end = Instant::now() + Duration::from_secs_f64(args.warmup_seconds);
+    let end = warmup_end + Duration::from_secs_f64(args.seconds);
+    let mut latencies_us = Vec::new();
+    let mut offset = 0u64;
+    let mut measured_from = None;
+    loop {
+        let t0 = Instant::now();
+        if t0 >= end {
+            break;
+        }
+        let mut buf = file.alloc_dma_buffer(bytes);
+        buf.as_bytes_mut().fill(0xA5);
+        file.write_at(buf, offset)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        file.fdatasync().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        offset = (offset + bytes as u64) % FILE_BYTES;
+        if t0 >= warmup_end {
+            measured_from.get_or_insert(t0);
+            if latencies_us.len() < SAMPLES_MAX {
+                latencies_us.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+            }
+        }
+    }
+    let elapsed = measured_from
+        .context("nothing measured")?
+        .elapsed()
+        .as_secs_f64();
+    let samples = Samples {
+        appends: latencies_us.len() as u64,
+        bytes: (latencies_us.len() * bytes) as u64,
+        latencies_us,
+    };
+    std::fs::remove_file(&path)?;
+    report(args, samples, elapsed, None)
+}
+
 async fn run<S: Storage + 'static>(storage: S, args: &Args) -> Result<()> {
+    if args.mode == Mode::Raw {
+        return run_raw(args).await;
+    }
     let cfg = Config {
         segment_bytes: args.segment_bytes,
         batch_bytes_max: args.batch_bytes_max,
@@ -202,8 +259,24 @@ async fn run<S: Storage + 'static>(storage: S, args: &Args) -> Result<()> {
         .context("no append finished after the warm-up")?;
     let elapsed = t_start.elapsed().as_secs_f64();
     let stats = wal.stats();
-    let fsyncs = stats.batches - batches_at_start;
-    let mut s = samples.borrow_mut();
+    let samples = std::mem::take(&mut *samples.borrow_mut());
+    report(
+        args,
+        samples,
+        elapsed,
+        Some((stats.batches - batches_at_start, stats)),
+    )
+}
+
+/// Prints the summary; the last line is one JSON object. `wal` is None in raw
+/// mode, where every append is one fdatasync.
+fn report(
+    args: &Args,
+    mut s: Samples,
+    elapsed: f64,
+    wal: Option<(u64, cairn_wal::WalStats)>,
+) -> Result<()> {
+    let fsyncs = wal.map_or(s.appends, |(f, _)| f);
     s.latencies_us.sort_unstable();
     let pct = |p: f64| -> u32 {
         let v = &s.latencies_us;
@@ -242,8 +315,8 @@ async fn run<S: Storage + 'static>(storage: S, args: &Args) -> Result<()> {
         "p99_us": pct(0.99),
         "p999_us": pct(0.999),
         "max_us": s.latencies_us.last().copied().unwrap_or(0),
-        "rotations": stats.rotations,
-        "segments_reclaimed": stats.segments_reclaimed,
+        "rotations": wal.map_or(0, |(_, st)| st.rotations),
+        "segments_reclaimed": wal.map_or(0, |(_, st)| st.segments_reclaimed),
     });
     println!("{json}");
     Ok(())
