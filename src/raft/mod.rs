@@ -6,3 +6,6 @@
 pub mod log_store;
 
 pub use log_store::WalLogStore;
+pub mod runtime;
+
+pub use runtime::GlommioRuntime;
