@@ -1,6 +1,8 @@
 //! cairn: an etcd-v3-compatible replicated key-value store.
 //!
+//! - [`mvcc`]: one shard's keys and revision histories, and request evaluation.
 //! - [`raft`]: openraft glue (log store over the WAL; runtime adapter and state
 //!   machine arrive with the server).
 
+pub mod mvcc;
 pub mod raft;

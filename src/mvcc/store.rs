@@ -1,0 +1,464 @@
+//! [`Store`]: every key of one shard with its revision history.
+//!
+//! A key's history is a list of versions in revision order; a delete is a
+//! tombstone version. Reading at revision R finds, per key, the newest version
+//! at or below R. Compaction at C drops what no read at C or later can see.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+/// etcd's message for a read or compaction below the compaction point.
+pub const ERR_COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
+/// etcd's message for a read or compaction above the current revision.
+pub const ERR_FUTURE_REV: &str = "etcdserver: mvcc: required revision is a future revision";
+
+/// A key as a client sees it (etcd's `mvccpb.KeyValue`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: Vec<u8>,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub version: i64,
+    pub value: Vec<u8>,
+    pub lease: i64,
+}
+
+/// One change to apply at a revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        lease: i64,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+}
+
+impl Change {
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Change::Put { key, .. } | Change::Delete { key } => key,
+        }
+    }
+}
+
+/// Errors of reads and compaction, with etcd's messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MvccError {
+    Compacted,
+    FutureRevision,
+}
+
+impl std::fmt::Display for MvccError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MvccError::Compacted => ERR_COMPACTED,
+            MvccError::FutureRevision => ERR_FUTURE_REV,
+        })
+    }
+}
+
+impl std::error::Error for MvccError {}
+
+/// Which keys a request covers (etcd's `key` + `range_end`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RangeEnd {
+    /// Only `key` (empty `range_end`).
+    Single,
+    /// Every key `>= key` (`range_end` = `"\0"`).
+    ToEnd,
+    /// Keys in `[key, end)`.
+    Until(Vec<u8>),
+}
+
+impl RangeEnd {
+    /// etcd's reading of a `range_end` field.
+    pub fn from_request(range_end: &[u8]) -> Self {
+        match range_end {
+            [] => RangeEnd::Single,
+            [0] => RangeEnd::ToEnd,
+            end => RangeEnd::Until(end.to_vec()),
+        }
+    }
+
+    /// True if `k` is in the range that starts at `key`.
+    pub fn contains(&self, key: &[u8], k: &[u8]) -> bool {
+        match self {
+            RangeEnd::Single => k == key,
+            RangeEnd::ToEnd => k >= key,
+            RangeEnd::Until(end) => k >= key && k < end.as_slice(),
+        }
+    }
+
+    fn bounds<'a>(&'a self, key: &'a [u8]) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
+        match self {
+            RangeEnd::Single => (Bound::Included(key), Bound::Included(key)),
+            RangeEnd::ToEnd => (Bound::Included(key), Bound::Unbounded),
+            RangeEnd::Until(end) => (Bound::Included(key), Bound::Excluded(end.as_slice())),
+        }
+    }
+
+    /// False for an empty interval (`end <= key`), which covers no key.
+    fn non_empty(&self, key: &[u8]) -> bool {
+        match self {
+            RangeEnd::Until(end) => end.as_slice() > key,
+            _ => true,
+        }
+    }
+}
+
+/// One version of a key; `version == 0` marks a tombstone (a delete).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Version {
+    mod_revision: i64,
+    create_revision: i64,
+    version: i64,
+    value: Box<[u8]>,
+    lease: i64,
+}
+
+impl Version {
+    fn is_tombstone(&self) -> bool {
+        self.version == 0
+    }
+}
+
+/// Result of [`Store::range`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RangeResult {
+    /// Live keys in key order, at most `limit` of them (all if `limit` is 0).
+    pub kvs: Vec<KeyValue>,
+    /// Number of live keys in the range (ignoring `limit`).
+    pub count: usize,
+}
+
+/// One shard's keys. See the module docs.
+#[derive(Debug, Default)]
+pub struct Store {
+    keys: BTreeMap<Box<[u8]>, Vec<Version>>,
+    /// Newest revision applied.
+    revision: i64,
+    /// Reads below this revision fail with [`MvccError::Compacted`].
+    compacted: i64,
+}
+
+impl Store {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Newest revision applied to this shard.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The compaction point: the oldest revision still readable.
+    pub fn compacted(&self) -> i64 {
+        self.compacted
+    }
+
+    /// Number of keys with any history (live or not yet compacted away).
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Applies `changes`, all stamped with `revision` (greater than any applied
+    /// before; a shard need not see every revision). Each key changes at most
+    /// once per revision. A delete of a key that is not live changes nothing.
+    ///
+    /// # Panics
+    /// If `revision` does not increase, or a key appears twice: the caller's
+    /// sequencing is broken and the shard must stop.
+    pub fn apply(&mut self, revision: i64, changes: &[Change]) {
+        assert!(
+            revision > self.revision,
+            "revision {revision} applied after {}",
+            self.revision
+        );
+        for change in changes {
+            let key = change.key();
+            let history = self.keys.get(key);
+            let latest = history.and_then(|h| h.last());
+            assert!(
+                latest.is_none_or(|v| v.mod_revision < revision),
+                "key changed twice at revision {revision}"
+            );
+            let live = latest.filter(|v| !v.is_tombstone());
+            let next = match change {
+                Change::Put { value, lease, .. } => Version {
+                    mod_revision: revision,
+                    create_revision: live.map_or(revision, |v| v.create_revision),
+                    version: live.map_or(1, |v| v.version + 1),
+                    value: value.clone().into_boxed_slice(),
+                    lease: *lease,
+                },
+                Change::Delete { .. } => {
+                    if live.is_none() {
+                        continue;
+                    }
+                    Version {
+                        mod_revision: revision,
+                        create_revision: 0,
+                        version: 0,
+                        value: Box::new([]),
+                        lease: 0,
+                    }
+                }
+            };
+            self.keys.entry(key.into()).or_default().push(next);
+        }
+        self.revision = revision;
+    }
+
+    /// Checks that revision `at` can be read (0 or less means the newest).
+    pub fn resolve(&self, at: i64) -> Result<i64, MvccError> {
+        let at = if at <= 0 { self.revision } else { at };
+        if at > self.revision {
+            Err(MvccError::FutureRevision)
+        } else if at < self.compacted {
+            Err(MvccError::Compacted)
+        } else {
+            Ok(at)
+        }
+    }
+
+    /// Live keys of the range at revision `at` (see [`Store::resolve`]), in key
+    /// order; `limit` > 0 caps `kvs`, never `count`.
+    pub fn range(
+        &self,
+        key: &[u8],
+        end: &RangeEnd,
+        at: i64,
+        limit: usize,
+    ) -> Result<RangeResult, MvccError> {
+        let at = self.resolve(at)?;
+        let mut result = RangeResult::default();
+        self.for_each_live(key, end, at, |kv| {
+            result.count += 1;
+            if limit == 0 || result.kvs.len() < limit {
+                result.kvs.push(kv);
+            }
+        });
+        Ok(result)
+    }
+
+    /// The live value of `key` at the newest revision.
+    pub fn get(&self, key: &[u8]) -> Option<KeyValue> {
+        let history = self.keys.get(key)?;
+        visible(history, self.revision).map(|v| to_kv(key, v))
+    }
+
+    /// Calls `f` for every live key of the range at revision `at` (already
+    /// resolved), in key order.
+    pub fn for_each_live(&self, key: &[u8], end: &RangeEnd, at: i64, mut f: impl FnMut(KeyValue)) {
+        if !end.non_empty(key) {
+            return;
+        }
+        for (k, history) in self.keys.range::<[u8], _>(end.bounds(key)) {
+            if let Some(v) = visible(history, at) {
+                f(to_kv(k, v));
+            }
+        }
+    }
+
+    /// Compacts at `revision`: reads below it fail from now on, and versions
+    /// no read at `revision` or later can see are dropped.
+    pub fn compact(&mut self, revision: i64) -> Result<(), MvccError> {
+        if revision <= self.compacted {
+            return Err(MvccError::Compacted);
+        }
+        if revision > self.revision {
+            return Err(MvccError::FutureRevision);
+        }
+        self.keys.retain(|_, history| {
+            // Index of the newest version at or below `revision`.
+            let keep_from = history.partition_point(|v| v.mod_revision <= revision);
+            if keep_from == 0 {
+                return true; // every version is newer
+            }
+            let newest_old = keep_from - 1;
+            let drop_to = if history[newest_old].is_tombstone() {
+                keep_from
+            } else {
+                newest_old
+            };
+            history.drain(..drop_to);
+            !history.is_empty()
+        });
+        self.compacted = revision;
+        Ok(())
+    }
+
+    /// Drops every version above `revision` (speculative writes that never
+    /// committed, after a leader change).
+    ///
+    /// # Panics
+    /// If `revision` is below the compaction point.
+    pub fn rollback_to(&mut self, revision: i64) {
+        assert!(
+            revision >= self.compacted,
+            "rollback below the compaction point"
+        );
+        if revision >= self.revision {
+            return;
+        }
+        self.keys.retain(|_, history| {
+            let keep = history.partition_point(|v| v.mod_revision <= revision);
+            history.truncate(keep);
+            !history.is_empty()
+        });
+        self.revision = revision;
+    }
+
+    /// Panics if an invariant does not hold. Tests call it after every step.
+    pub fn check_invariants(&self) {
+        assert!(
+            self.compacted <= self.revision.max(self.compacted),
+            "compacted <= revision"
+        );
+        for (k, history) in &self.keys {
+            assert!(!history.is_empty(), "key {k:?} with an empty history");
+            let mut prev: Option<&Version> = None;
+            for v in history {
+                assert!(
+                    v.mod_revision <= self.revision,
+                    "version above the store revision"
+                );
+                if let Some(p) = prev {
+                    assert!(
+                        v.mod_revision > p.mod_revision,
+                        "versions in revision order"
+                    );
+                    if !v.is_tombstone() {
+                        if p.is_tombstone() {
+                            assert_eq!(v.version, 1, "a key recreated starts at version 1");
+                        } else {
+                            assert_eq!(v.version, p.version + 1, "versions count up");
+                            assert_eq!(
+                                v.create_revision, p.create_revision,
+                                "create revision is kept"
+                            );
+                        }
+                    }
+                }
+                prev = Some(v);
+            }
+        }
+    }
+}
+
+/// The newest version at or below `at`, if it is live.
+fn visible(history: &[Version], at: i64) -> Option<&Version> {
+    let i = history.partition_point(|v| v.mod_revision <= at);
+    history[..i].last().filter(|v| !v.is_tombstone())
+}
+
+fn to_kv(key: &[u8], v: &Version) -> KeyValue {
+    KeyValue {
+        key: key.to_vec(),
+        create_revision: v.create_revision,
+        mod_revision: v.mod_revision,
+        version: v.version,
+        value: v.value.to_vec(),
+        lease: v.lease,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(k: &str, v: &str) -> Change {
+        Change::Put {
+            key: k.into(),
+            value: v.into(),
+            lease: 0,
+        }
+    }
+
+    fn del(k: &str) -> Change {
+        Change::Delete { key: k.into() }
+    }
+
+    #[test]
+    fn versions_and_create_revisions_follow_etcd() {
+        let mut s = Store::new();
+        s.apply(2, &[put("a", "1")]);
+        s.apply(3, &[put("a", "2")]);
+        s.apply(4, &[del("a")]);
+        s.apply(5, &[put("a", "3")]);
+        let kv = s.get(b"a").unwrap();
+        assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (5, 5, 1));
+        let old = s.range(b"a", &RangeEnd::Single, 3, 0).unwrap().kvs;
+        assert_eq!(
+            (old[0].create_revision, old[0].mod_revision, old[0].version),
+            (2, 3, 2)
+        );
+        assert_eq!(s.range(b"a", &RangeEnd::Single, 4, 0).unwrap().count, 0);
+        s.check_invariants();
+    }
+
+    #[test]
+    fn compaction_keeps_what_reads_at_or_after_it_see() {
+        let mut s = Store::new();
+        s.apply(2, &[put("a", "1"), put("b", "1")]);
+        s.apply(3, &[put("a", "2"), del("b")]);
+        s.apply(4, &[put("c", "1")]);
+        s.compact(3).unwrap();
+        assert_eq!(
+            s.range(b"a", &RangeEnd::Single, 2, 0),
+            Err(MvccError::Compacted)
+        );
+        assert_eq!(s.range(b"a", &RangeEnd::ToEnd, 3, 0).unwrap().kvs.len(), 1);
+        assert_eq!(
+            s.key_count(),
+            2,
+            "b's tombstone at the compaction point is gone"
+        );
+        assert_eq!(s.compact(3), Err(MvccError::Compacted));
+        assert_eq!(s.compact(9), Err(MvccError::FutureRevision));
+        s.check_invariants();
+    }
+
+    #[test]
+    fn rollback_drops_speculative_revisions() {
+        let mut s = Store::new();
+        s.apply(2, &[put("a", "1")]);
+        s.apply(3, &[put("a", "2"), put("b", "1")]);
+        s.rollback_to(2);
+        assert_eq!(s.revision(), 2);
+        assert_eq!(s.get(b"a").unwrap().value, b"1");
+        assert_eq!(s.get(b"b"), None);
+        s.apply(3, &[put("b", "x")]);
+        s.check_invariants();
+    }
+
+    #[test]
+    fn range_end_forms() {
+        assert_eq!(RangeEnd::from_request(b""), RangeEnd::Single);
+        assert_eq!(RangeEnd::from_request(b"\0"), RangeEnd::ToEnd);
+        let mut s = Store::new();
+        s.apply(2, &[put("a", "1"), put("b", "1"), put("c", "1")]);
+        let r = s
+            .range(b"a", &RangeEnd::Until(b"c".to_vec()), 0, 1)
+            .unwrap();
+        assert_eq!((r.kvs.len(), r.count), (1, 2));
+        assert_eq!(s.range(b"b", &RangeEnd::ToEnd, 0, 0).unwrap().count, 2);
+        assert_eq!(
+            s.range(b"c", &RangeEnd::Until(b"a".to_vec()), 0, 0)
+                .unwrap()
+                .count,
+            0
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "applied after")]
+    fn revisions_must_increase() {
+        let mut s = Store::new();
+        s.apply(2, &[put("a", "1")]);
+        s.apply(2, &[put("b", "1")]);
+    }
+}

@@ -1,0 +1,429 @@
+//! Evaluating etcd KV requests against a shard's [`Store`].
+//!
+//! Writes are evaluated against the newest state (on the write leader: applied
+//! plus its own speculative writes); the result is a response and the list of
+//! [`Change`]s to stamp with one new revision. Because the revision is taken
+//! only if something changes, responses are built with
+//! [`PENDING_REVISION`] where the new revision belongs, and
+//! [`stamp`] fills it in once the sequencer has given one.
+//!
+//! Semantics follow etcd 3.4's applier (`etcdserver/apply.go`):
+//! - Range: fetch, then the mod/create revision filters, then sort (ascending by
+//!   default when the sort target is not the key), then `limit` sets `more`;
+//!   `count` is the number of keys in the range before filters.
+//! - Inside a Txn, ops run in order and later ops see earlier ops' writes.
+//! - A Compare on a key range holds only if it holds for every key; a VALUE
+//!   compare on a missing key is false; other targets compare a missing key as
+//!   zeros.
+//!
+//! Request validation (empty key, duplicate keys in a txn, too many ops, ...)
+//! happens at the API edge, before evaluation.
+
+use super::store::{Change, KeyValue, MvccError, RangeEnd, Store};
+use std::collections::BTreeMap;
+
+/// Stands for the revision a write will get, until [`stamp`] replaces it.
+pub const PENDING_REVISION: i64 = -1;
+
+/// etcd's message when `ignore_value`/`ignore_lease` is set on a missing key.
+pub const ERR_KEY_NOT_FOUND: &str = "etcdserver: key not found";
+/// etcd's message when a Put names a lease that does not exist.
+pub const ERR_LEASE_NOT_FOUND: &str = "etcdserver: requested lease not found";
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SortOrder {
+    #[default]
+    None,
+    Ascend,
+    Descend,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SortTarget {
+    #[default]
+    Key,
+    Version,
+    Create,
+    Mod,
+    Value,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RangeRequest {
+    pub key: Vec<u8>,
+    pub range_end: Vec<u8>,
+    pub limit: i64,
+    pub revision: i64,
+    pub sort_order: SortOrder,
+    pub sort_target: SortTarget,
+    pub keys_only: bool,
+    pub count_only: bool,
+    pub min_mod_revision: i64,
+    pub max_mod_revision: i64,
+    pub min_create_revision: i64,
+    pub max_create_revision: i64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RangeResponse {
+    pub kvs: Vec<KeyValue>,
+    pub more: bool,
+    pub count: i64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PutRequest {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub lease: i64,
+    pub prev_kv: bool,
+    pub ignore_value: bool,
+    pub ignore_lease: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PutResponse {
+    pub prev_kv: Option<KeyValue>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeleteRangeRequest {
+    pub key: Vec<u8>,
+    pub range_end: Vec<u8>,
+    pub prev_kv: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeleteRangeResponse {
+    pub deleted: i64,
+    pub prev_kvs: Vec<KeyValue>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompareResult {
+    Equal,
+    Greater,
+    Less,
+    NotEqual,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CompareTarget {
+    Version(i64),
+    Create(i64),
+    Mod(i64),
+    Value(Vec<u8>),
+    Lease(i64),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compare {
+    pub result: CompareResult,
+    pub target: CompareTarget,
+    pub key: Vec<u8>,
+    pub range_end: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestOp {
+    Range(RangeRequest),
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResponseOp {
+    Range(RangeResponse),
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TxnRequest {
+    pub compare: Vec<Compare>,
+    pub success: Vec<RequestOp>,
+    pub failure: Vec<RequestOp>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TxnResponse {
+    pub succeeded: bool,
+    pub responses: Vec<ResponseOp>,
+}
+
+/// A request error that aborts the whole request (nothing changes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EvalError {
+    Mvcc(MvccError),
+    KeyNotFound,
+    LeaseNotFound,
+}
+
+impl std::fmt::Display for EvalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EvalError::Mvcc(e) => e.fmt(f),
+            EvalError::KeyNotFound => f.write_str(ERR_KEY_NOT_FOUND),
+            EvalError::LeaseNotFound => f.write_str(ERR_LEASE_NOT_FOUND),
+        }
+    }
+}
+
+impl From<MvccError> for EvalError {
+    fn from(e: MvccError) -> Self {
+        EvalError::Mvcc(e)
+    }
+}
+
+/// Evaluates requests over a store plus the writes made so far in this request.
+pub struct Eval<'a> {
+    store: &'a Store,
+    /// Keys written by this request: `Some` = new value, `None` = deleted.
+    overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
+    changes: Vec<Change>,
+    lease_exists: &'a dyn Fn(i64) -> bool,
+}
+
+impl<'a> Eval<'a> {
+    /// `lease_exists` answers whether a lease id is granted (0 is "no lease").
+    pub fn new(store: &'a Store, lease_exists: &'a dyn Fn(i64) -> bool) -> Self {
+        Self {
+            store,
+            overlay: BTreeMap::new(),
+            changes: Vec::new(),
+            lease_exists,
+        }
+    }
+
+    /// The changes to stamp with one revision (empty: consume no revision).
+    pub fn into_changes(self) -> Vec<Change> {
+        self.changes
+    }
+
+    /// The newest value of `key` as this request sees it.
+    fn current(&self, key: &[u8]) -> Option<KeyValue> {
+        match self.overlay.get(key) {
+            Some(v) => v.clone(),
+            None => self.store.get(key),
+        }
+    }
+
+    /// Live keys of a range at the newest state including this request's
+    /// writes, in key order.
+    fn live_range(&self, key: &[u8], end: &RangeEnd) -> Vec<KeyValue> {
+        let mut merged: BTreeMap<Vec<u8>, KeyValue> = BTreeMap::new();
+        self.store
+            .for_each_live(key, end, self.store.revision(), |kv| {
+                merged.insert(kv.key.clone(), kv);
+            });
+        for (k, v) in &self.overlay {
+            if end.contains(key, k) {
+                match v {
+                    Some(kv) => merged.insert(k.clone(), kv.clone()),
+                    None => merged.remove(k),
+                };
+            }
+        }
+        merged.into_values().collect()
+    }
+
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, EvalError> {
+        let end = RangeEnd::from_request(&req.range_end);
+        let mut kvs = if req.revision > 0 && req.revision != self.store.revision() {
+            // An explicit older revision reads history, not this request's writes.
+            self.store.range(&req.key, &end, req.revision, 0)?.kvs
+        } else {
+            self.store.resolve(req.revision)?;
+            self.live_range(&req.key, &end)
+        };
+        let count = kvs.len() as i64;
+        let keep = |kv: &KeyValue| {
+            (req.min_mod_revision == 0
+                || kv.mod_revision >= req.min_mod_revision
+                || kv.mod_revision == PENDING_REVISION)
+                && (req.max_mod_revision == 0
+                    || (kv.mod_revision <= req.max_mod_revision
+                        && kv.mod_revision != PENDING_REVISION))
+                && (req.min_create_revision == 0
+                    || kv.create_revision >= req.min_create_revision
+                    || kv.create_revision == PENDING_REVISION)
+                && (req.max_create_revision == 0
+                    || (kv.create_revision <= req.max_create_revision
+                        && kv.create_revision != PENDING_REVISION))
+        };
+        kvs.retain(keep);
+        let mut order = req.sort_order;
+        if req.sort_target != SortTarget::Key && order == SortOrder::None {
+            order = SortOrder::Ascend;
+        }
+        if order != SortOrder::None {
+            // A pending revision is the newest: sort it last.
+            let rev = |r: i64| if r == PENDING_REVISION { i64::MAX } else { r };
+            match req.sort_target {
+                SortTarget::Key => kvs.sort_by(|a, b| a.key.cmp(&b.key)),
+                SortTarget::Version => kvs.sort_by_key(|kv| kv.version),
+                SortTarget::Create => kvs.sort_by_key(|kv| rev(kv.create_revision)),
+                SortTarget::Mod => kvs.sort_by_key(|kv| rev(kv.mod_revision)),
+                SortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
+            }
+            if order == SortOrder::Descend {
+                kvs.reverse();
+            }
+        }
+        let mut more = false;
+        if req.limit > 0 && kvs.len() > req.limit as usize {
+            kvs.truncate(req.limit as usize);
+            more = true;
+        }
+        if req.count_only {
+            kvs.clear();
+        } else if req.keys_only {
+            for kv in &mut kvs {
+                kv.value.clear();
+            }
+        }
+        Ok(RangeResponse { kvs, more, count })
+    }
+
+    pub fn put(&mut self, req: &PutRequest) -> Result<PutResponse, EvalError> {
+        let prev = self.current(&req.key);
+        let (value, lease) = match (&prev, req.ignore_value, req.ignore_lease) {
+            (None, true, _) | (None, _, true) => return Err(EvalError::KeyNotFound),
+            (p, iv, il) => (
+                if iv {
+                    p.as_ref().expect("checked").value.clone()
+                } else {
+                    req.value.clone()
+                },
+                if il {
+                    p.as_ref().expect("checked").lease
+                } else {
+                    req.lease
+                },
+            ),
+        };
+        if lease != 0 && !(self.lease_exists)(lease) {
+            return Err(EvalError::LeaseNotFound);
+        }
+        let kv = KeyValue {
+            key: req.key.clone(),
+            create_revision: prev
+                .as_ref()
+                .map_or(PENDING_REVISION, |p| p.create_revision),
+            mod_revision: PENDING_REVISION,
+            version: prev.as_ref().map_or(1, |p| p.version + 1),
+            value: value.clone(),
+            lease,
+        };
+        self.overlay.insert(req.key.clone(), Some(kv));
+        self.changes.retain(|c| c.key() != req.key.as_slice());
+        self.changes.push(Change::Put {
+            key: req.key.clone(),
+            value,
+            lease,
+        });
+        Ok(PutResponse {
+            prev_kv: if req.prev_kv { prev } else { None },
+        })
+    }
+
+    pub fn delete_range(
+        &mut self,
+        req: &DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, EvalError> {
+        let end = RangeEnd::from_request(&req.range_end);
+        let doomed = self.live_range(&req.key, &end);
+        for kv in &doomed {
+            let was_created_here = self.overlay.get(&kv.key).is_some_and(|v| v.is_some())
+                && self.store.get(&kv.key).is_none();
+            self.overlay.insert(kv.key.clone(), None);
+            self.changes.retain(|c| c.key() != kv.key.as_slice());
+            if !was_created_here {
+                self.changes.push(Change::Delete {
+                    key: kv.key.clone(),
+                });
+            }
+        }
+        Ok(DeleteRangeResponse {
+            deleted: doomed.len() as i64,
+            prev_kvs: if req.prev_kv { doomed } else { Vec::new() },
+        })
+    }
+
+    fn compare(&self, c: &Compare) -> bool {
+        let end = RangeEnd::from_request(&c.range_end);
+        let kvs = self.live_range(&c.key, &end);
+        if kvs.is_empty() {
+            if matches!(c.target, CompareTarget::Value(_)) {
+                return false;
+            }
+            return compare_kv(c, &KeyValue::default());
+        }
+        kvs.iter().all(|kv| compare_kv(c, kv))
+    }
+
+    pub fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse, EvalError> {
+        let succeeded = req.compare.iter().all(|c| self.compare(c));
+        let ops = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            responses.push(self.op(op)?);
+        }
+        Ok(TxnResponse {
+            succeeded,
+            responses,
+        })
+    }
+
+    pub fn op(&mut self, op: &RequestOp) -> Result<ResponseOp, EvalError> {
+        Ok(match op {
+            RequestOp::Range(r) => ResponseOp::Range(self.range(r)?),
+            RequestOp::Put(p) => ResponseOp::Put(self.put(p)?),
+            RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.delete_range(d)?),
+            RequestOp::Txn(t) => ResponseOp::Txn(self.txn(t)?),
+        })
+    }
+}
+
+fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
+    use std::cmp::Ordering;
+    // A pending revision (written earlier in this txn) is newer than any.
+    let rev = |r: i64| if r == PENDING_REVISION { i64::MAX } else { r };
+    let ord = match &c.target {
+        CompareTarget::Version(v) => kv.version.cmp(v),
+        CompareTarget::Create(v) => rev(kv.create_revision).cmp(v),
+        CompareTarget::Mod(v) => rev(kv.mod_revision).cmp(v),
+        CompareTarget::Value(v) => kv.value.as_slice().cmp(v.as_slice()),
+        CompareTarget::Lease(v) => kv.lease.cmp(v),
+    };
+    match c.result {
+        CompareResult::Equal => ord == Ordering::Equal,
+        CompareResult::Greater => ord == Ordering::Greater,
+        CompareResult::Less => ord == Ordering::Less,
+        CompareResult::NotEqual => ord != Ordering::Equal,
+    }
+}
+
+/// Replaces [`PENDING_REVISION`] in a response with the revision its writes got.
+pub fn stamp(resp: &mut ResponseOp, revision: i64) {
+    let fix = |kv: &mut KeyValue| {
+        if kv.mod_revision == PENDING_REVISION {
+            kv.mod_revision = revision;
+        }
+        if kv.create_revision == PENDING_REVISION {
+            kv.create_revision = revision;
+        }
+    };
+    match resp {
+        ResponseOp::Range(r) => r.kvs.iter_mut().for_each(fix),
+        ResponseOp::Put(p) => p.prev_kv.iter_mut().for_each(fix),
+        ResponseOp::DeleteRange(d) => d.prev_kvs.iter_mut().for_each(fix),
+        ResponseOp::Txn(t) => t.responses.iter_mut().for_each(|r| stamp(r, revision)),
+    }
+}
