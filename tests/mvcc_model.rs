@@ -1,0 +1,366 @@
+//! Model-based property test of the MVCC: random puts, deletes, delete-ranges,
+//! txns, compactions and rollbacks, checked against a reference that keeps the
+//! full revision history of every key and derives etcd's fields from it; reads
+//! at every revision (old, current, future, compacted) must agree, errors
+//! included.
+
+use cairn::mvcc::txn::{
+    stamp, Compare, CompareResult, CompareTarget, DeleteRangeRequest, Eval, PutRequest,
+    RangeRequest, RequestOp, ResponseOp, TxnRequest,
+};
+use cairn::mvcc::{KeyValue, MvccError, RangeEnd, Store};
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+/// One key's history: (revision, Some(value) | None for a delete).
+type History = Vec<(i64, Option<Vec<u8>>)>;
+
+/// Reference: every key's full history, never compacted.
+#[derive(Default, Clone, Debug)]
+struct Reference {
+    history: BTreeMap<Vec<u8>, History>,
+    revision: i64,
+    compacted: i64,
+}
+
+impl Reference {
+    fn kv_at(&self, key: &[u8], at: i64) -> Option<KeyValue> {
+        let h = self.history.get(key)?;
+        let upto: Vec<_> = h.iter().filter(|(r, _)| *r <= at).collect();
+        let (mod_rev, value) = upto.last()?;
+        let value = value.clone()?;
+        // The current generation: puts after the last delete.
+        let gen_start = upto
+            .iter()
+            .rposition(|(_, v)| v.is_none())
+            .map_or(0, |i| i + 1);
+        let generation = &upto[gen_start..];
+        Some(KeyValue {
+            key: key.to_vec(),
+            create_revision: generation[0].0,
+            mod_revision: *mod_rev,
+            version: generation.len() as i64,
+            value,
+            lease: 0,
+        })
+    }
+
+    fn range(&self, key: &[u8], end: &RangeEnd, at: i64) -> Result<Vec<KeyValue>, MvccError> {
+        let at = if at <= 0 { self.revision } else { at };
+        if at > self.revision {
+            return Err(MvccError::FutureRevision);
+        }
+        if at < self.compacted {
+            return Err(MvccError::Compacted);
+        }
+        Ok(self
+            .history
+            .keys()
+            .filter(|k| end.contains(key, k))
+            .filter_map(|k| self.kv_at(k, at))
+            .collect())
+    }
+
+    fn apply(&mut self, revision: i64, puts: &[(Vec<u8>, Vec<u8>)], deletes: &[Vec<u8>]) {
+        for (k, v) in puts {
+            self.history
+                .entry(k.clone())
+                .or_default()
+                .push((revision, Some(v.clone())));
+        }
+        for k in deletes {
+            if self.kv_at(k, self.revision).is_some() {
+                self.history
+                    .entry(k.clone())
+                    .or_default()
+                    .push((revision, None));
+            }
+        }
+        self.revision = revision;
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Put(u8, u8),
+    Delete(u8),
+    DeleteRange(u8, u8),
+    /// if version(k) == v then put(a) else delete(b)
+    Txn {
+        k: u8,
+        v: i64,
+        a: u8,
+        b: u8,
+    },
+    Compact(u8),
+    Rollback(u8),
+    Range {
+        key: u8,
+        end: Option<u8>,
+        back: u8,
+        limit: u8,
+    },
+}
+
+fn key(k: u8) -> Vec<u8> {
+    vec![b'k', b'0' + k % 8]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => (0..8u8, any::<u8>()).prop_map(|(k, v)| Op::Put(k, v)),
+        2 => (0..8u8).prop_map(Op::Delete),
+        1 => (0..8u8, 0..9u8).prop_map(|(a, b)| Op::DeleteRange(a, b)),
+        2 => (0..8u8, 0..3i64, 0..8u8, 0..8u8).prop_map(|(k, v, a, b)| Op::Txn { k, v, a, b }),
+        1 => any::<u8>().prop_map(Op::Compact),
+        1 => any::<u8>().prop_map(Op::Rollback),
+        4 => (0..8u8, prop::option::of(0..10u8), any::<u8>(), 0..4u8)
+            .prop_map(|(key, end, back, limit)| Op::Range { key, end, back, limit }),
+    ]
+}
+
+fn end_of(key_byte: u8, end: Option<u8>) -> (Vec<u8>, RangeEnd) {
+    match end {
+        None => (Vec::new(), RangeEnd::Single),
+        Some(9) => (vec![0], RangeEnd::ToEnd),
+        Some(e) => {
+            let _ = key_byte;
+            (key(e), RangeEnd::Until(key(e)))
+        }
+    }
+}
+
+fn no_leases(_: i64) -> bool {
+    false
+}
+
+/// Applies an evaluated request to both sides; returns the revision used.
+fn commit(
+    store: &mut Store,
+    reference: &mut Reference,
+    changes: Vec<cairn::mvcc::Change>,
+) -> Option<i64> {
+    if changes.is_empty() {
+        return None;
+    }
+    let rev = store.revision() + 1;
+    let puts: Vec<_> = changes
+        .iter()
+        .filter_map(|c| match c {
+            cairn::mvcc::Change::Put { key, value, .. } => Some((key.clone(), value.clone())),
+            _ => None,
+        })
+        .collect();
+    let dels: Vec<_> = changes
+        .iter()
+        .filter_map(|c| match c {
+            cairn::mvcc::Change::Delete { key } => Some(key.clone()),
+            _ => None,
+        })
+        .collect();
+    store.apply(rev, &changes);
+    reference.apply(rev, &puts, &dels);
+    Some(rev)
+}
+
+fn run(ops: Vec<Op>) {
+    let mut store = Store::new();
+    let mut reference = Reference {
+        revision: 1,
+        ..Default::default()
+    };
+    store.apply(1, &[]); // etcd starts at revision 1
+    for op in ops {
+        match op {
+            Op::Put(k, v) => {
+                let mut e = Eval::new(&store, &no_leases);
+                let req = PutRequest {
+                    key: key(k),
+                    value: vec![v],
+                    prev_kv: true,
+                    ..Default::default()
+                };
+                let resp = e.put(&req).unwrap();
+                assert_eq!(
+                    resp.prev_kv,
+                    reference.kv_at(&key(k), reference.revision),
+                    "prev_kv"
+                );
+                let changes = e.into_changes();
+                commit(&mut store, &mut reference, changes).expect("a put always writes");
+            }
+            Op::Delete(k) | Op::DeleteRange(k, _) if matches!(op, Op::Delete(_)) => {
+                let mut e = Eval::new(&store, &no_leases);
+                let resp = e
+                    .delete_range(&DeleteRangeRequest {
+                        key: key(k),
+                        prev_kv: true,
+                        ..Default::default()
+                    })
+                    .unwrap();
+                let expected: Vec<_> = reference
+                    .kv_at(&key(k), reference.revision)
+                    .into_iter()
+                    .collect();
+                assert_eq!(resp.prev_kvs, expected);
+                let before = store.revision();
+                let changes = e.into_changes();
+                let used = commit(&mut store, &mut reference, changes);
+                assert_eq!(
+                    used.is_none(),
+                    expected.is_empty(),
+                    "deleting nothing consumes no revision"
+                );
+                if used.is_none() {
+                    assert_eq!(store.revision(), before);
+                }
+            }
+            Op::DeleteRange(a, b) => {
+                let (raw_end, end) = end_of(a, Some(b));
+                let mut e = Eval::new(&store, &no_leases);
+                let resp = e
+                    .delete_range(&DeleteRangeRequest {
+                        key: key(a),
+                        range_end: raw_end,
+                        prev_kv: true,
+                    })
+                    .unwrap();
+                let expected = reference.range(&key(a), &end, 0).unwrap();
+                assert_eq!(resp.deleted as usize, expected.len());
+                assert_eq!(resp.prev_kvs, expected);
+                let changes = e.into_changes();
+                commit(&mut store, &mut reference, changes);
+            }
+            Op::Delete(_) => unreachable!(),
+            Op::Txn { k, v, a, b } => {
+                let req = TxnRequest {
+                    compare: vec![Compare {
+                        result: CompareResult::Equal,
+                        target: CompareTarget::Version(v),
+                        key: key(k),
+                        range_end: Vec::new(),
+                    }],
+                    success: vec![
+                        RequestOp::Put(PutRequest {
+                            key: key(a),
+                            value: b"txn".to_vec(),
+                            ..Default::default()
+                        }),
+                        RequestOp::Range(RangeRequest {
+                            key: key(a),
+                            ..Default::default()
+                        }),
+                    ],
+                    failure: vec![RequestOp::DeleteRange(DeleteRangeRequest {
+                        key: key(b),
+                        ..Default::default()
+                    })],
+                };
+                let holds = reference
+                    .kv_at(&key(k), reference.revision)
+                    .map_or(0, |kv| kv.version)
+                    == v;
+                let mut e = Eval::new(&store, &no_leases);
+                let mut resp = ResponseOp::Txn(e.txn(&req).unwrap());
+                let changes = e.into_changes();
+                let rev = commit(&mut store, &mut reference, changes);
+                if let Some(rev) = rev {
+                    stamp(&mut resp, rev);
+                }
+                let ResponseOp::Txn(t) = resp else {
+                    unreachable!()
+                };
+                assert_eq!(t.succeeded, holds, "compare");
+                if holds {
+                    // The range after the put in the same txn sees the put, stamped.
+                    let ResponseOp::Range(r) = &t.responses[1] else {
+                        panic!("range response")
+                    };
+                    assert_eq!(
+                        r.kvs,
+                        reference
+                            .kv_at(&key(a), reference.revision)
+                            .into_iter()
+                            .collect::<Vec<_>>()
+                    );
+                }
+            }
+            Op::Compact(x) => {
+                let target = (x as i64) % (reference.revision + 2);
+                let want = if target <= reference.compacted {
+                    Err(MvccError::Compacted)
+                } else if target > reference.revision {
+                    Err(MvccError::FutureRevision)
+                } else {
+                    Ok(())
+                };
+                assert_eq!(store.compact(target), want, "compact {target}");
+                if want.is_ok() {
+                    reference.compacted = target;
+                }
+            }
+            Op::Rollback(x) => {
+                let span = reference.revision - reference.compacted + 1;
+                let to = reference.compacted + (x as i64) % span;
+                store.rollback_to(to);
+                for h in reference.history.values_mut() {
+                    h.retain(|(r, _)| *r <= to);
+                }
+                reference.history.retain(|_, h| !h.is_empty());
+                reference.revision = reference.revision.min(to);
+            }
+            Op::Range {
+                key: k,
+                end,
+                back,
+                limit,
+            } => {
+                let (raw_end, end) = end_of(k, end);
+                let at = reference.revision + 1 - (back as i64 % (reference.revision + 3));
+                let want = reference.range(&key(k), &end, at);
+                let got = store.range(&key(k), &end, at, limit as usize);
+                match (got, want) {
+                    (Ok(g), Ok(w)) => {
+                        assert_eq!(g.count, w.len(), "count at {at}");
+                        let expect: Vec<_> = w
+                            .into_iter()
+                            .take(if limit == 0 {
+                                usize::MAX
+                            } else {
+                                limit as usize
+                            })
+                            .collect();
+                        assert_eq!(g.kvs, expect, "kvs at {at}");
+                    }
+                    (g, w) => assert_eq!(g.map(|_| ()), w.map(|_| ()), "range error at {at}"),
+                }
+                // The same through the evaluator's Range (limit/more/count).
+                let e = Eval::new(&store, &no_leases);
+                let req = RangeRequest {
+                    key: key(k),
+                    range_end: raw_end,
+                    revision: at,
+                    limit: limit as i64,
+                    ..Default::default()
+                };
+                if let (Ok(r), Ok(w)) = (e.range(&req), reference.range(&key(k), &end, at)) {
+                    assert_eq!(r.count as usize, w.len());
+                    assert_eq!(r.more, limit > 0 && w.len() > limit as usize);
+                }
+            }
+        }
+        store.check_invariants();
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn mvcc_matches_reference_histories(ops in prop::collection::vec(op(), 1..150)) {
+        run(ops);
+    }
+}
