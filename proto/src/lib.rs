@@ -1,0 +1,26 @@
+//! etcd's v3 API as Rust types (prost) and gRPC clients/servers (tonic),
+//! generated from the `.proto` files in `proto/etcd/` (see `proto/README.md`).
+//! Field numbers and names are etcd's, so any etcd v3 client talks to a
+//! server built on these, and our clients talk to etcd.
+
+#![allow(clippy::all, missing_docs)]
+
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
+}
