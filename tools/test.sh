@@ -6,10 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the build and tests use: a C compiler for glommio's liburing
-# build. (Later suites add etcd-client for the real etcdctl and iproute2.)
+# build; etcd 3.4 (etcd-server) that the load generator's tests drive, and its
+# etcdctl (etcd-client).
 need=()
 command -v cc >/dev/null || need+=(gcc libc6-dev)
 command -v make >/dev/null || need+=(make)
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v etcdctl >/dev/null || need+=(etcd-client)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "tools/test.sh: please install: ${need[*]}" >&2

@@ -1,0 +1,612 @@
+//! `cairn-bench`: a load generator for etcd v3 endpoints (cairn or etcd),
+//! shaped like etcd's `benchmark` tool.
+//!
+//! ```text
+//! cairn-bench --endpoints 127.0.0.1:2379 --conns 10 --clients 100 --total 100000 \
+//!     --key-size 8 --val-size 256 put
+//! cairn-bench --clients 50 --total 20000 range foo --consistency s
+//! cairn-bench --clients 50 --total 20000 --key-space-size 1000 txn-put
+//! cairn-bench watch-latency --streams 10 --watchers-per-stream 10 --put-total 1000 --put-rate 100
+//! cairn-bench --clients 50 --duration 10 mixed --read-ratio 0.9
+//! ```
+//!
+//! Every client is a task with one request in flight, on connection
+//! `client % conns`. With `--rate` the run is open-loop: operation `i` is due at
+//! `start + i / rate` and its latency counts from then (no coordinated
+//! omission). A progress bar goes to stderr; the summary to stdout, and its last
+//! line is one JSON object with the same figures.
+
+use anyhow::{bail, Context, Result};
+use cairn_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use cairn_proto::etcdserverpb::kv_client::KvClient;
+use cairn_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use cairn_proto::etcdserverpb::request_op::Request;
+use cairn_proto::etcdserverpb::watch_client::WatchClient;
+use cairn_proto::etcdserverpb::watch_request::RequestUnion;
+use cairn_proto::etcdserverpb::{
+    Compare, PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest, WatchCreateRequest,
+    WatchRequest,
+};
+use cairn_tools::loadgen::keys::{key_bytes, random_value, KeyPicker};
+use cairn_tools::loadgen::report::{Recorder, Summary};
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cairn-bench",
+    about = "Load generator for etcd v3 endpoints (cairn or etcd)"
+)]
+struct Args {
+    /// Comma-separated endpoints (host:port or URL).
+    #[arg(long, default_value = "127.0.0.1:2379", value_delimiter = ',')]
+    endpoints: Vec<String>,
+    /// gRPC connections (HTTP/2), shared round-robin by the clients.
+    #[arg(long, default_value_t = 1)]
+    conns: usize,
+    /// Concurrent clients, each with one request in flight.
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// Number of operations (default 10000 unless --duration is given).
+    #[arg(long)]
+    total: Option<u64>,
+    /// Run for this many seconds instead of a fixed total.
+    #[arg(long)]
+    duration: Option<f64>,
+    #[arg(long, default_value_t = 8)]
+    key_size: usize,
+    #[arg(long, default_value_t = 8)]
+    val_size: usize,
+    /// Number of distinct keys written/read.
+    #[arg(long, default_value_t = 1)]
+    key_space_size: u64,
+    /// Use keys 0,1,2,.. (mod key space) instead of random ones.
+    #[arg(long)]
+    sequential_keys: bool,
+    /// Open-loop rate in operations/s across all clients (0 = as fast as possible).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Send everything to the current leader (found with Maintenance.Status).
+    #[arg(long)]
+    target_leader: bool,
+    /// CA certificate to verify the server (PEM); enables TLS.
+    #[arg(long)]
+    cacert: Option<PathBuf>,
+    /// Client certificate (PEM), with --key.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Client private key (PEM), with --cert.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Runtime worker threads (default: available CPUs).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+enum Cmd {
+    /// Put keys.
+    Put,
+    /// Range over KEY (or [KEY, END)).
+    Range {
+        key: String,
+        end: Option<String>,
+        /// l = linearizable, s = serializable.
+        #[arg(long, default_value = "l")]
+        consistency: String,
+        #[arg(long, default_value_t = 0)]
+        limit: i64,
+    },
+    /// Kubernetes-style update: read the key's mod_revision, then a txn that
+    /// puts only if it is unchanged; retried on conflict.
+    TxnPut,
+    /// Time from a put to its watch event, for every watcher.
+    WatchLatency {
+        #[arg(long, default_value_t = 10)]
+        streams: usize,
+        #[arg(long, default_value_t = 10)]
+        watchers_per_stream: usize,
+        #[arg(long, default_value_t = 1000)]
+        put_total: u64,
+        #[arg(long, default_value_t = 100.0)]
+        put_rate: f64,
+    },
+    /// Linearizable ranges and puts, mixed.
+    Mixed {
+        /// Fraction of operations that are reads.
+        #[arg(long, default_value_t = 0.5)]
+        read_ratio: f64,
+    },
+}
+
+/// Hands out operation numbers until the total or the deadline is reached.
+struct Work {
+    total: Option<u64>,
+    deadline: Option<Instant>,
+    next: AtomicU64,
+    rate: f64,
+    start: Instant,
+}
+
+impl Work {
+    /// The next operation's number and, in open-loop mode, when it is due.
+    fn take(&self) -> Option<(u64, Option<Instant>)> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        if self.total.is_some_and(|t| i >= t) {
+            return None;
+        }
+        let due =
+            (self.rate > 0.0).then(|| self.start + Duration::from_secs_f64(i as f64 / self.rate));
+        let at = due.unwrap_or_else(Instant::now);
+        if self.deadline.is_some_and(|d| at >= d) {
+            return None;
+        }
+        Some((i, due))
+    }
+}
+
+/// Bound on attempts of one txn-put before it counts as an error.
+const TXN_RETRIES_MAX: u32 = 100;
+/// Bound on puts in watch-latency (send times are kept in memory).
+const WATCH_PUTS_MAX: u64 = 10_000_000;
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.clients == 0 || args.conns == 0 {
+        bail!("--clients and --conns must be at least 1");
+    }
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args))
+}
+
+fn url(endpoint: &str, tls: bool) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_string()
+    } else if tls {
+        format!("https://{endpoint}")
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
+async fn connect(args: &Args, endpoint: &str) -> Result<Channel> {
+    let tls = args.cacert.is_some() || args.cert.is_some();
+    let mut ep = Endpoint::from_shared(url(endpoint, tls))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    if tls {
+        let mut cfg = ClientTlsConfig::new();
+        if let Some(ca) = &args.cacert {
+            cfg = cfg.ca_certificate(Certificate::from_pem(
+                std::fs::read(ca).context("reading --cacert")?,
+            ));
+        }
+        match (&args.cert, &args.key) {
+            (Some(c), Some(k)) => {
+                cfg = cfg.identity(Identity::from_pem(
+                    std::fs::read(c).context("reading --cert")?,
+                    std::fs::read(k).context("reading --key")?,
+                ))
+            }
+            (None, None) => {}
+            _ => bail!("--cert and --key go together"),
+        }
+        ep = ep.tls_config(cfg)?;
+    }
+    ep.connect()
+        .await
+        .with_context(|| format!("connecting to {endpoint}"))
+}
+
+/// The endpoints to use: all, or only the leader's.
+async fn endpoints(args: &Args) -> Result<Vec<String>> {
+    if !args.target_leader {
+        return Ok(args.endpoints.clone());
+    }
+    for ep in &args.endpoints {
+        let Ok(ch) = connect(args, ep).await else {
+            continue;
+        };
+        let Ok(st) = MaintenanceClient::new(ch).status(StatusRequest {}).await else {
+            continue;
+        };
+        let st = st.into_inner();
+        if st.header.as_ref().is_some_and(|h| h.member_id == st.leader) {
+            return Ok(vec![ep.clone()]);
+        }
+    }
+    bail!("--target-leader: no endpoint reports itself as the leader")
+}
+
+async fn run(args: Args) -> Result<()> {
+    let eps = endpoints(&args).await?;
+    let mut conns = Vec::with_capacity(args.conns);
+    for i in 0..args.conns {
+        conns.push(connect(&args, &eps[i % eps.len()]).await?);
+    }
+    let args = Arc::new(args);
+    let (op_name, rec, elapsed) = match args.cmd.clone() {
+        Cmd::WatchLatency {
+            streams,
+            watchers_per_stream,
+            put_total,
+            put_rate,
+        } => {
+            let (rec, elapsed) = watch_latency(
+                &args,
+                &conns,
+                streams,
+                watchers_per_stream,
+                put_total,
+                put_rate,
+            )
+            .await?;
+            ("watch-latency", rec, elapsed)
+        }
+        cmd => {
+            let name = match cmd {
+                Cmd::Put => "put",
+                Cmd::Range { .. } => "range",
+                Cmd::TxnPut => "txn-put",
+                Cmd::Mixed { .. } => "mixed",
+                Cmd::WatchLatency { .. } => unreachable!(),
+            };
+            let (rec, elapsed) = closed_or_open_loop(&args, &conns, cmd).await?;
+            (name, rec, elapsed)
+        }
+    };
+    let summary = Summary::new(op_name, &rec, elapsed);
+    print!("{}", summary.text(&rec));
+    let extra = serde_json::json!({
+        "clients": args.clients,
+        "conns": args.conns,
+        "endpoints": eps,
+        "key_size": args.key_size,
+        "val_size": args.val_size,
+        "key_space_size": args.key_space_size,
+        "rate": args.rate,
+    });
+    println!("{}", summary.json(&rec, extra));
+    if summary.requests == 0 && summary.errors > 0 {
+        bail!("every request failed");
+    }
+    Ok(())
+}
+
+fn progress_bar(len: u64) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::with_draw_target(
+        Some(len),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb
+}
+
+async fn closed_or_open_loop(
+    args: &Arc<Args>,
+    conns: &[Channel],
+    cmd: Cmd,
+) -> Result<(Recorder, Duration)> {
+    let total = match (args.total, args.duration) {
+        (Some(t), _) => Some(t),
+        (None, Some(_)) => None,
+        (None, None) => Some(10_000),
+    };
+    let start = Instant::now();
+    let work = Arc::new(Work {
+        total,
+        deadline: args.duration.map(|d| start + Duration::from_secs_f64(d)),
+        next: AtomicU64::new(0),
+        rate: args.rate,
+        start,
+    });
+    let done = Arc::new(AtomicU64::new(0));
+    let pb = progress_bar(total.unwrap_or(0));
+    let value = Arc::new(random_value(args.val_size));
+    let mut tasks = Vec::with_capacity(args.clients);
+    for c in 0..args.clients {
+        let kv = KvClient::new(conns[c % conns.len()].clone());
+        let (work, done, args, value, cmd) = (
+            work.clone(),
+            done.clone(),
+            args.clone(),
+            value.clone(),
+            cmd.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            client(c as u64, kv, work, done, args, value, cmd).await
+        }));
+    }
+    let ticker = {
+        let (pb, done) = (pb.clone(), done.clone());
+        tokio::spawn(async move {
+            loop {
+                pb.set_position(done.load(Ordering::Relaxed));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let mut rec = Recorder::default();
+    for t in tasks {
+        rec.merge(&t.await?);
+    }
+    let elapsed = start.elapsed();
+    ticker.abort();
+    pb.finish_and_clear();
+    Ok((rec, elapsed))
+}
+
+async fn client(
+    id: u64,
+    mut kv: KvClient<Channel>,
+    work: Arc<Work>,
+    done: Arc<AtomicU64>,
+    args: Arc<Args>,
+    value: Arc<Vec<u8>>,
+    cmd: Cmd,
+) -> Recorder {
+    let mut rec = Recorder::default();
+    let mut rng = StdRng::seed_from_u64(0x5EED ^ id);
+    let picker = KeyPicker {
+        space: args.key_space_size,
+        sequential: args.sequential_keys,
+    };
+    while let Some((i, due)) = work.take() {
+        if let Some(due) = due {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let t0 = due.unwrap_or_else(Instant::now);
+        let key = key_bytes(picker.pick(i, &mut rng), args.key_size);
+        let result = match &cmd {
+            Cmd::Put => put(&mut kv, key, &value).await,
+            Cmd::Range {
+                key,
+                end,
+                consistency,
+                limit,
+            } => {
+                range(
+                    &mut kv,
+                    key.as_bytes().to_vec(),
+                    end.clone().unwrap_or_default().into_bytes(),
+                    consistency == "s",
+                    *limit,
+                )
+                .await
+            }
+            Cmd::TxnPut => txn_put(&mut kv, key, &value, &mut rec).await,
+            Cmd::Mixed { read_ratio } => {
+                if rng.random_bool(read_ratio.clamp(0.0, 1.0)) {
+                    range(&mut kv, key, Vec::new(), false, 0).await
+                } else {
+                    put(&mut kv, key, &value).await
+                }
+            }
+            Cmd::WatchLatency { .. } => unreachable!("handled separately"),
+        };
+        match result {
+            Ok(()) => rec.ok(t0.elapsed()),
+            Err(status) => rec.error(format!("{:?}: {}", status.code(), status.message())),
+        }
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    rec
+}
+
+async fn put(kv: &mut KvClient<Channel>, key: Vec<u8>, value: &[u8]) -> Result<(), tonic::Status> {
+    kv.put(PutRequest {
+        key,
+        value: value.to_vec(),
+        ..Default::default()
+    })
+    .await
+    .map(|_| ())
+}
+
+async fn range(
+    kv: &mut KvClient<Channel>,
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    serializable: bool,
+    limit: i64,
+) -> Result<(), tonic::Status> {
+    kv.range(RangeRequest {
+        key,
+        range_end,
+        serializable,
+        limit,
+        ..Default::default()
+    })
+    .await
+    .map(|_| ())
+}
+
+async fn txn_put(
+    kv: &mut KvClient<Channel>,
+    key: Vec<u8>,
+    value: &[u8],
+    rec: &mut Recorder,
+) -> Result<(), tonic::Status> {
+    for _ in 0..TXN_RETRIES_MAX {
+        let got = kv
+            .range(RangeRequest {
+                key: key.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let mod_revision = got.kvs.first().map_or(0, |kv| kv.mod_revision);
+        let txn = TxnRequest {
+            compare: vec![Compare {
+                result: CompareResult::Equal as i32,
+                target: CompareTarget::Mod as i32,
+                key: key.clone(),
+                range_end: Vec::new(),
+                target_union: Some(TargetUnion::ModRevision(mod_revision)),
+            }],
+            success: vec![RequestOp {
+                request: Some(Request::RequestPut(PutRequest {
+                    key: key.clone(),
+                    value: value.to_vec(),
+                    ..Default::default()
+                })),
+            }],
+            failure: Vec::new(),
+        };
+        if kv.txn(txn).await?.into_inner().succeeded {
+            return Ok(());
+        }
+        rec.count("txn_conflicts");
+    }
+    Err(tonic::Status::aborted(format!(
+        "txn-put: still conflicting after {TXN_RETRIES_MAX} attempts"
+    )))
+}
+
+async fn watch_latency(
+    args: &Arc<Args>,
+    conns: &[Channel],
+    streams: usize,
+    watchers_per_stream: usize,
+    put_total: u64,
+    put_rate: f64,
+) -> Result<(Recorder, Duration)> {
+    if put_total > WATCH_PUTS_MAX {
+        bail!("--put-total is at most {WATCH_PUTS_MAX}");
+    }
+    let key = [b"watch-latency/".as_slice(), &key_bytes(0, args.key_size)].concat();
+    let start = Instant::now();
+    // Send time of put i, in ns since `start` (0 = not sent yet).
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..put_total).map(|_| AtomicU64::new(0)).collect());
+    let watchers_total = (streams * watchers_per_stream) as u64;
+    let pb = progress_bar(put_total * watchers_total);
+    let seen = Arc::new(AtomicU64::new(0));
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(streams.max(1));
+    let mut watch_tasks = Vec::new();
+    for s in 0..streams {
+        let mut client = WatchClient::new(conns[s % conns.len()].clone());
+        let creates: Vec<WatchRequest> = (0..watchers_per_stream)
+            .map(|_| WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                    key: key.clone(),
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        let (sent, seen, ready_tx, pb) = (sent.clone(), seen.clone(), ready_tx.clone(), pb.clone());
+        watch_tasks.push(tokio::spawn(async move {
+            let mut rec = Recorder::default();
+            // Keep the request stream open for the life of the watch.
+            let requests = futures::stream::iter(creates).chain(futures::stream::pending());
+            let mut stream = match client.watch(requests).await {
+                Ok(r) => r.into_inner(),
+                Err(e) => {
+                    rec.error(format!("watch: {}", e.message()));
+                    let _ = ready_tx.send(()).await;
+                    return rec;
+                }
+            };
+            let mut created = 0;
+            let mut events = 0u64;
+            let want = put_total * watchers_per_stream as u64;
+            while events < want {
+                let msg = match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
+                    Ok(Some(Ok(m))) => m,
+                    Ok(Some(Err(e))) => {
+                        rec.error(format!("watch: {}", e.message()));
+                        break;
+                    }
+                    Ok(None) => {
+                        rec.error("watch stream closed");
+                        break;
+                    }
+                    Err(_) => {
+                        rec.error("watch: no event for 30 s");
+                        break;
+                    }
+                };
+                if msg.created {
+                    created += 1;
+                    if created == watchers_per_stream {
+                        let _ = ready_tx.send(()).await;
+                    }
+                }
+                for ev in msg.events {
+                    let Some(kv) = ev.kv else { continue };
+                    let Some(i) = kv
+                        .value
+                        .get(..8)
+                        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+                    else {
+                        continue;
+                    };
+                    if let Some(t) = sent.get(i as usize).map(|t| t.load(Ordering::Acquire)) {
+                        let now = start.elapsed().as_nanos() as u64;
+                        rec.ok(Duration::from_nanos(now.saturating_sub(t)));
+                    }
+                    events += 1;
+                    pb.set_position(seen.fetch_add(1, Ordering::Relaxed) + 1);
+                }
+            }
+            rec
+        }));
+    }
+    drop(ready_tx);
+    for _ in 0..streams {
+        if tokio::time::timeout(Duration::from_secs(30), ready_rx.recv())
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            bail!("watch streams were not created within 30 s");
+        }
+    }
+    let mut kv = KvClient::new(conns[0].clone());
+    let mut rec = Recorder::default();
+    let put_start = Instant::now();
+    for i in 0..put_total {
+        if put_rate > 0.0 {
+            tokio::time::sleep_until(
+                (put_start + Duration::from_secs_f64(i as f64 / put_rate)).into(),
+            )
+            .await;
+        }
+        let mut value = i.to_be_bytes().to_vec();
+        value.resize(args.val_size.max(8), 0);
+        sent[i as usize].store(start.elapsed().as_nanos() as u64, Ordering::Release);
+        if let Err(e) = kv
+            .put(PutRequest {
+                key: key.clone(),
+                value,
+                ..Default::default()
+            })
+            .await
+        {
+            rec.error(format!("put: {}", e.message()));
+        }
+    }
+    for t in watch_tasks {
+        rec.merge(&t.await?);
+    }
+    pb.finish_and_clear();
+    Ok((rec, put_start.elapsed()))
+}

@@ -1,0 +1,5 @@
+//! The load generator behind `cairn-bench`: connections, keys, pacing,
+//! latency recording and the summary. Works against any etcd v3 endpoint.
+
+pub mod keys;
+pub mod report;
