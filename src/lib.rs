@@ -1,8 +1,10 @@
 //! cairn: an etcd-v3-compatible replicated key-value store.
 //!
+//! - [`api`]: etcd's error table and request validation at the edge.
 //! - [`mvcc`]: one shard's keys and revision histories, and request evaluation.
 //! - [`raft`]: openraft glue (log store over the WAL; runtime adapter and state
 //!   machine arrive with the server).
 
+pub mod api;
 pub mod mvcc;
 pub mod raft;

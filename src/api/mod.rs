@@ -1,0 +1,10 @@
+//! The client-facing API: etcd's error table and request validation (the
+//! tonic services and the HTTP gateway arrive with the server).
+//!
+//! Runs on the front (tokio) threads: everything here is checked before a
+//! request is routed to a shard or proposed, so a bad request changes nothing.
+
+pub mod errors;
+pub mod validate;
+
+pub use errors::EtcdError;
