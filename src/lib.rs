@@ -2,9 +2,11 @@
 //!
 //! - [`api`]: etcd's error table and request validation at the edge.
 //! - [`mvcc`]: one shard's keys and revision histories, and request evaluation.
+//! - [`sequencer`]: the write leader's revision counter and committed prefix C.
 //! - [`raft`]: openraft glue (log store over the WAL; runtime adapter and state
 //!   machine arrive with the server).
 
 pub mod api;
 pub mod mvcc;
 pub mod raft;
+pub mod sequencer;

@@ -16,8 +16,14 @@ fn loaded(keys: u64) -> Store {
     let mut rev = 1;
     for chunk in (0..keys).collect::<Vec<_>>().chunks(1000) {
         rev += 1;
-        let changes: Vec<Change> =
-            chunk.iter().map(|&i| Change::Put { key: key(i), value: value.clone(), lease: 0 }).collect();
+        let changes: Vec<Change> = chunk
+            .iter()
+            .map(|&i| Change::Put {
+                key: key(i),
+                value: value.clone(),
+                lease: 0,
+            })
+            .collect();
         s.apply(rev, &changes);
     }
     s
@@ -28,7 +34,10 @@ fn mvcc(c: &mut Criterion) {
     let value = vec![0xCDu8; 256];
 
     let mut apply = c.benchmark_group("mvcc_apply_put (one key per revision)");
-    apply.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    apply
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
     apply.throughput(Throughput::Elements(1));
     for &n in &sizes {
         let mut s = loaded(n);
@@ -37,14 +46,23 @@ fn mvcc(c: &mut Criterion) {
             b.iter(|| {
                 i += 1;
                 let rev = s.revision() + 1;
-                s.apply(rev, &[Change::Put { key: key(i % n), value: value.clone(), lease: 0 }]);
+                s.apply(
+                    rev,
+                    &[Change::Put {
+                        key: key(i % n),
+                        value: value.clone(),
+                        lease: 0,
+                    }],
+                );
             })
         });
     }
     apply.finish();
 
     let mut get = c.benchmark_group("mvcc_range_single_key");
-    get.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    get.sample_size(10)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
     get.throughput(Throughput::Elements(1));
     for &n in &sizes {
         let s = loaded(n);
@@ -59,7 +77,9 @@ fn mvcc(c: &mut Criterion) {
     get.finish();
 
     let mut scan = c.benchmark_group("mvcc_range_100_keys");
-    scan.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    scan.sample_size(10)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
     scan.throughput(Throughput::Elements(100));
     for &n in &sizes {
         let s = loaded(n);
@@ -67,7 +87,10 @@ fn mvcc(c: &mut Criterion) {
         scan.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
             b.iter(|| {
                 i = (i + 7919) % (n - 100);
-                black_box(s.range(&key(i), &RangeEnd::Until(key(i + 100)), 0, 0).expect("range"))
+                black_box(
+                    s.range(&key(i), &RangeEnd::Until(key(i + 100)), 0, 0)
+                        .expect("range"),
+                )
             })
         });
     }
