@@ -3,10 +3,14 @@
 //! - [`api`]: etcd's error table and request validation at the edge.
 //! - [`mvcc`]: one shard's keys and revision histories, and request evaluation.
 //! - [`sequencer`]: the write leader's revision counter and committed prefix C.
+//! - [`shard`]: a shard core (glommio executor owning a WAL, a Raft group and a store).
 //! - [`raft`]: openraft glue (log store over the WAL; runtime adapter and state
 //!   machine arrive with the server).
 
 pub mod api;
+pub mod config;
 pub mod mvcc;
 pub mod raft;
 pub mod sequencer;
+pub mod server;
+pub mod shard;

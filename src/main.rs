@@ -1,7 +1,15 @@
-//! `cairn`: the server binary. The etcd v3 API server is built in the next
-//! issue; until then this binary refuses to start instead of pretending.
+//! `cairn`: an etcd-v3-compatible member. Flags are etcd's (`cairn --help`).
 
-fn main() {
-    eprintln!("cairn: the server is not built yet (see the open issues); the WAL is in wal/, its benchmark is `walbench`");
-    std::process::exit(2);
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cfg = cairn::config::Config::parse();
+    match cairn::server::run(cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cairn: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

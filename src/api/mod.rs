@@ -4,7 +4,9 @@
 //! Runs on the front (tokio) threads: everything here is checked before a
 //! request is routed to a shard or proposed, so a bad request changes nothing.
 
+pub mod convert;
 pub mod errors;
+pub mod kv;
 pub mod validate;
 
 pub use errors::EtcdError;

@@ -231,60 +231,20 @@ impl<'a> Eval<'a> {
 
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, EvalError> {
         let end = RangeEnd::from_request(&req.range_end);
-        let mut kvs = if req.revision > 0 && req.revision != self.store.revision() {
+        // A shard sees only its own keys' revisions: a read above its newest
+        // one sees the same state. Whether a revision is in the future for
+        // the member is decided at the front, against the committed prefix.
+        let at = req.revision.min(self.store.revision());
+        let mut kvs = if req.revision > 0 && at != self.store.revision() {
             // An explicit older revision reads history, not this request's writes.
-            self.store.range(&req.key, &end, req.revision, 0)?.kvs
+            self.store.range(&req.key, &end, at, 0)?.kvs
         } else {
-            self.store.resolve(req.revision)?;
+            self.store.resolve(at)?;
             self.live_range(&req.key, &end)
         };
         let count = kvs.len() as i64;
-        let keep = |kv: &KeyValue| {
-            (req.min_mod_revision == 0
-                || kv.mod_revision >= req.min_mod_revision
-                || kv.mod_revision == PENDING_REVISION)
-                && (req.max_mod_revision == 0
-                    || (kv.mod_revision <= req.max_mod_revision
-                        && kv.mod_revision != PENDING_REVISION))
-                && (req.min_create_revision == 0
-                    || kv.create_revision >= req.min_create_revision
-                    || kv.create_revision == PENDING_REVISION)
-                && (req.max_create_revision == 0
-                    || (kv.create_revision <= req.max_create_revision
-                        && kv.create_revision != PENDING_REVISION))
-        };
-        kvs.retain(keep);
-        let mut order = req.sort_order;
-        if req.sort_target != SortTarget::Key && order == SortOrder::None {
-            order = SortOrder::Ascend;
-        }
-        if order != SortOrder::None {
-            // A pending revision is the newest: sort it last.
-            let rev = |r: i64| if r == PENDING_REVISION { i64::MAX } else { r };
-            match req.sort_target {
-                SortTarget::Key => kvs.sort_by(|a, b| a.key.cmp(&b.key)),
-                SortTarget::Version => kvs.sort_by_key(|kv| kv.version),
-                SortTarget::Create => kvs.sort_by_key(|kv| rev(kv.create_revision)),
-                SortTarget::Mod => kvs.sort_by_key(|kv| rev(kv.mod_revision)),
-                SortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
-            }
-            if order == SortOrder::Descend {
-                kvs.reverse();
-            }
-        }
-        let mut more = false;
-        if req.limit > 0 && kvs.len() > req.limit as usize {
-            kvs.truncate(req.limit as usize);
-            more = true;
-        }
-        if req.count_only {
-            kvs.clear();
-        } else if req.keys_only {
-            for kv in &mut kvs {
-                kv.value.clear();
-            }
-        }
-        Ok(RangeResponse { kvs, more, count })
+        filter_revisions(&mut kvs, req);
+        Ok(finish_range(kvs, count, req))
     }
 
     pub fn put(&mut self, req: &PutRequest) -> Result<PutResponse, EvalError> {
@@ -389,6 +349,61 @@ impl<'a> Eval<'a> {
             RequestOp::Txn(t) => ResponseOp::Txn(self.txn(t)?),
         })
     }
+}
+
+/// Drops keys outside the request's mod/create revision bounds (a pending
+/// revision is newer than any bound).
+pub fn filter_revisions(kvs: &mut Vec<KeyValue>, req: &RangeRequest) {
+    kvs.retain(|kv| {
+        (req.min_mod_revision == 0
+            || kv.mod_revision >= req.min_mod_revision
+            || kv.mod_revision == PENDING_REVISION)
+            && (req.max_mod_revision == 0
+                || (kv.mod_revision <= req.max_mod_revision && kv.mod_revision != PENDING_REVISION))
+            && (req.min_create_revision == 0
+                || kv.create_revision >= req.min_create_revision
+                || kv.create_revision == PENDING_REVISION)
+            && (req.max_create_revision == 0
+                || (kv.create_revision <= req.max_create_revision
+                    && kv.create_revision != PENDING_REVISION))
+    });
+}
+
+/// Sort (ascending by default when the target is not the key), `limit` and
+/// `more`, then `keys_only`/`count_only`, as etcd's applier does after the
+/// fetch and the filters. `count` is the number of keys before the filters.
+pub fn finish_range(mut kvs: Vec<KeyValue>, count: i64, req: &RangeRequest) -> RangeResponse {
+    let mut order = req.sort_order;
+    if req.sort_target != SortTarget::Key && order == SortOrder::None {
+        order = SortOrder::Ascend;
+    }
+    if order != SortOrder::None {
+        // A pending revision is the newest: sort it last.
+        let rev = |r: i64| if r == PENDING_REVISION { i64::MAX } else { r };
+        match req.sort_target {
+            SortTarget::Key => kvs.sort_by(|a, b| a.key.cmp(&b.key)),
+            SortTarget::Version => kvs.sort_by_key(|kv| kv.version),
+            SortTarget::Create => kvs.sort_by_key(|kv| rev(kv.create_revision)),
+            SortTarget::Mod => kvs.sort_by_key(|kv| rev(kv.mod_revision)),
+            SortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
+        }
+        if order == SortOrder::Descend {
+            kvs.reverse();
+        }
+    }
+    let mut more = false;
+    if req.limit > 0 && kvs.len() > req.limit as usize {
+        kvs.truncate(req.limit as usize);
+        more = true;
+    }
+    if req.count_only {
+        kvs.clear();
+    } else if req.keys_only {
+        for kv in &mut kvs {
+            kv.value.clear();
+        }
+    }
+    RangeResponse { kvs, more, count }
 }
 
 fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {

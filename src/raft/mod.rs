@@ -4,6 +4,9 @@
 //! (openraft is built with `single-threaded`).
 
 pub mod log_store;
+pub mod network;
+pub mod state_machine;
+pub mod types;
 
 pub use log_store::WalLogStore;
 pub mod runtime;

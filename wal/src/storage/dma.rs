@@ -6,6 +6,15 @@
 //! thread pool, so a directory fsync (a journal commit) never stalls the core.
 //!
 //! On a filesystem without O_DIRECT (tmpfs) glommio falls back to buffered IO.
+//!
+//! # glommio's poll-ring probe
+//! The first time a process opens a DMA file on a block device, glommio reads
+//! a block from it through the IOPOLL ring to learn whether the device supports
+//! polled IO, and remembers the answer for the device. If that file is empty
+//! (a new segment), the read ends at EOF without reaching the device, the probe
+//! "succeeds", and later reads through the poll ring fail with EOPNOTSUPP on
+//! devices without polling (virtio disks, seen here). So before its first DMA
+//! open, this backend opens a file holding one durable block.
 
 use super::std_fs::{list_dir, sync_dir};
 use super::Storage;
@@ -16,14 +25,44 @@ use std::path::PathBuf;
 /// Files in one directory, O_DIRECT through glommio.
 pub struct DmaStorage {
     dir: PathBuf,
+    probed: std::cell::Cell<bool>,
 }
+
+const PROBE_FILE: &str = "iopoll-probe.tmp";
 
 impl DmaStorage {
     /// Uses `dir`, creating it if needed.
     pub fn new(dir: impl Into<PathBuf>) -> io::Result<Self> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
-        Ok(Self { dir })
+        Ok(Self {
+            dir,
+            probed: std::cell::Cell::new(false),
+        })
+    }
+
+    /// Makes glommio's per-device poll-ring probe read a real block (see the
+    /// module docs). Once per storage; harmless if glommio already probed.
+    async fn ensure_probe(&self) -> io::Result<()> {
+        if self.probed.get() {
+            return Ok(());
+        }
+        let path = self.dir.join(PROBE_FILE);
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&path)?;
+            f.write_all(&[0u8; 4096])?;
+            f.sync_all()?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .dma_open(&path)
+            .await
+            .map_err(to_io)?;
+        let _ = file.close().await;
+        std::fs::remove_file(&path)?;
+        self.probed.set(true);
+        Ok(())
     }
 }
 
@@ -46,6 +85,7 @@ impl Storage for DmaStorage {
     }
 
     async fn create_zeroed(&self, name: &str, bytes: u64) -> io::Result<()> {
+        self.ensure_probe().await?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -73,6 +113,7 @@ impl Storage for DmaStorage {
     }
 
     async fn open(&self, name: &str) -> io::Result<DmaFile> {
+        self.ensure_probe().await?;
         OpenOptions::new()
             .read(true)
             .write(true)

@@ -1,0 +1,451 @@
+//! The member as the front threads see it ([`Member`]), and the etcd gRPC
+//! services on it: KV, Maintenance.Status, Cluster.MemberList.
+//!
+//! Runs on the tokio front runtime. A request is validated, converted, routed
+//! to the shard that owns its key (`crc32(key) % shards`, stable across
+//! restarts) or fanned out to all shards for a range, and answered once the
+//! committed prefix C covers what it wrote or saw.
+
+use super::convert;
+use super::validate;
+use super::EtcdError;
+use crate::mvcc::txn as m;
+use crate::sequencer::SharedSequencer;
+use crate::shard::{ShardHandle, ShardMsg, ShardStatus, WriteOutcome};
+use cairn_proto::etcdserverpb as pb;
+use prost::Message;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use tonic::{Request, Response, Status};
+
+/// The etcd API version cairn speaks (what `Status.version` reports).
+pub const ETCD_API_VERSION: &str = "3.4.0";
+
+/// A running member, shared by the front threads.
+pub struct Member {
+    pub name: String,
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub shards: Vec<ShardHandle>,
+    pub seq: Arc<SharedSequencer>,
+    pub max_txn_ops: usize,
+    pub max_request_bytes: usize,
+}
+
+/// Which shard owns `key`.
+pub fn shard_of(key: &[u8], shards: usize) -> usize {
+    (crc32fast::hash(key) as usize) % shards
+}
+
+impl Member {
+    pub fn header(&self, revision: i64, raft_term: u64) -> pb::ResponseHeader {
+        pb::ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term,
+        }
+    }
+
+    fn check_size(&self, len: usize) -> Result<(), Status> {
+        if len > self.max_request_bytes {
+            return Err(EtcdError::RequestTooLarge.status());
+        }
+        Ok(())
+    }
+
+    /// The shards a request touches: None = all of them.
+    fn route(&self, keys: &[(&[u8], &[u8])]) -> Option<usize> {
+        let n = self.shards.len();
+        if n == 1 {
+            return Some(0);
+        }
+        let mut owners = BTreeSet::new();
+        for (key, range_end) in keys {
+            if !range_end.is_empty() {
+                return None;
+            }
+            owners.insert(shard_of(key, n));
+        }
+        match owners.len() {
+            0 | 1 => owners.first().copied().or(Some(0)),
+            _ => None,
+        }
+    }
+
+    async fn ask<T>(
+        &self,
+        shard: usize,
+        make: impl FnOnce(oneshot::Sender<T>) -> ShardMsg,
+    ) -> Result<T, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.shards[shard].send(make(tx)).await?;
+        rx.await.map_err(|_| EtcdError::Stopped.status())
+    }
+
+    /// Runs a write on one shard and waits until C covers it.
+    async fn write(&self, shard: usize, op: m::RequestOp) -> Result<WriteOutcome, Status> {
+        let outcome = self
+            .ask(shard, |reply| ShardMsg::Write { op, reply })
+            .await??;
+        self.seq.wait_committed(outcome.view).await;
+        Ok(outcome)
+    }
+
+    /// A range at C (or at the requested revision), merged over the shards.
+    pub async fn range(&self, req: m::RangeRequest) -> Result<(m::RangeResponse, i64), Status> {
+        let c = self.seq.committed();
+        if req.revision > c {
+            return Err(EtcdError::FutureRev.status());
+        }
+        let at = if req.revision > 0 { req.revision } else { c };
+        let target = self.route(&[(&req.key, &req.range_end)]);
+        let mut shard_req = req.clone();
+        shard_req.revision = at;
+        if let Some(shard) = target {
+            let r = self
+                .ask(shard, |reply| ShardMsg::Range {
+                    req: shard_req,
+                    reply,
+                })
+                .await??;
+            return Ok((r, c));
+        }
+        // Every shard returns its keys in key order (before sort and limit;
+        // the per-shard `limit` suffices when the result is in key order).
+        let key_order = req.sort_target == m::SortTarget::Key
+            && matches!(req.sort_order, m::SortOrder::None | m::SortOrder::Ascend);
+        shard_req.sort_order = m::SortOrder::None;
+        shard_req.sort_target = m::SortTarget::Key;
+        shard_req.keys_only = false;
+        if !key_order {
+            shard_req.limit = 0;
+        }
+        let mut kvs = Vec::new();
+        let mut count = 0;
+        for shard in 0..self.shards.len() {
+            let r = self
+                .ask(shard, |reply| ShardMsg::Range {
+                    req: shard_req.clone(),
+                    reply,
+                })
+                .await??;
+            count += r.count;
+            kvs.extend(r.kvs);
+        }
+        kvs.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok((m::finish_range(kvs, count, &req), c))
+    }
+
+    async fn status_of(&self, shard: usize) -> Result<ShardStatus, Status> {
+        self.ask(shard, |reply| ShardMsg::Status { reply }).await
+    }
+
+    async fn raft_term(&self) -> u64 {
+        match self.status_of(0).await {
+            Ok(s) => s.raft_term,
+            Err(_) => 0,
+        }
+    }
+}
+
+/// The largest revision a range inside a txn asks for.
+fn txn_max_revision(t: &m::TxnRequest) -> i64 {
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .map(|op| match op {
+            m::RequestOp::Range(r) => r.revision,
+            m::RequestOp::Txn(t) => txn_max_revision(t),
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Every key (and range end) a txn touches, nested txns included.
+fn txn_keys(t: &m::TxnRequest, out: &mut Vec<(Vec<u8>, Vec<u8>)>) {
+    for c in &t.compare {
+        out.push((c.key.clone(), c.range_end.clone()));
+    }
+    for op in t.success.iter().chain(&t.failure) {
+        match op {
+            m::RequestOp::Range(r) => out.push((r.key.clone(), r.range_end.clone())),
+            m::RequestOp::Put(p) => out.push((p.key.clone(), Vec::new())),
+            m::RequestOp::DeleteRange(d) => out.push((d.key.clone(), d.range_end.clone())),
+            m::RequestOp::Txn(t) => txn_keys(t, out),
+        }
+    }
+}
+
+fn cross_shard() -> Status {
+    Status::unimplemented(
+        "cairn: this request touches keys on several shards; cross-shard writes are not implemented yet (run with --shards 1)",
+    )
+}
+
+/// The KV service.
+pub struct KvService(pub Arc<Member>);
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for KvService {
+    async fn range(
+        &self,
+        request: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        let r = request.into_inner();
+        self.0.check_size(r.encoded_len())?;
+        validate::check_range(&r)?;
+        let req = convert::range_request(&r)?;
+        let (resp, c) = self.0.range(req).await?;
+        let header = self.0.header(c, self.0.raft_term().await);
+        Ok(Response::new(convert::range_response(resp, header)))
+    }
+
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        let r = request.into_inner();
+        self.0.check_size(r.encoded_len())?;
+        validate::check_put(&r)?;
+        let shard = shard_of(&r.key, self.0.shards.len());
+        let out = self
+            .0
+            .write(shard, m::RequestOp::Put(convert::put_request(&r)))
+            .await?;
+        let m::ResponseOp::Put(p) = out.response else {
+            return Err(Status::internal("put answered with another op"));
+        };
+        let header = self
+            .0
+            .header(out.revision.unwrap_or(out.view), self.0.raft_term().await);
+        Ok(Response::new(pb::PutResponse {
+            header: Some(header),
+            prev_kv: p.prev_kv.map(convert::kv),
+        }))
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<pb::DeleteRangeRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let r = request.into_inner();
+        self.0.check_size(r.encoded_len())?;
+        validate::check_delete(&r)?;
+        let shard = self
+            .0
+            .route(&[(&r.key, &r.range_end)])
+            .ok_or_else(cross_shard)?;
+        let out = self
+            .0
+            .write(
+                shard,
+                m::RequestOp::DeleteRange(convert::delete_request(&r)),
+            )
+            .await?;
+        let m::ResponseOp::DeleteRange(d) = out.response else {
+            return Err(Status::internal("delete answered with another op"));
+        };
+        let revision = out.revision.unwrap_or_else(|| self.0.seq.committed());
+        let header = self.0.header(revision, self.0.raft_term().await);
+        Ok(Response::new(pb::DeleteRangeResponse {
+            header: Some(header),
+            deleted: d.deleted,
+            prev_kvs: d.prev_kvs.into_iter().map(convert::kv).collect(),
+        }))
+    }
+
+    async fn txn(
+        &self,
+        request: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::TxnResponse>, Status> {
+        let r = request.into_inner();
+        self.0.check_size(r.encoded_len())?;
+        validate::check_txn(&r, self.0.max_txn_ops)?;
+        let t = convert::txn_request(&r)?;
+        if txn_max_revision(&t) > self.0.seq.committed() {
+            return Err(EtcdError::FutureRev.status());
+        }
+        let mut keys = Vec::new();
+        txn_keys(&t, &mut keys);
+        let refs: Vec<(&[u8], &[u8])> = keys
+            .iter()
+            .map(|(k, e)| (k.as_slice(), e.as_slice()))
+            .collect();
+        let shard = self.0.route(&refs).ok_or_else(cross_shard)?;
+        let out = self.0.write(shard, m::RequestOp::Txn(t)).await?;
+        let m::ResponseOp::Txn(t) = out.response else {
+            return Err(Status::internal("txn answered with another op"));
+        };
+        let revision = out.revision.unwrap_or_else(|| self.0.seq.committed());
+        let header = self.0.header(revision, self.0.raft_term().await);
+        Ok(Response::new(convert::txn_response(t, &header)))
+    }
+
+    async fn compact(
+        &self,
+        request: Request<pb::CompactionRequest>,
+    ) -> Result<Response<pb::CompactionResponse>, Status> {
+        let r = request.into_inner();
+        let c = self.0.seq.committed();
+        if r.revision > c {
+            return Err(EtcdError::FutureRev.status());
+        }
+        let compacted = self.0.status_of(0).await?.compacted;
+        if r.revision <= compacted {
+            return Err(EtcdError::Compacted.status());
+        }
+        for shard in 0..self.0.shards.len() {
+            let revision = r.revision;
+            self.0
+                .ask(shard, |reply| ShardMsg::Compact { revision, reply })
+                .await??;
+        }
+        let header = self
+            .0
+            .header(self.0.seq.committed(), self.0.raft_term().await);
+        Ok(Response::new(pb::CompactionResponse {
+            header: Some(header),
+        }))
+    }
+}
+
+/// Maintenance: `Status` is served; the other RPCs answer Unimplemented
+/// until their issue lands.
+pub struct MaintenanceService(pub Arc<Member>);
+
+fn not_yet(rpc: &str) -> Status {
+    Status::unimplemented(format!("cairn: Maintenance.{rpc} is not implemented yet"))
+}
+
+#[tonic::async_trait]
+impl pb::maintenance_server::Maintenance for MaintenanceService {
+    async fn alarm(
+        &self,
+        _: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
+        Err(not_yet("Alarm"))
+    }
+
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let mut term = 0;
+        let (mut index, mut applied) = (0u64, 0u64);
+        for shard in 0..self.0.shards.len() {
+            let s = self.0.status_of(shard).await?;
+            term = term.max(s.raft_term);
+            index += s.raft_index;
+            applied += s.raft_applied_index;
+        }
+        Ok(Response::new(pb::StatusResponse {
+            header: Some(self.0.header(self.0.seq.committed(), term)),
+            version: ETCD_API_VERSION.to_string(),
+            db_size: 0,
+            leader: self.0.member_id,
+            raft_index: index,
+            raft_term: term,
+            raft_applied_index: applied,
+            errors: Vec::new(),
+            db_size_in_use: 0,
+            is_learner: false,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        Err(not_yet("Defragment"))
+    }
+
+    async fn hash(
+        &self,
+        _: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
+        Err(not_yet("Hash"))
+    }
+
+    async fn hash_kv(
+        &self,
+        _: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        Err(not_yet("HashKV"))
+    }
+
+    type SnapshotStream = futures::stream::Empty<Result<pb::SnapshotResponse, Status>>;
+
+    async fn snapshot(
+        &self,
+        _: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(not_yet("Snapshot"))
+    }
+
+    async fn move_leader(
+        &self,
+        _: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        Err(not_yet("MoveLeader"))
+    }
+}
+
+/// Cluster: `MemberList` is served; membership changes arrive with clusters.
+pub struct ClusterService(pub Arc<Member>);
+
+fn not_yet_cluster(rpc: &str) -> Status {
+    Status::unimplemented(format!("cairn: Cluster.{rpc} is not implemented yet"))
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterService {
+    async fn member_add(
+        &self,
+        _: Request<pb::MemberAddRequest>,
+    ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        Err(not_yet_cluster("MemberAdd"))
+    }
+
+    async fn member_remove(
+        &self,
+        _: Request<pb::MemberRemoveRequest>,
+    ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        Err(not_yet_cluster("MemberRemove"))
+    }
+
+    async fn member_update(
+        &self,
+        _: Request<pb::MemberUpdateRequest>,
+    ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        Err(not_yet_cluster("MemberUpdate"))
+    }
+
+    async fn member_list(
+        &self,
+        _: Request<pb::MemberListRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
+        let m = &self.0;
+        Ok(Response::new(pb::MemberListResponse {
+            header: Some(m.header(m.seq.committed(), m.raft_term().await)),
+            members: vec![pb::Member {
+                id: m.member_id,
+                name: m.name.clone(),
+                peer_ur_ls: m.peer_urls.clone(),
+                client_ur_ls: m.client_urls.clone(),
+                is_learner: false,
+            }],
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        _: Request<pb::MemberPromoteRequest>,
+    ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        Err(not_yet_cluster("MemberPromote"))
+    }
+}

@@ -1,0 +1,260 @@
+//! Flags with etcd's names, meanings and defaults; each also read from its
+//! `ETCD_<NAME>` environment variable. Bad values are refused at start with a
+//! message that names the flag.
+
+use clap::Parser;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "cairn",
+    version,
+    about = "etcd-v3-compatible key-value store (thread-per-core, Raft per shard)"
+)]
+pub struct Config {
+    /// Human-readable name for this member.
+    #[arg(long, env = "ETCD_NAME", default_value = "default")]
+    pub name: String,
+    /// Path to the data directory (default: `<name>.cairn`).
+    #[arg(long, env = "ETCD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// URLs to listen on for client traffic (comma-separated).
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub listen_client_urls: String,
+    /// Client URLs this member advertises.
+    #[arg(
+        long,
+        env = "ETCD_ADVERTISE_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub advertise_client_urls: String,
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_PEER_URLS",
+        default_value = "http://127.0.0.1:2380"
+    )]
+    pub listen_peer_urls: String,
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://127.0.0.1:2380"
+    )]
+    pub initial_advertise_peer_urls: String,
+    /// Initial cluster configuration (`name=peer-url,...`).
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new")]
+    pub initial_cluster_state: String,
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
+    pub initial_cluster_token: String,
+    /// Maximum client request size in bytes.
+    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
+    pub max_request_bytes: usize,
+    /// Maximum number of operations per txn.
+    #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: usize,
+    /// Committed entries between snapshots (not yet in effect: see README).
+    #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
+    pub snapshot_count: u64,
+    /// Raise an alarm when the backend exceeds this size (not yet in effect).
+    #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
+    pub quota_backend_bytes: u64,
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic")]
+    pub auto_compaction_mode: String,
+    /// Auto compaction retention (not yet in effect; "0" disables it).
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
+    #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Disables fsync (unsafe: tests only; not yet in effect, cairn always syncs).
+    #[arg(long, env = "ETCD_UNSAFE_NO_FSYNC")]
+    pub unsafe_no_fsync: bool,
+    #[arg(long, env = "ETCD_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    #[arg(long, env = "ETCD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH")]
+    pub client_cert_auth: bool,
+    /// Shard cores (default: online CPUs). Fixed when the data dir is created.
+    #[arg(long, env = "ETCD_SHARDS")]
+    pub shards: Option<usize>,
+}
+
+impl Config {
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.cairn", self.name)))
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shards
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    /// Checks the flags; the error names the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.shards() == 0 || self.shards() > 1024 {
+            return Err(format!("--shards: {} is not in 1..=1024", self.shards()));
+        }
+        if self.max_txn_ops == 0 {
+            return Err("--max-txn-ops: must be at least 1".into());
+        }
+        if self.max_request_bytes == 0 {
+            return Err("--max-request-bytes: must be at least 1".into());
+        }
+        if self.cert_file.is_some()
+            || self.key_file.is_some()
+            || self.trusted_ca_file.is_some()
+            || self.client_cert_auth
+        {
+            return Err("--cert-file/--key-file/--trusted-ca-file/--client-cert-auth: TLS is not implemented yet".into());
+        }
+        if self.initial_cluster_state != "new" && self.initial_cluster_state != "existing" {
+            return Err(format!(
+                "--initial-cluster-state: {:?} is not \"new\" or \"existing\"",
+                self.initial_cluster_state
+            ));
+        }
+        self.client_addrs()?;
+        Ok(())
+    }
+
+    /// Socket addresses of `--listen-client-urls`.
+    pub fn client_addrs(&self) -> Result<Vec<SocketAddr>, String> {
+        parse_urls("--listen-client-urls", &self.listen_client_urls)
+    }
+
+    /// Flags accepted for compatibility whose effect is not implemented yet,
+    /// with a non-default value (the member says so at start).
+    pub fn not_yet_in_effect(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.snapshot_count != 100_000 {
+            v.push("--snapshot-count");
+        }
+        if self.quota_backend_bytes != 0 {
+            v.push("--quota-backend-bytes");
+        }
+        if self.auto_compaction_retention != "0" {
+            v.push("--auto-compaction-retention");
+        }
+        if self.unsafe_no_fsync {
+            v.push("--unsafe-no-fsync (cairn still fsyncs)");
+        }
+        if self
+            .initial_cluster
+            .as_deref()
+            .is_some_and(|c| c.contains(','))
+        {
+            v.push("--initial-cluster with several members (this member runs alone)");
+        }
+        v
+    }
+
+    /// A stable member id from the name, peer URLs and cluster token.
+    pub fn member_id(&self) -> u64 {
+        stable_id(&[
+            &self.name,
+            &self.initial_advertise_peer_urls,
+            &self.initial_cluster_token,
+        ])
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        let cluster = self
+            .initial_cluster
+            .clone()
+            .unwrap_or_else(|| format!("{}={}", self.name, self.initial_advertise_peer_urls));
+        stable_id(&[&cluster, &self.initial_cluster_token])
+    }
+}
+
+fn stable_id(parts: &[&str]) -> u64 {
+    let joined = parts.join("\u{0}");
+    let lo = crc32fast::hash(joined.as_bytes()) as u64;
+    let hi = crc32fast::hash(format!("cairn\u{0}{joined}").as_bytes()) as u64;
+    ((hi << 32) | lo).max(1)
+}
+
+fn parse_urls(flag: &str, urls: &str) -> Result<Vec<SocketAddr>, String> {
+    let mut out = Vec::new();
+    for u in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let host_port = u
+            .strip_prefix("http://")
+            .or_else(|| u.strip_prefix("https://"))
+            .ok_or_else(|| format!("{flag}: {u:?} is not an http:// or https:// URL"))?
+            .trim_end_matches('/');
+        let addrs = host_port
+            .to_socket_addrs()
+            .map_err(|e| format!("{flag}: {u:?}: {e}"))?;
+        out.extend(addrs);
+    }
+    if out.is_empty() {
+        return Err(format!("{flag}: no URL given"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        Config::try_parse_from(std::iter::once("cairn").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn defaults_match_etcd() {
+        let c = parse(&[]);
+        assert_eq!(c.name, "default");
+        assert_eq!(c.data_dir(), PathBuf::from("default.cairn"));
+        assert_eq!(
+            c.client_addrs().unwrap(),
+            vec!["127.0.0.1:2379".parse().unwrap()]
+        );
+        assert_eq!(
+            (c.max_request_bytes, c.max_txn_ops, c.snapshot_count),
+            (1_572_864, 128, 100_000)
+        );
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        assert!(parse(&["--shards", "0"])
+            .validate()
+            .unwrap_err()
+            .contains("--shards"));
+        let e = parse(&["--listen-client-urls", "127.0.0.1:2379"])
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("--listen-client-urls"), "{e}");
+        let e = parse(&["--initial-cluster-state", "maybe"])
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("--initial-cluster-state"), "{e}");
+        let e = parse(&["--cert-file", "x.pem"]).validate().unwrap_err();
+        assert!(e.contains("TLS"), "{e}");
+    }
+
+    #[test]
+    fn ids_are_stable_and_differ() {
+        let a = parse(&["--name", "a"]);
+        let b = parse(&["--name", "b"]);
+        assert_eq!(a.member_id(), parse(&["--name", "a"]).member_id());
+        assert_ne!(a.member_id(), b.member_id());
+    }
+}

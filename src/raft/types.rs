@@ -1,0 +1,35 @@
+//! What a shard's Raft log carries, and the openraft type configuration.
+
+use crate::mvcc::Change;
+use crate::raft::GlommioRuntime;
+use serde::{Deserialize, Serialize};
+
+/// One entry of a shard's log (DESIGN §2.1): the effects of one request,
+/// computed once by the write leader and stamped with its revision.
+/// Followers (and a restarting member) apply the effects; nobody re-evaluates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardCommand {
+    /// The changes of one request at `revision`.
+    Write { revision: i64, changes: Vec<Change> },
+    /// Compact this shard's history at `revision`.
+    Compact { revision: i64 },
+}
+
+impl std::fmt::Display for ShardCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShardCommand::Write { revision, changes } => {
+                write!(f, "write@{revision}({} changes)", changes.len())
+            }
+            ShardCommand::Compact { revision } => write!(f, "compact@{revision}"),
+        }
+    }
+}
+
+openraft::declare_raft_types!(
+    /// The type configuration of a shard's Raft group.
+    pub ShardRaft:
+        D = ShardCommand,
+        R = (),
+        AsyncRuntime = GlommioRuntime,
+);

@@ -1,0 +1,188 @@
+//! Starting and stopping a member: data dir, shard cores, sequencer, and the
+//! gRPC front on a small tokio runtime.
+
+use crate::api::kv::{ClusterService, KvService, MaintenanceService, Member};
+use crate::config::Config;
+use crate::sequencer::SharedSequencer;
+use crate::shard::{self, ShardConfig, ShardMsg};
+use cairn_proto::etcdserverpb::{
+    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Front (tokio) worker threads; shard cores do the heavy work.
+pub const FRONT_THREADS: usize = 2;
+/// gRPC framing allowance on top of `--max-request-bytes` (as etcd allows).
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+const META_FILE: &str = "cairn.meta";
+
+/// The shard count recorded in the data dir, written on first start.
+fn shard_count(dir: &Path, cfg: &Config) -> Result<usize, String> {
+    let path = dir.join(META_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let recorded: usize = text
+                .lines()
+                .find_map(|l| l.strip_prefix("shards="))
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| format!("{}: no shards= line", path.display()))?;
+            if let Some(asked) = cfg.shards {
+                if asked != recorded {
+                    return Err(format!(
+                        "--shards: the data dir {} was created with {recorded} shards, not {asked}",
+                        dir.display()
+                    ));
+                }
+            }
+            Ok(recorded)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let n = cfg.shards();
+            let tmp = dir.join(format!("{META_FILE}.tmp"));
+            std::fs::write(&tmp, format!("format=1\nshards={n}\n"))
+                .map_err(|e| format!("{}: {e}", tmp.display()))?;
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| format!("{}: {e}", tmp.display()))?;
+            std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+            std::fs::File::open(dir)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            Ok(n)
+        }
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Runs a member until SIGINT or SIGTERM.
+pub fn run(cfg: Config) -> Result<(), String> {
+    cfg.validate()?;
+    for flag in cfg.not_yet_in_effect() {
+        eprintln!("cairn: warning: {flag} is accepted but not in effect yet");
+    }
+    let dir = cfg.data_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("--data-dir {}: {e}", dir.display()))?;
+    let shards = shard_count(&dir, &cfg)?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let member_id = cfg.member_id();
+    let peer_url = cfg
+        .initial_advertise_peer_urls
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+
+    let mut started = Vec::with_capacity(shards);
+    for id in 0..shards {
+        started.push(shard::start(ShardConfig {
+            id,
+            cpu: Some(id % cpus),
+            dir: dir.join(format!("shard-{id}")),
+            member_id,
+            peer_url: peer_url.clone(),
+        })?);
+    }
+    // etcd's first revision is 1; continue above everything recovered.
+    let last = started
+        .iter()
+        .map(|s| s.recovered_revision)
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let seq = Arc::new(SharedSequencer::new(last));
+    let (handles, threads): (Vec<_>, Vec<_>) =
+        started.into_iter().map(|s| s.serve(seq.clone())).unzip();
+
+    let member = Arc::new(Member {
+        name: cfg.name.clone(),
+        member_id,
+        cluster_id: cfg.cluster_id(),
+        peer_urls: cfg
+            .initial_advertise_peer_urls
+            .split(',')
+            .map(String::from)
+            .collect(),
+        client_urls: cfg
+            .advertise_client_urls
+            .split(',')
+            .map(String::from)
+            .collect(),
+        shards: handles.clone(),
+        seq,
+        max_txn_ops: cfg.max_txn_ops,
+        max_request_bytes: cfg.max_request_bytes,
+    });
+    let addrs = cfg.client_addrs()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(FRONT_THREADS)
+        .thread_name("cairn-front")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("front runtime: {e}"))?;
+    let served = rt.block_on(async {
+        let max = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
+        let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+        let mut servers = Vec::new();
+        for addr in addrs {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("--listen-client-urls {addr}: {e}"))?;
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            let router = tonic::transport::Server::builder()
+                .add_service(
+                    KvServer::new(KvService(member.clone())).max_decoding_message_size(max),
+                )
+                .add_service(MaintenanceServer::new(MaintenanceService(member.clone())))
+                .add_service(ClusterServer::new(ClusterService(member.clone())));
+            let mut stop = stop_tx.subscribe();
+            servers.push(tokio::spawn(router.serve_with_incoming_shutdown(
+                incoming,
+                async move {
+                    let _ = stop.recv().await;
+                },
+            )));
+            eprintln!("cairn: serving clients on {addr} ({shards} shards, member {member_id:x})");
+        }
+        wait_for_signal().await;
+        eprintln!("cairn: shutting down");
+        let _ = stop_tx.send(());
+        for s in servers {
+            let _ = s.await;
+        }
+        for h in &handles {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if h.send(ShardMsg::Shutdown { reply: tx }).await.is_ok() {
+                let _ = rx.await;
+            }
+        }
+        Ok::<(), String>(())
+    });
+    drop(member);
+    drop(handles);
+    for t in threads {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("cairn: {e}"),
+            Err(e) => eprintln!("cairn: shard thread failed: {e:?}"),
+        }
+    }
+    served
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

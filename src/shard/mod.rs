@@ -1,0 +1,344 @@
+//! A shard core: one pinned glommio executor that alone owns its shard's WAL,
+//! Raft group and MVCC store (DESIGN §2). Other threads reach it only through
+//! [`ShardHandle`] messages; replies come back on oneshot channels.
+//!
+//! Writes are evaluated here against the newest (speculative) state, stamped
+//! with the next revision from the member's [`SharedSequencer`], applied to the
+//! store at once, and queued into the Raft log in stamping order; the reply is
+//! sent when Raft reports the entry committed, after the revision is marked
+//! committed. A request that changes nothing consumes no revision: its reply
+//! names the revision its evaluation saw, and the front waits for C to reach it.
+
+use crate::api::EtcdError;
+use crate::mvcc::txn::{stamp, Eval, RangeRequest, RangeResponse, RequestOp, ResponseOp};
+use crate::mvcc::Store;
+use crate::raft::log_store::WalLogStore;
+use crate::raft::network::SingleMemberNetwork;
+use crate::raft::state_machine::ShardStateMachine;
+use crate::raft::types::{ShardCommand, ShardRaft};
+use crate::sequencer::SharedSequencer;
+use cairn_wal::storage::DmaStorage;
+use cairn_wal::Wal;
+use glommio::{LocalExecutorBuilder, Placement};
+use openraft::impls::ProgressResponder;
+use openraft::{BasicNode, Raft};
+use openraft_rt::WatchReceiver;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Bound on queued requests per shard; senders wait when it is full.
+pub const SHARD_QUEUE_MAX: usize = 4096;
+
+/// What a write produced.
+#[derive(Debug)]
+pub struct WriteOutcome {
+    pub response: ResponseOp,
+    /// The revision the write got, or None if it changed nothing.
+    pub revision: Option<i64>,
+    /// The newest revision the evaluation saw; the answer is valid once C >= it.
+    pub view: i64,
+}
+
+/// Requests to a shard core.
+pub enum ShardMsg {
+    Write {
+        op: RequestOp,
+        reply: oneshot::Sender<Result<WriteOutcome, EtcdError>>,
+    },
+    Range {
+        req: RangeRequest,
+        reply: oneshot::Sender<Result<RangeResponse, EtcdError>>,
+    },
+    Compact {
+        revision: i64,
+        reply: oneshot::Sender<Result<(), EtcdError>>,
+    },
+    Status {
+        reply: oneshot::Sender<ShardStatus>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A shard's Raft and store figures (Maintenance.Status, metrics).
+#[derive(Clone, Debug, Default)]
+pub struct ShardStatus {
+    pub raft_term: u64,
+    pub raft_index: u64,
+    pub raft_applied_index: u64,
+    pub revision: i64,
+    pub compacted: i64,
+    pub keys: usize,
+    pub leader: Option<u64>,
+}
+
+/// A sendable handle to a shard core.
+#[derive(Clone)]
+pub struct ShardHandle {
+    pub id: usize,
+    tx: flume::Sender<ShardMsg>,
+}
+
+impl ShardHandle {
+    /// Sends a request; `Stopped` if the shard core is gone.
+    pub async fn send(&self, msg: ShardMsg) -> Result<(), EtcdError> {
+        self.tx
+            .send_async(msg)
+            .await
+            .map_err(|_| EtcdError::Stopped)
+    }
+}
+
+/// How to start a shard core.
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    pub id: usize,
+    /// CPU to pin to (None: unpinned, for tests).
+    pub cpu: Option<usize>,
+    /// The shard's own directory (its WAL goes in `wal/`).
+    pub dir: PathBuf,
+    pub member_id: u64,
+    pub peer_url: String,
+}
+
+/// A started shard core: its handle, its thread, and the revision it
+/// recovered to (the member starts its sequencer above every shard's).
+pub struct StartedShard {
+    pub handle: ShardHandle,
+    pub thread: glommio::ExecutorJoinHandle<Result<(), String>>,
+    pub recovered_revision: i64,
+    start: oneshot::Sender<Arc<SharedSequencer>>,
+}
+
+impl StartedShard {
+    /// Lets the shard serve requests, stamping revisions from `seq`.
+    pub fn serve(
+        self,
+        seq: Arc<SharedSequencer>,
+    ) -> (ShardHandle, glommio::ExecutorJoinHandle<Result<(), String>>) {
+        let _ = self.start.send(seq);
+        (self.handle, self.thread)
+    }
+}
+
+/// Starts a shard core and waits until it has recovered (replayed its log).
+pub fn start(cfg: ShardConfig) -> Result<StartedShard, String> {
+    let (tx, rx) = flume::bounded(SHARD_QUEUE_MAX);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<i64, String>>();
+    let (start_tx, start_rx) = oneshot::channel::<Arc<SharedSequencer>>();
+    let placement = cfg.cpu.map_or(Placement::Unbound, Placement::Fixed);
+    let id = cfg.id;
+    let name = format!("shard-{id}");
+    let thread = LocalExecutorBuilder::new(placement)
+        .name(&name)
+        .io_memory(crate::raft::runtime::IO_MEMORY_BYTES)
+        .spawn(move || async move {
+            let r = run(cfg, rx, ready_tx.clone(), start_rx).await;
+            if let Err(e) = &r {
+                let _ = ready_tx.send(Err(e.clone()));
+            }
+            r
+        })
+        .map_err(|e| format!("starting {name}: {e} (see LINUX_REQUIREMENTS.md)"))?;
+    let recovered_revision = ready_rx
+        .recv_timeout(Duration::from_secs(120))
+        .map_err(|e| format!("{name} did not start: {e}"))??;
+    Ok(StartedShard {
+        handle: ShardHandle { id, tx },
+        thread,
+        recovered_revision,
+        start: start_tx,
+    })
+}
+
+fn raft_config() -> Result<openraft::Config, String> {
+    openraft::Config {
+        cluster_name: "cairn".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
+        // Snapshots are not yet persisted outside memory, so the log is never
+        // purged behind one: a restart replays the whole log.
+        snapshot_policy: openraft::SnapshotPolicy::Never,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| e.to_string())
+}
+
+async fn run(
+    cfg: ShardConfig,
+    rx: flume::Receiver<ShardMsg>,
+    ready: std::sync::mpsc::Sender<Result<i64, String>>,
+    start: oneshot::Receiver<Arc<SharedSequencer>>,
+) -> Result<(), String> {
+    let e = |what: &str| {
+        let what = what.to_string();
+        move |err: &dyn std::fmt::Display| format!("shard {}: {what}: {err}", cfg.id)
+    };
+    let storage = DmaStorage::new(cfg.dir.join("wal")).map_err(|x| e("wal dir")(&x))?;
+    let (wal, _) = Wal::open(storage, cairn_wal::Config::default())
+        .await
+        .map_err(|x| e("opening the WAL")(&x))?;
+    let wal = Rc::new(wal);
+    {
+        // Upkeep off the write path: reclaim segments, prepare the next one.
+        let wal = wal.clone();
+        glommio::spawn_local(async move {
+            while wal.maintain().await.is_ok() {
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .detach();
+    }
+    let store = Rc::new(RefCell::new(Store::new()));
+    let sm = ShardStateMachine::new(store.clone());
+    let log_store: WalLogStore<ShardRaft, DmaStorage> = WalLogStore::new(wal.clone(), 0);
+    let config = Arc::new(raft_config()?);
+    let raft = Raft::new(
+        cfg.member_id,
+        config,
+        SingleMemberNetwork,
+        log_store,
+        sm.clone(),
+    )
+    .await
+    .map_err(|x| e("starting raft")(&x))?;
+    if !raft.is_initialized().await.map_err(|x| e("raft")(&x))? {
+        let members = BTreeMap::from([(cfg.member_id, BasicNode::new(cfg.peer_url.clone()))]);
+        raft.initialize(members)
+            .await
+            .map_err(|x| e("initializing raft")(&x))?;
+    }
+    let timeout = Some(Duration::from_secs(60));
+    raft.wait(timeout)
+        .current_leader(cfg.member_id, "becoming leader")
+        .await
+        .map_err(|x| e("waiting for leadership")(&x))?;
+    // Replay: every committed entry applied before serving.
+    let committed = raft
+        .metrics()
+        .borrow_watched()
+        .local_committed
+        .map(|l| l.index);
+    raft.wait(timeout)
+        .applied_index_at_least(committed, "replaying the log")
+        .await
+        .map_err(|x| e("replaying the log")(&x))?;
+    let _ = ready.send(Ok(store.borrow().revision()));
+    let seq = start
+        .await
+        .map_err(|_| format!("shard {}: never told to serve", cfg.id))?;
+
+    while let Ok(msg) = rx.recv_async().await {
+        match msg {
+            ShardMsg::Write { op, reply } => write(&raft, &store, &seq, op, reply).await,
+            ShardMsg::Range { req, reply } => {
+                let store = store.borrow();
+                let _ = reply.send(
+                    Eval::new(&store, &no_leases)
+                        .range(&req)
+                        .map_err(EtcdError::from),
+                );
+            }
+            ShardMsg::Compact { revision, reply } => {
+                let r = raft.client_write(ShardCommand::Compact { revision }).await;
+                let _ = reply.send(r.map(|_| ()).map_err(|_| EtcdError::Stopped));
+            }
+            ShardMsg::Status { reply } => {
+                let m = raft.metrics().borrow_watched().clone();
+                let s = store.borrow();
+                let _ = reply.send(ShardStatus {
+                    raft_term: m.current_term,
+                    raft_index: m.last_log_index.unwrap_or(0),
+                    raft_applied_index: m.last_applied.map_or(0, |l| l.index),
+                    revision: s.revision(),
+                    compacted: s.compacted(),
+                    keys: s.key_count(),
+                    leader: m.current_leader,
+                });
+            }
+            ShardMsg::Shutdown { reply } => {
+                let _ = raft.shutdown().await;
+                let _ = wal.sync_all().await;
+                let _ = reply.send(());
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn no_leases(_: i64) -> bool {
+    false
+}
+
+/// Evaluates, stamps, applies speculatively and proposes one write.
+async fn write(
+    raft: &Raft<ShardRaft, ShardStateMachine>,
+    store: &Rc<RefCell<Store>>,
+    seq: &Arc<SharedSequencer>,
+    op: RequestOp,
+    reply: oneshot::Sender<Result<WriteOutcome, EtcdError>>,
+) {
+    let evaluated = {
+        let s = store.borrow();
+        let mut eval = Eval::new(&s, &no_leases);
+        eval.op(&op)
+            .map(|resp| (resp, eval.into_changes(), s.revision()))
+    };
+    let (mut response, changes, view) = match evaluated {
+        Ok(x) => x,
+        Err(err) => {
+            let _ = reply.send(Err(err.into()));
+            return;
+        }
+    };
+    if changes.is_empty() {
+        let _ = reply.send(Ok(WriteOutcome {
+            response,
+            revision: None,
+            view,
+        }));
+        return;
+    }
+    // Stamp, apply and queue in one step, with no await in between: the log
+    // holds this shard's writes in revision order.
+    let revision = seq.stamp();
+    store.borrow_mut().apply(revision, &changes);
+    stamp(&mut response, revision);
+    let (responder, committed, _applied) = ProgressResponder::new();
+    if let Err(e) = raft
+        .client_write_ff(ShardCommand::Write { revision, changes }, Some(responder))
+        .await
+    {
+        eprintln!("cairn: shard: raft refused a write: {e}");
+        // Raft is shutting down; the member stops, and this revision never commits.
+        let _ = reply.send(Err(EtcdError::Stopped));
+        return;
+    }
+    let seq = seq.clone();
+    glommio::spawn_local(async move {
+        match committed.await {
+            Ok(_) => {
+                seq.commit(revision);
+                let _ = reply.send(Ok(WriteOutcome {
+                    response,
+                    revision: Some(revision),
+                    view: revision,
+                }));
+            }
+            Err(e) => {
+                eprintln!("cairn: shard: write {revision} was not committed: {e:?}");
+                let _ = reply.send(Err(EtcdError::Stopped));
+            }
+        }
+    })
+    .detach();
+}
