@@ -283,13 +283,16 @@ impl Store {
 
     /// Compacts at `revision`: reads below it fail from now on, and versions
     /// no read at `revision` or later can see are dropped.
+    ///
+    /// `revision` may be above this shard's newest revision: compaction is
+    /// member-wide, and revisions that went to other shards left this one
+    /// unchanged, so its newest revision moves up to `revision`. The caller
+    /// checks that `revision` is not in the member's future (at most C).
     pub fn compact(&mut self, revision: i64) -> Result<(), MvccError> {
         if revision <= self.compacted {
             return Err(MvccError::Compacted);
         }
-        if revision > self.revision {
-            return Err(MvccError::FutureRevision);
-        }
+        self.revision = self.revision.max(revision);
         self.keys.retain(|_, history| {
             // Index of the newest version at or below `revision`.
             let keep_from = history.partition_point(|v| v.mod_revision <= revision);
@@ -489,7 +492,13 @@ mod tests {
             "b's tombstone at the compaction point is gone"
         );
         assert_eq!(s.compact(3), Err(MvccError::Compacted));
-        assert_eq!(s.compact(9), Err(MvccError::FutureRevision));
+        // Above the shard's newest revision: the shard moves up with it.
+        assert_eq!(s.compact(9), Ok(()));
+        assert_eq!((s.revision(), s.compacted()), (9, 9));
+        assert_eq!(
+            s.range(b"a", &RangeEnd::Single, 9, 0).unwrap().kvs[0].value,
+            b"2"
+        );
         s.check_invariants();
     }
 

@@ -1,0 +1,230 @@
+//! Starting real `cairn` processes for integration tests: free loopback
+//! ports, temp data dirs, stopped by PID (SIGTERM, or SIGKILL for crashes).
+#![allow(dead_code)]
+
+use cairn_proto::etcdserverpb::kv_client::KvClient;
+use cairn_proto::etcdserverpb::RangeRequest;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running cairn member.
+pub struct Cairn {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub shards: usize,
+}
+
+impl Cairn {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(dir: &Path, port: u16, shards: usize) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{port}")])
+            .args(["--shards", &shards.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting cairn")
+    }
+
+    /// Starts a member on a new data dir under `base`.
+    pub fn start(base: &Path, shards: usize) -> Cairn {
+        let dir = base.join(format!("member-{}", free_port()));
+        let port = free_port();
+        let mut c = Cairn {
+            child: Some(Self::spawn(&dir, port, shards)),
+            port,
+            dir,
+            shards,
+        };
+        c.wait_ready();
+        c
+    }
+
+    /// Starts the member again on the same data dir and port.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop it first");
+        self.child = Some(Self::spawn(&self.dir, self.port, self.shards));
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let rt = rt();
+        loop {
+            let ok = rt.block_on(async {
+                let Ok(mut kv) = KvClient::connect(self.url()).await else {
+                    return false;
+                };
+                kv.range(RangeRequest {
+                    key: b"ready?".to_vec(),
+                    ..Default::default()
+                })
+                .await
+                .is_ok()
+            });
+            if ok {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("cairn exited while starting: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cairn did not answer within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&mut self, sig: i32) {
+        if let Some(mut child) = self.child.take() {
+            unsafe {
+                libc::kill(child.id() as i32, sig);
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, and wait for the process to exit.
+    pub fn stop(&mut self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// SIGKILL: a crash.
+    pub fn crash(&mut self) {
+        self.signal(libc::SIGKILL);
+    }
+}
+
+impl Drop for Cairn {
+    fn drop(&mut self) {
+        self.signal(libc::SIGKILL);
+    }
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Runs the real etcdctl (v3 API) against `endpoint`.
+pub fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut child = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoint, "--command-timeout", "20s"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("`etcdctl` not found: run tools/test.sh, which installs Debian's etcd-client");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+/// etcdctl that must succeed; its stdout.
+pub fn ok(endpoint: &str, args: &[&str]) -> String {
+    let out = etcdctl(endpoint, args, None);
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A real etcd 3.4 (Debian's etcd-server), for side-by-side checks.
+pub struct Etcd {
+    child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let (client, peer) = (free_port(), free_port());
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", "ref", "--data-dir"])
+            .arg(dir.path().join("etcd"))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("ref={peer_url}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("`etcd` not found: run tools/test.sh, which installs Debian's etcd-server");
+        let etcd = Etcd {
+            child,
+            url,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let rt = rt();
+        while !rt.block_on(async {
+            let Ok(mut kv) = KvClient::connect(etcd.url.clone()).await else {
+                return false;
+            };
+            kv.range(RangeRequest {
+                key: b"ready?".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .is_ok()
+        }) {
+            assert!(Instant::now() < deadline, "etcd did not start within 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        etcd
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

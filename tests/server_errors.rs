@@ -1,0 +1,257 @@
+//! Bad requests get etcd's error code and exact message, and change nothing.
+//! Each request is sent to cairn and to a real etcd 3.4 started here; both
+//! must answer the same.
+
+mod common;
+
+use cairn_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use cairn_proto::etcdserverpb::kv_client::KvClient;
+use cairn_proto::etcdserverpb::request_op::Request;
+use cairn_proto::etcdserverpb::*;
+use common::{Cairn, Etcd};
+use tonic::transport::Channel;
+use tonic::Code;
+
+fn put_op(k: &str) -> RequestOp {
+    RequestOp {
+        request: Some(Request::RequestPut(PutRequest {
+            key: k.into(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })),
+    }
+}
+
+/// (name, the request, etcd's code and message)
+async fn cases(kv: &mut KvClient<Channel>) -> Vec<(&'static str, tonic::Status)> {
+    let mut out = Vec::new();
+    let put = |r: PutRequest| r;
+    macro_rules! err {
+        ($name:expr, $call:expr) => {
+            out.push(($name, $call.await.expect_err($name)));
+        };
+    }
+    err!("put empty key", kv.put(put(PutRequest::default())));
+    err!("range empty key", kv.range(RangeRequest::default()));
+    err!(
+        "delete empty key",
+        kv.delete_range(DeleteRangeRequest::default())
+    );
+    err!(
+        "put ignore_value with a value",
+        kv.put(PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ignore_value: true,
+            ..Default::default()
+        })
+    );
+    err!(
+        "put ignore_lease with a lease",
+        kv.put(PutRequest {
+            key: b"k".to_vec(),
+            lease: 5,
+            ignore_lease: true,
+            ..Default::default()
+        })
+    );
+    err!(
+        "put ignore_value on a missing key",
+        kv.put(PutRequest {
+            key: b"missing".to_vec(),
+            ignore_value: true,
+            ..Default::default()
+        })
+    );
+    err!(
+        "put with an unknown lease",
+        kv.put(PutRequest {
+            key: b"k".to_vec(),
+            lease: 123456,
+            ..Default::default()
+        })
+    );
+    err!(
+        "txn with 129 ops",
+        kv.txn(TxnRequest {
+            success: (0..129).map(|i| put_op(&format!("t{i}"))).collect(),
+            ..Default::default()
+        })
+    );
+    err!(
+        "txn putting a key twice",
+        kv.txn(TxnRequest {
+            success: vec![put_op("dup"), put_op("dup")],
+            ..Default::default()
+        })
+    );
+    err!(
+        "txn compare without a key",
+        kv.txn(TxnRequest {
+            compare: vec![Compare {
+                result: CompareResult::Equal as i32,
+                target: CompareTarget::Version as i32,
+                target_union: Some(TargetUnion::Version(0)),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+    );
+    err!(
+        "txn with an empty op",
+        kv.txn(TxnRequest {
+            success: vec![RequestOp { request: None }],
+            ..Default::default()
+        })
+    );
+    err!(
+        "range at a future revision",
+        kv.range(RangeRequest {
+            key: b"a".to_vec(),
+            revision: 1_000_000,
+            ..Default::default()
+        })
+    );
+    err!(
+        "range at a compacted revision",
+        kv.range(RangeRequest {
+            key: b"a".to_vec(),
+            revision: 1,
+            ..Default::default()
+        })
+    );
+    err!(
+        "compact at a future revision",
+        kv.compact(CompactionRequest {
+            revision: 1_000_000,
+            physical: false
+        })
+    );
+    err!(
+        "compact at the compacted revision",
+        kv.compact(CompactionRequest {
+            revision: 2,
+            physical: false
+        })
+    );
+    err!(
+        "request over --max-request-bytes",
+        kv.put(PutRequest {
+            key: b"big".to_vec(),
+            value: vec![0u8; 1_600_000],
+            ..Default::default()
+        })
+    );
+    out
+}
+
+async fn revision(kv: &mut KvClient<Channel>) -> i64 {
+    kv.range(RangeRequest {
+        key: b"a".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .header
+    .unwrap()
+    .revision
+}
+
+/// Writes a little so that revision 2 can be compacted, then runs the cases.
+async fn run(url: String) -> (Vec<(&'static str, tonic::Status)>, i64, i64) {
+    let mut kv = KvClient::connect(url)
+        .await
+        .unwrap()
+        .max_decoding_message_size(8 << 20)
+        .max_encoding_message_size(8 << 20);
+    for k in ["a", "b", "c"] {
+        kv.put(PutRequest {
+            key: k.into(),
+            value: b"1".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    kv.compact(CompactionRequest {
+        revision: 2,
+        physical: true,
+    })
+    .await
+    .unwrap();
+    let before = revision(&mut kv).await;
+    let errors = cases(&mut kv).await;
+    let after = revision(&mut kv).await;
+    (errors, before, after)
+}
+
+#[test]
+fn bad_requests_get_etcds_errors_and_change_nothing() {
+    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let cairn = Cairn::start(base.path(), 2);
+    let etcd = Etcd::start();
+    let rt = common::rt();
+    let (ours, before, after) = rt.block_on(run(cairn.url()));
+    assert_eq!(before, after, "no bad request consumed a revision");
+    let (theirs, e_before, e_after) = rt.block_on(run(etcd.url.clone()));
+    assert_eq!(e_before, e_after);
+    assert_eq!(ours.len(), theirs.len());
+    for ((name, a), (_, b)) in ours.iter().zip(&theirs) {
+        assert_eq!(
+            (a.code(), a.message()),
+            (b.code(), b.message()),
+            "{name}: cairn vs etcd"
+        );
+    }
+    // The table's own expectations, so a change in either side shows.
+    let by_name: std::collections::HashMap<_, _> = ours.iter().map(|(n, s)| (*n, s)).collect();
+    assert_eq!(
+        by_name["put empty key"].message(),
+        "etcdserver: key is not provided"
+    );
+    assert_eq!(by_name["put with an unknown lease"].code(), Code::NotFound);
+    assert_eq!(
+        by_name["txn with 129 ops"].message(),
+        "etcdserver: too many operations in txn request"
+    );
+    assert_eq!(
+        by_name["request over --max-request-bytes"].message(),
+        "etcdserver: request is too large"
+    );
+}
+
+#[test]
+fn services_not_built_yet_answer_unimplemented() {
+    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let cairn = Cairn::start(base.path(), 1);
+    common::rt().block_on(async {
+        let ch = Channel::from_shared(cairn.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut lease = lease_client::LeaseClient::new(ch.clone());
+        let e = lease
+            .lease_grant(LeaseGrantRequest { ttl: 10, id: 0 })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unimplemented);
+        let mut m = maintenance_client::MaintenanceClient::new(ch.clone());
+        assert_eq!(
+            m.hash_kv(HashKvRequest { revision: 0 })
+                .await
+                .unwrap_err()
+                .code(),
+            Code::Unimplemented
+        );
+        let mut auth = auth_client::AuthClient::new(ch);
+        assert_eq!(
+            auth.auth_enable(AuthEnableRequest {})
+                .await
+                .unwrap_err()
+                .code(),
+            Code::Unimplemented
+        );
+    });
+}

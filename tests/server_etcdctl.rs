@@ -1,0 +1,129 @@
+//! The real `cairn` binary driven by the real `etcdctl` (Debian's
+//! etcd-client 3.4): the quick start of every etcd tutorial, on one shard and
+//! on two, and data surviving SIGTERM and SIGKILL restarts.
+
+mod common;
+
+use common::{ok, Cairn};
+
+fn quick_start(shards: usize) {
+    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let c = Cairn::start(base.path(), shards);
+    let e = c.endpoint();
+    assert_eq!(ok(&e, &["put", "foo", "bar"]), "OK\n");
+    assert_eq!(ok(&e, &["get", "foo"]), "foo\nbar\n");
+    for (k, v) in [("/a", "1"), ("/b", "2"), ("/c", "3")] {
+        assert_eq!(ok(&e, &["put", k, v]), "OK\n");
+    }
+    assert_eq!(
+        ok(&e, &["get", "/", "--prefix", "--keys-only"]),
+        "/a\n\n/b\n\n/c\n\n"
+    );
+    assert_eq!(
+        ok(&e, &["get", "/", "--prefix", "--limit", "2"]),
+        "/a\n1\n/b\n2\n"
+    );
+    // A txn on one key: compare, then put.
+    let out = common::etcdctl(
+        &e,
+        &["txn"],
+        Some("value(\"foo\") = \"bar\"\n\nput foo baz\n\nput foo nope\n\n"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "SUCCESS\n\nOK\n");
+    assert_eq!(ok(&e, &["get", "foo", "--print-value-only"]), "baz\n");
+    assert_eq!(ok(&e, &["del", "foo"]), "1\n");
+    assert_eq!(ok(&e, &["get", "foo"]), "");
+    assert_eq!(ok(&e, &["del", "foo"]), "0\n", "deleting nothing");
+    // Revisions: foo(2), /a(3), /b(4), /c(5), txn(6), del(7); the empty delete took none.
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&e, &["get", "/a", "-w", "json"])).unwrap();
+    assert_eq!(status["header"]["revision"], 7);
+    assert_eq!(status["kvs"][0]["mod_revision"], 3);
+    // History and compaction.
+    assert_eq!(
+        ok(&e, &["get", "foo", "--rev", "2", "--print-value-only"]),
+        "bar\n"
+    );
+    assert_eq!(ok(&e, &["compaction", "5"]), "compacted revision 5\n");
+    let out = common::etcdctl(&e, &["get", "foo", "--rev", "2"], None);
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("etcdserver: mvcc: required revision has been compacted"));
+    let out = common::etcdctl(&e, &["get", "foo", "--rev", "99"], None);
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("etcdserver: mvcc: required revision is a future revision"));
+    // Status and members.
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(&e, &["endpoint", "status", "-w", "json"])).unwrap();
+    let s = &st[0]["Status"];
+    assert_eq!(s["leader"], s["header"]["member_id"], "the member leads");
+    assert_eq!(s["version"], "3.4.0");
+    let members = ok(&e, &["member", "list"]);
+    assert!(members.contains("started, default"), "{members}");
+}
+
+#[test]
+fn etcdctl_quick_start_on_one_shard() {
+    quick_start(1);
+}
+
+#[test]
+fn etcdctl_quick_start_on_two_shards() {
+    quick_start(2);
+}
+
+#[test]
+fn data_survives_sigterm_and_sigkill() {
+    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut c = Cairn::start(base.path(), 2);
+    let e = c.endpoint();
+    for i in 0..20 {
+        ok(&e, &["put", &format!("k{i:02}"), &format!("v{i}")]);
+    }
+    c.stop();
+    c.restart();
+    let e = c.endpoint();
+    let all: serde_json::Value =
+        serde_json::from_str(&ok(&e, &["get", "k", "--prefix", "-w", "json"])).unwrap();
+    assert_eq!(all["count"], 20);
+    assert_eq!(all["header"]["revision"], 21);
+    ok(&e, &["put", "after", "kill"]);
+    c.crash();
+    c.restart();
+    let e = c.endpoint();
+    assert_eq!(ok(&e, &["get", "after", "--print-value-only"]), "kill\n");
+    let j: serde_json::Value =
+        serde_json::from_str(&ok(&e, &["put", "next", "x", "-w", "json"])).unwrap();
+    assert_eq!(
+        j["header"]["revision"], 23,
+        "revisions continue after a crash"
+    );
+}
+
+#[test]
+fn a_data_dir_keeps_its_shard_count() {
+    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut c = Cairn::start(base.path(), 2);
+    c.stop();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("--data-dir")
+        .arg(&c.dir)
+        .args([
+            "--listen-client-urls",
+            &format!("http://127.0.0.1:{}", common::free_port()),
+            "--shards",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--shards") && err.contains("created with 2 shards"),
+        "{err}"
+    );
+}
