@@ -88,7 +88,9 @@ pub struct Config {
     pub trusted_ca_file: Option<PathBuf>,
     #[arg(long, env = "ETCD_CLIENT_CERT_AUTH")]
     pub client_cert_auth: bool,
-    /// Shard cores (default: online CPUs). Fixed when the data dir is created.
+    /// Shard cores. Fixed when the data dir is created. Default 1 until writes
+    /// spanning shards are built (then: online CPUs); with more, such writes
+    /// answer Unimplemented.
     #[arg(long, env = "ETCD_SHARDS")]
     pub shards: Option<usize>,
 }
