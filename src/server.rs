@@ -74,6 +74,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         .unwrap_or_default()
         .to_string();
 
+    let raft_term = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut started = Vec::with_capacity(shards);
     for id in 0..shards {
         started.push(shard::start(ShardConfig {
@@ -82,6 +83,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             dir: dir.join(format!("shard-{id}")),
             member_id,
             peer_url: peer_url.clone(),
+            raft_term: raft_term.clone(),
         })?);
     }
     // etcd's first revision is 1; continue above everything recovered.
@@ -113,6 +115,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         seq,
         max_txn_ops: cfg.max_txn_ops,
         max_request_bytes: cfg.max_request_bytes,
+        raft_term,
     });
     let addrs = cfg.client_addrs()?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -33,6 +33,8 @@ pub struct Member {
     pub seq: Arc<SharedSequencer>,
     pub max_txn_ops: usize,
     pub max_request_bytes: usize,
+    /// The highest Raft term any shard reports.
+    pub raft_term: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Which shard owns `key`.
@@ -145,10 +147,7 @@ impl Member {
     }
 
     async fn raft_term(&self) -> u64 {
-        match self.status_of(0).await {
-            Ok(s) => s.raft_term,
-            Err(_) => 0,
-        }
+        self.raft_term.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -105,6 +105,9 @@ pub struct ShardConfig {
     pub dir: PathBuf,
     pub member_id: u64,
     pub peer_url: String,
+    /// Where this shard publishes its Raft term (the member's response
+    /// headers read it without asking a shard).
+    pub raft_term: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A started shard core: its handle, its thread, and the revision it
@@ -221,6 +224,21 @@ async fn run(
         .current_leader(cfg.member_id, "becoming leader")
         .await
         .map_err(|x| e("waiting for leadership")(&x))?;
+    {
+        // Publish the term as it changes.
+        let term = cfg.raft_term.clone();
+        let mut metrics = raft.metrics();
+        glommio::spawn_local(async move {
+            loop {
+                let t = metrics.borrow_watched().current_term;
+                term.fetch_max(t, std::sync::atomic::Ordering::Relaxed);
+                if metrics.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .detach();
+    }
     // Replay: every committed entry applied before serving.
     let committed = raft
         .metrics()
