@@ -103,8 +103,7 @@ impl Config {
     }
 
     pub fn shards(&self) -> usize {
-        self.shards
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        self.shards.unwrap_or(1)
     }
 
     /// Checks the flags; the error names the flag.
@@ -231,6 +230,7 @@ mod tests {
             (c.max_request_bytes, c.max_txn_ops, c.snapshot_count),
             (1_572_864, 128, 100_000)
         );
+        assert_eq!(c.shards(), 1, "one shard until cross-shard writes exist");
         assert!(c.validate().is_ok());
     }
 
