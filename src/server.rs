@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 /// Front (tokio) worker threads; shard cores do the heavy work.
 pub const FRONT_THREADS: usize = 2;
+/// How long a stopping member waits for client connections to drain.
+const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 /// gRPC framing allowance on top of `--max-request-bytes` (as etcd allows).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
@@ -84,6 +86,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
             member_id,
             peer_url: peer_url.clone(),
             raft_term: raft_term.clone(),
+            snapshot_count: cfg.snapshot_count,
+            wal_segment_bytes: cfg.wal_segment_bytes,
         })?);
     }
     // etcd's first revision is 1; continue above everything recovered.
@@ -152,8 +156,14 @@ pub fn run(cfg: Config) -> Result<(), String> {
         wait_for_signal().await;
         eprintln!("cairn: shutting down");
         let _ = stop_tx.send(());
-        for s in servers {
-            let _ = s.await;
+        // Connections get a bounded drain; a client that never lets go must
+        // not keep the member from stopping.
+        let drain = futures::future::join_all(servers.iter_mut());
+        if tokio::time::timeout(SHUTDOWN_DRAIN, drain).await.is_err() {
+            eprintln!("cairn: clients still connected after {SHUTDOWN_DRAIN:?}; closing them");
+            for s in &servers {
+                s.abort();
+            }
         }
         for h in &handles {
             let (tx, rx) = tokio::sync::oneshot::channel();

@@ -127,3 +127,29 @@ fn a_data_dir_keeps_its_shard_count() {
         "{err}"
     );
 }
+
+#[test]
+fn sigterm_stops_the_member_even_with_an_idle_client_connected() {
+    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut c = Cairn::start(base.path(), 1);
+    // A client that made a request and then went quiet: its runtime is never
+    // driven again, so it never answers the server's goodbye.
+    let rt = common::rt();
+    let _idle = rt.block_on(async {
+        let mut kv = cairn_proto::etcdserverpb::kv_client::KvClient::connect(c.url())
+            .await
+            .unwrap();
+        kv.put(cairn_proto::etcdserverpb::PutRequest {
+            key: b"k".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        kv
+    });
+    // Drain is bounded at 5 s; give it generous room on a loaded machine.
+    assert!(
+        c.stop_within(std::time::Duration::from_secs(30)),
+        "the member did not stop"
+    );
+}

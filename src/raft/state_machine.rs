@@ -5,7 +5,13 @@
 //! (speculatively, DESIGN §2.1), so when the committed entry reaches `apply`
 //! the store already holds that revision and nothing is done twice. Entries the
 //! store has not seen (replay after a restart, a follower) are applied here.
-//! Snapshots are the store as of the last applied revision.
+//! Snapshots are the store as of the last applied revision, written to one
+//! checksummed file in the shard's `snapshots/` directory before openraft may
+//! purge the log behind them, and loaded from there at start.
+//!
+//! Snapshot file: `CAIRNSNP` (8 bytes), format version (u32 LE), body length
+//! (u64 LE), CRC-32 of the body (u32 LE), body (postcard: the snapshot meta and
+//! the store image). A file that does not verify refuses the start, naming it.
 
 use super::types::{ShardCommand, ShardRaft};
 use crate::mvcc::{Store, StoreImage};
@@ -16,6 +22,7 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::EntryPayload;
 use std::cell::RefCell;
 use std::io;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 #[derive(Default)]
@@ -32,6 +39,76 @@ struct Applied {
 pub struct ShardStateMachine {
     store: Rc<RefCell<Store>>,
     applied: Rc<RefCell<Applied>>,
+    /// Where snapshots are kept (None: in memory only, for tests).
+    dir: Option<Rc<PathBuf>>,
+}
+
+/// What a snapshot file holds.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMetaOf<ShardRaft>,
+    data: Vec<u8>,
+}
+
+const SNAPSHOT_MAGIC: &[u8; 8] = b"CAIRNSNP";
+const SNAPSHOT_VERSION: u32 = 1;
+const SNAPSHOT_HEADER_BYTES: usize = 24;
+const SNAPSHOT_FILE: &str = "current.snap";
+
+fn encode_snapshot_file(meta: &SnapshotMetaOf<ShardRaft>, data: &[u8]) -> io::Result<Vec<u8>> {
+    let file = SnapshotFile {
+        meta: meta.clone(),
+        data: data.to_vec(),
+    };
+    let body = postcard::to_stdvec(&file).map_err(io::Error::other)?;
+    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + body.len());
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+fn decode_snapshot_file(
+    path: &Path,
+    bytes: &[u8],
+) -> io::Result<(SnapshotMetaOf<ShardRaft>, Vec<u8>)> {
+    let bad = |why: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("snapshot {}: {why}", path.display()),
+        )
+    };
+    if bytes.len() < SNAPSHOT_HEADER_BYTES || &bytes[..8] != SNAPSHOT_MAGIC {
+        return Err(bad("not a cairn snapshot"));
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != SNAPSHOT_VERSION {
+        return Err(bad(&format!("unsupported format version {version}")));
+    }
+    let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes")) as usize;
+    let crc = u32::from_le_bytes(bytes[20..24].try_into().expect("4 bytes"));
+    let body = bytes
+        .get(SNAPSHOT_HEADER_BYTES..SNAPSHOT_HEADER_BYTES + len)
+        .ok_or_else(|| bad("truncated"))?;
+    if crc32fast::hash(body) != crc {
+        return Err(bad("checksum mismatch"));
+    }
+    let file: SnapshotFile = postcard::from_bytes(body).map_err(|e| bad(&e.to_string()))?;
+    Ok((file.meta, file.data))
+}
+
+/// Writes `bytes` as `dir/name` durably: temp file, fsync, rename, fsync dir.
+fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -40,11 +117,56 @@ struct SnapshotImage {
 }
 
 impl ShardStateMachine {
+    /// A state machine whose snapshots live only in memory (tests).
     pub fn new(store: Rc<RefCell<Store>>) -> Self {
         Self {
             store,
             applied: Rc::default(),
+            dir: None,
         }
+    }
+
+    /// A state machine keeping snapshots in `dir`, starting from the one
+    /// there (if any). Refuses a snapshot file that does not verify.
+    pub fn open(store: Rc<RefCell<Store>>, dir: PathBuf) -> io::Result<Self> {
+        let path = dir.join(SNAPSHOT_FILE);
+        let sm = Self {
+            store,
+            applied: Rc::default(),
+            dir: Some(Rc::new(dir)),
+        };
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let (meta, data) = decode_snapshot_file(&path, &bytes)?;
+                sm.load(&meta, data)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        Ok(sm)
+    }
+
+    /// Replaces the state with a snapshot's.
+    fn load(&self, meta: &SnapshotMetaOf<ShardRaft>, snapshot: Vec<u8>) -> io::Result<()> {
+        let image: SnapshotImage = postcard::from_bytes(&snapshot)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let revision = image.store.revision;
+        *self.store.borrow_mut() = Store::import(image.store);
+        let mut a = self.applied.borrow_mut();
+        a.log_id = meta.last_log_id;
+        a.membership = meta.last_membership.clone();
+        a.revision = revision;
+        a.snapshot = Some((meta.clone(), snapshot));
+        Ok(())
+    }
+
+    /// Keeps a snapshot: in memory, and durably on disk if there is a dir.
+    fn keep(&self, meta: &SnapshotMetaOf<ShardRaft>, data: &[u8]) -> io::Result<()> {
+        if let Some(dir) = &self.dir {
+            write_durably(dir, SNAPSHOT_FILE, &encode_snapshot_file(meta, data)?)?;
+        }
+        self.applied.borrow_mut().snapshot = Some((meta.clone(), data.to_vec()));
+        Ok(())
     }
 
     /// Revision of the last applied write.
@@ -68,6 +190,9 @@ impl ShardStateMachine {
                         .compact(*revision)
                         .expect("above the compaction point");
                 }
+                // The shard's state is the same up to the compaction point.
+                let mut a = self.applied.borrow_mut();
+                a.revision = a.revision.max(*revision);
             }
         }
     }
@@ -89,7 +214,8 @@ impl RaftSnapshotBuilder<ShardRaft> for ShardStateMachine {
             last_log_id: log_id,
             last_membership: membership,
         };
-        self.applied.borrow_mut().snapshot = Some((meta.clone(), data.clone()));
+        // Durable before openraft may purge the log behind it.
+        self.keep(&meta, &data)?;
         Ok(SnapshotOf::<ShardRaft, Vec<u8>> {
             meta,
             snapshot: data,
@@ -139,16 +265,8 @@ impl RaftStateMachine<ShardRaft> for ShardStateMachine {
         meta: &SnapshotMetaOf<ShardRaft>,
         snapshot: Vec<u8>,
     ) -> Result<(), io::Error> {
-        let image: SnapshotImage = postcard::from_bytes(&snapshot)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let revision = image.store.revision;
-        *self.store.borrow_mut() = Store::import(image.store);
-        let mut a = self.applied.borrow_mut();
-        a.log_id = meta.last_log_id;
-        a.membership = meta.last_membership.clone();
-        a.revision = revision;
-        a.snapshot = Some((meta.clone(), snapshot));
-        Ok(())
+        self.keep(meta, &snapshot)?;
+        self.load(meta, snapshot)
     }
 
     async fn get_current_snapshot(

@@ -108,6 +108,10 @@ pub struct ShardConfig {
     /// Where this shard publishes its Raft term (the member's response
     /// headers read it without asking a shard).
     pub raft_term: Arc<std::sync::atomic::AtomicU64>,
+    /// Committed entries between snapshots (`--snapshot-count`).
+    pub snapshot_count: u64,
+    /// WAL segment size (`--wal-segment-bytes`).
+    pub wal_segment_bytes: u64,
 }
 
 /// A started shard core: its handle, its thread, and the revision it
@@ -160,15 +164,16 @@ pub fn start(cfg: ShardConfig) -> Result<StartedShard, String> {
     })
 }
 
-fn raft_config() -> Result<openraft::Config, String> {
+fn raft_config(snapshot_count: u64) -> Result<openraft::Config, String> {
     openraft::Config {
         cluster_name: "cairn".into(),
         heartbeat_interval: 100,
         election_timeout_min: 300,
         election_timeout_max: 600,
-        // Snapshots are not yet persisted outside memory, so the log is never
-        // purged behind one: a restart replays the whole log.
-        snapshot_policy: openraft::SnapshotPolicy::Never,
+        // A snapshot every `--snapshot-count` entries; the log behind it is
+        // purged (keeping a tail for slow followers), and the WAL reclaims it.
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_count),
+        max_in_snapshot_log_to_keep: snapshot_count.min(1000),
         ..Default::default()
     }
     .validate()
@@ -186,7 +191,12 @@ async fn run(
         move |err: &dyn std::fmt::Display| format!("shard {}: {what}: {err}", cfg.id)
     };
     let storage = DmaStorage::new(cfg.dir.join("wal")).map_err(|x| e("wal dir")(&x))?;
-    let (wal, _) = Wal::open(storage, cairn_wal::Config::default())
+    let wal_cfg = cairn_wal::Config {
+        segment_bytes: cfg.wal_segment_bytes,
+        batch_bytes_max: (cfg.wal_segment_bytes as usize / 4).min(4 << 20),
+        ..cairn_wal::Config::default()
+    };
+    let (wal, _) = Wal::open(storage, wal_cfg)
         .await
         .map_err(|x| e("opening the WAL")(&x))?;
     let wal = Rc::new(wal);
@@ -201,9 +211,10 @@ async fn run(
         .detach();
     }
     let store = Rc::new(RefCell::new(Store::new()));
-    let sm = ShardStateMachine::new(store.clone());
+    let sm = ShardStateMachine::open(store.clone(), cfg.dir.join("snapshots"))
+        .map_err(|x| e("loading the snapshot")(&x))?;
     let log_store: WalLogStore<ShardRaft, DmaStorage> = WalLogStore::new(wal.clone(), 0);
-    let config = Arc::new(raft_config()?);
+    let config = Arc::new(raft_config(cfg.snapshot_count)?);
     let raft = Raft::new(
         cfg.member_id,
         config,
@@ -331,7 +342,7 @@ async fn write(
     let revision = seq.stamp();
     store.borrow_mut().apply(revision, &changes);
     stamp(&mut response, revision);
-    let (responder, committed, _applied) = ProgressResponder::new();
+    let (responder, committed, applied) = ProgressResponder::new();
     if let Err(e) = raft
         .client_write_ff(ShardCommand::Write { revision, changes }, Some(responder))
         .await
@@ -351,6 +362,8 @@ async fn write(
                     revision: Some(revision),
                     view: revision,
                 }));
+                // Keep the receiver until openraft reports the entry applied.
+                let _ = applied.await;
             }
             Err(e) => {
                 eprintln!("cairn: shard: write {revision} was not committed: {e:?}");

@@ -23,6 +23,7 @@ pub struct Cairn {
     pub port: u16,
     pub dir: PathBuf,
     pub shards: usize,
+    pub extra: Vec<String>,
 }
 
 impl Cairn {
@@ -34,12 +35,13 @@ impl Cairn {
         format!("127.0.0.1:{}", self.port)
     }
 
-    fn spawn(dir: &Path, port: u16, shards: usize) -> Child {
+    fn spawn(dir: &Path, port: u16, shards: usize, extra: &[String]) -> Child {
         Command::new(env!("CARGO_BIN_EXE_cairn"))
             .arg("--data-dir")
             .arg(dir)
             .args(["--listen-client-urls", &format!("http://127.0.0.1:{port}")])
             .args(["--shards", &shards.to_string()])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -48,13 +50,20 @@ impl Cairn {
 
     /// Starts a member on a new data dir under `base`.
     pub fn start(base: &Path, shards: usize) -> Cairn {
+        Self::start_with(base, shards, &[])
+    }
+
+    /// Starts a member with extra flags.
+    pub fn start_with(base: &Path, shards: usize, extra: &[&str]) -> Cairn {
         let dir = base.join(format!("member-{}", free_port()));
         let port = free_port();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let mut c = Cairn {
-            child: Some(Self::spawn(&dir, port, shards)),
+            child: Some(Self::spawn(&dir, port, shards, &extra)),
             port,
             dir,
             shards,
+            extra,
         };
         c.wait_ready();
         c
@@ -63,7 +72,7 @@ impl Cairn {
     /// Starts the member again on the same data dir and port.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop it first");
-        self.child = Some(Self::spawn(&self.dir, self.port, self.shards));
+        self.child = Some(Self::spawn(&self.dir, self.port, self.shards, &self.extra));
         self.wait_ready();
     }
 
@@ -112,6 +121,26 @@ impl Cairn {
     /// SIGTERM, and wait for the process to exit.
     pub fn stop(&mut self) {
         self.signal(libc::SIGTERM);
+    }
+
+    /// SIGTERM, then wait at most `limit` for the exit; true if it exited.
+    pub fn stop_within(&mut self, limit: Duration) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if child.try_wait().ok().flatten().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
     }
 
     /// SIGKILL: a crash.
