@@ -109,19 +109,7 @@ fn a_data_dir_keeps_its_shard_count() {
     let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let mut c = Cairn::start(base.path(), 2);
     c.stop();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .arg("--data-dir")
-        .arg(&c.dir)
-        .args([
-            "--listen-client-urls",
-            &format!("http://127.0.0.1:{}", common::free_port()),
-            "--shards",
-            "3",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = common::cairn_refuses(&c.dir, &["--shards", "3"]);
     assert!(
         err.contains("--shards") && err.contains("created with 2 shards"),
         "{err}"

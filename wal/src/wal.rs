@@ -1227,18 +1227,12 @@ impl<F> Inner<F> {
             self.rotate_next = false;
             self.start_segment();
         }
-        let lsn = self.encode_at_position(kind, group, index, payload);
+        let header = self.encode_at_position(kind, group, index, payload);
+        let lsn = header.lsn;
         let loc = Loc {
             seq: self.cur_seq,
             offset: self.cur_offset - size,
-            len: payload.len() as u32,
-            lsn,
-        };
-        let header = RecordHeader {
-            len: payload.len() as u32,
-            kind,
-            group,
-            index,
+            len: header.len,
             lsn,
         };
         replay(&mut self.groups, &header, payload, loc, None).expect("validated before encoding");
@@ -1248,13 +1242,15 @@ impl<F> Inner<F> {
         lsn
     }
 
+    /// Encodes a record into the open batch (sealing a full one first) and
+    /// returns its header.
     fn encode_at_position(
         &mut self,
         kind: RecordKind,
         group: u64,
         index: u64,
         payload: &[u8],
-    ) -> u64 {
+    ) -> RecordHeader {
         let lsn = self.next_lsn;
         self.next_lsn += 1;
         let size = record_bytes(payload.len());
@@ -1298,7 +1294,7 @@ impl<F> Inner<F> {
         self.queued_bytes += size;
         self.cur_offset += size as u64;
         debug_assert_eq!(batch.start + batch.buf.len() as u64, self.cur_offset);
-        lsn
+        header
     }
 
     /// Moves the open batch to the sealed queue. The next batch of the same
