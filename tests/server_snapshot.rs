@@ -100,20 +100,9 @@ fn snapshots_purge_the_log_and_restarts_recover_from_them() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x40;
     std::fs::write(&snap, bytes).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .arg("--data-dir")
-        .arg(&c.dir)
-        .args([
-            "--listen-client-urls",
-            &format!("http://127.0.0.1:{}", common::free_port()),
-            "--shards",
-            "1",
-        ])
-        .args(flags)
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "started on a damaged snapshot");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let mut args = vec!["--shards", "1"];
+    args.extend(flags);
+    let err = common::cairn_refuses(&c.dir, &args);
     assert!(
         err.contains("current.snap") && err.contains("checksum mismatch"),
         "{err}"

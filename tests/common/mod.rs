@@ -77,36 +77,13 @@ impl Cairn {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let rt = rt();
-        loop {
-            let ok = rt.block_on(async {
-                let Ok(mut kv) = KvClient::connect(self.url()).await else {
-                    return false;
-                };
-                kv.range(RangeRequest {
-                    key: b"ready?".to_vec(),
-                    ..Default::default()
-                })
-                .await
-                .is_ok()
-            });
-            if ok {
-                return;
-            }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+        let url = self.url();
+        let child = self.child.as_mut().expect("running");
+        wait_serving(&url, Duration::from_secs(60), || {
+            if let Some(status) = child.try_wait().ok().flatten() {
                 panic!("cairn exited while starting: {status}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "cairn did not answer within 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        });
     }
 
     fn signal(&mut self, sig: i32) {
@@ -153,6 +130,52 @@ impl Drop for Cairn {
     fn drop(&mut self) {
         self.signal(libc::SIGKILL);
     }
+}
+
+/// Waits until `url` answers a KV Range; `check` runs between attempts (it
+/// may panic, e.g. when the process died).
+pub fn wait_serving(url: &str, limit: Duration, mut check: impl FnMut()) {
+    let deadline = Instant::now() + limit;
+    let rt = rt();
+    loop {
+        let ok = rt.block_on(async {
+            let Ok(mut kv) = KvClient::connect(url.to_string()).await else {
+                return false;
+            };
+            kv.range(RangeRequest {
+                key: b"ready?".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .is_ok()
+        });
+        if ok {
+            return;
+        }
+        check();
+        assert!(
+            Instant::now() < deadline,
+            "{url} did not answer within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs cairn on an existing data dir with `args`, expecting it to refuse to
+/// start; returns its stderr.
+pub fn cairn_refuses(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args([
+            "--listen-client-urls",
+            &format!("http://127.0.0.1:{}", free_port()),
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "cairn started with {args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 pub fn rt() -> tokio::runtime::Runtime {
@@ -231,22 +254,7 @@ impl Etcd {
             url,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let rt = rt();
-        while !rt.block_on(async {
-            let Ok(mut kv) = KvClient::connect(etcd.url.clone()).await else {
-                return false;
-            };
-            kv.range(RangeRequest {
-                key: b"ready?".to_vec(),
-                ..Default::default()
-            })
-            .await
-            .is_ok()
-        }) {
-            assert!(Instant::now() < deadline, "etcd did not start within 30 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_serving(&etcd.url, Duration::from_secs(30), || {});
         etcd
     }
 }
