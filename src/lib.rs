@@ -8,6 +8,7 @@
 //!   machine arrive with the server).
 
 pub mod api;
+pub mod check_host;
 pub mod config;
 pub mod mvcc;
 pub mod raft;

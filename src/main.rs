@@ -3,6 +3,32 @@
 use clap::Parser;
 use std::process::ExitCode;
 
+/// `cairn check-host [--data-dir DIR]`: checks this host (LINUX_REQUIREMENTS.md).
+fn check_host(args: &[String]) -> ExitCode {
+    let dir = match args {
+        [] => std::path::PathBuf::from("default.cairn"),
+        [flag, dir] if flag == "--data-dir" => std::path::PathBuf::from(dir),
+        _ => {
+            eprintln!("usage: cairn check-host [--data-dir DIR]");
+            return ExitCode::from(2);
+        }
+    };
+    let checks = cairn::check_host::run(&dir);
+    for c in &checks {
+        println!(
+            "{} {}: {}",
+            if c.ok { "ok  " } else { "FAIL" },
+            c.name,
+            c.detail
+        );
+    }
+    if checks.iter().all(|c| c.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn main() -> ExitCode {
     // Logs to stderr; `CAIRN_LOG` filters (default: warnings and errors).
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
@@ -11,6 +37,10 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("check-host") {
+        return check_host(&args[2..]);
+    }
     let cfg = cairn::config::Config::parse();
     match cairn::server::run(cfg) {
         Ok(()) => ExitCode::SUCCESS,
