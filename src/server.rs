@@ -120,6 +120,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         max_txn_ops: cfg.max_txn_ops,
         max_request_bytes: cfg.max_request_bytes,
         raft_term,
+        metrics: Default::default(),
     });
     let addrs = cfg.client_addrs()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -136,21 +137,28 @@ pub fn run(cfg: Config) -> Result<(), String> {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("--listen-client-urls {addr}: {e}"))?;
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            let router = tonic::transport::Server::builder()
-                .add_service(
-                    KvServer::new(KvService(member.clone())).max_decoding_message_size(max),
-                )
-                .add_service(MaintenanceServer::new(MaintenanceService(member.clone())))
-                .add_service(ClusterServer::new(ClusterService(member.clone())));
+            // gRPC (HTTP/2) and HTTP/1.1 (/health, /version, /metrics) on one port.
+            let grpc = tonic::service::Routes::new(
+                KvServer::new(KvService(member.clone())).max_decoding_message_size(max),
+            )
+            .add_service(MaintenanceServer::new(MaintenanceService(member.clone())))
+            .add_service(ClusterServer::new(ClusterService(member.clone())))
+            .prepare()
+            .into_axum_router();
+            let app = grpc
+                .merge(crate::api::http::routes(member.clone()))
+                .fallback(crate::api::http::fallback);
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let mut stop = stop_tx.subscribe();
-            servers.push(tokio::spawn(router.serve_with_incoming_shutdown(
-                incoming,
-                async move {
-                    let _ = stop.recv().await;
-                },
-            )));
+            servers.push(tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.recv().await;
+                    })
+                    .await
+            }));
             eprintln!("cairn: serving clients on {addr} ({shards} shards, member {member_id:x})");
         }
         wait_for_signal().await;

@@ -35,6 +35,7 @@ pub struct Member {
     pub max_request_bytes: usize,
     /// The highest Raft term any shard reports.
     pub raft_term: Arc<std::sync::atomic::AtomicU64>,
+    pub metrics: super::http::RpcMetrics,
 }
 
 /// Which shard owns `key`.
@@ -195,6 +196,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
+        let _timed = super::http::Timed::new(&self.0.metrics, "Range");
         let r = request.into_inner();
         self.0.check_size(r.encoded_len())?;
         validate::check_range(&r)?;
@@ -208,6 +210,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
+        let _timed = super::http::Timed::new(&self.0.metrics, "Put");
         let r = request.into_inner();
         self.0.check_size(r.encoded_len())?;
         validate::check_put(&r)?;
@@ -232,6 +235,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let _timed = super::http::Timed::new(&self.0.metrics, "DeleteRange");
         let r = request.into_inner();
         self.0.check_size(r.encoded_len())?;
         validate::check_delete(&r)?;
@@ -262,6 +266,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
+        let _timed = super::http::Timed::new(&self.0.metrics, "Txn");
         let r = request.into_inner();
         self.0.check_size(r.encoded_len())?;
         validate::check_txn(&r, self.0.max_txn_ops)?;
@@ -289,6 +294,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
+        let _timed = super::http::Timed::new(&self.0.metrics, "Compact");
         let r = request.into_inner();
         let c = self.0.seq.committed();
         if r.revision > c {

@@ -6,6 +6,7 @@
 
 pub mod convert;
 pub mod errors;
+pub mod http;
 pub mod kv;
 pub mod validate;
 

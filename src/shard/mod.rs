@@ -86,6 +86,11 @@ pub struct ShardHandle {
 }
 
 impl ShardHandle {
+    /// Requests waiting in the shard core's queue.
+    pub fn queued(&self) -> usize {
+        self.tx.len()
+    }
+
     /// Sends a request; `Stopped` if the shard core is gone.
     pub async fn send(&self, msg: ShardMsg) -> Result<(), EtcdError> {
         self.tx
