@@ -31,6 +31,7 @@ struct Applied {
     membership: StoredMembershipOf<ShardRaft>,
     /// Revision of the last applied write (what a snapshot holds).
     revision: i64,
+    /// The last snapshot, when there is no directory to keep it in (tests).
     snapshot: Option<(SnapshotMetaOf<ShardRaft>, Vec<u8>)>,
 }
 
@@ -156,17 +157,22 @@ impl ShardStateMachine {
         a.log_id = meta.last_log_id;
         a.membership = meta.last_membership.clone();
         a.revision = revision;
-        a.snapshot = Some((meta.clone(), snapshot));
+        if self.dir.is_none() {
+            a.snapshot = Some((meta.clone(), snapshot));
+        }
         Ok(())
     }
 
-    /// Keeps a snapshot: in memory, and durably on disk if there is a dir.
+    /// Keeps a snapshot: durably on disk if there is a dir (and not in memory:
+    /// the store already holds that state), else in memory.
     fn keep(&self, meta: &SnapshotMetaOf<ShardRaft>, data: &[u8]) -> io::Result<()> {
-        if let Some(dir) = &self.dir {
-            write_durably(dir, SNAPSHOT_FILE, &encode_snapshot_file(meta, data)?)?;
+        match &self.dir {
+            Some(dir) => write_durably(dir, SNAPSHOT_FILE, &encode_snapshot_file(meta, data)?),
+            None => {
+                self.applied.borrow_mut().snapshot = Some((meta.clone(), data.to_vec()));
+                Ok(())
+            }
         }
-        self.applied.borrow_mut().snapshot = Some((meta.clone(), data.to_vec()));
-        Ok(())
     }
 
     /// Revision of the last applied write.
@@ -272,11 +278,17 @@ impl RaftStateMachine<ShardRaft> for ShardStateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<SnapshotOf<ShardRaft, Vec<u8>>>, io::Error> {
-        Ok(self
-            .applied
-            .borrow()
-            .snapshot
-            .clone()
-            .map(|(meta, snapshot)| SnapshotOf::<ShardRaft, Vec<u8>> { meta, snapshot }))
+        let kept = match &self.dir {
+            Some(dir) => {
+                let path = dir.join(SNAPSHOT_FILE);
+                match std::fs::read(&path) {
+                    Ok(bytes) => Some(decode_snapshot_file(&path, &bytes)?),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(e),
+                }
+            }
+            None => self.applied.borrow().snapshot.clone(),
+        };
+        Ok(kept.map(|(meta, snapshot)| SnapshotOf::<ShardRaft, Vec<u8>> { meta, snapshot }))
     }
 }
