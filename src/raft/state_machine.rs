@@ -56,19 +56,25 @@ const SNAPSHOT_VERSION: u32 = 1;
 const SNAPSHOT_HEADER_BYTES: usize = 24;
 const SNAPSHOT_FILE: &str = "current.snap";
 
-fn encode_snapshot_file(meta: &SnapshotMetaOf<ShardRaft>, data: &[u8]) -> io::Result<Vec<u8>> {
-    let file = SnapshotFile {
-        meta: meta.clone(),
-        data: data.to_vec(),
-    };
-    let body = postcard::to_stdvec(&file).map_err(io::Error::other)?;
-    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + body.len());
-    out.extend_from_slice(SNAPSHOT_MAGIC);
-    out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    out.extend_from_slice(&body);
-    Ok(out)
+/// [`SnapshotFile`] by reference: encodes the same bytes without copying the data.
+#[derive(serde::Serialize)]
+struct SnapshotFileRef<'a> {
+    meta: &'a SnapshotMetaOf<ShardRaft>,
+    data: &'a [u8],
+}
+
+/// The file's header and body (written one after the other).
+fn encode_snapshot_file(
+    meta: &SnapshotMetaOf<ShardRaft>,
+    data: &[u8],
+) -> io::Result<([u8; SNAPSHOT_HEADER_BYTES], Vec<u8>)> {
+    let body = postcard::to_stdvec(&SnapshotFileRef { meta, data }).map_err(io::Error::other)?;
+    let mut header = [0u8; SNAPSHOT_HEADER_BYTES];
+    header[..8].copy_from_slice(SNAPSHOT_MAGIC);
+    header[8..12].copy_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    header[12..20].copy_from_slice(&(body.len() as u64).to_le_bytes());
+    header[20..24].copy_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    Ok((header, body))
 }
 
 fn decode_snapshot_file(
@@ -101,12 +107,14 @@ fn decode_snapshot_file(
 }
 
 /// Writes `bytes` as `dir/name` durably: temp file, fsync, rename, fsync dir.
-fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+fn write_durably(dir: &Path, name: &str, parts: &[&[u8]]) -> io::Result<()> {
     use std::io::Write;
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!("{name}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
+    for part in parts {
+        f.write_all(part)?;
+    }
     f.sync_all()?;
     std::fs::rename(&tmp, dir.join(name))?;
     std::fs::File::open(dir)?.sync_all()
@@ -167,7 +175,19 @@ impl ShardStateMachine {
     /// the store already holds that state), else in memory.
     fn keep(&self, meta: &SnapshotMetaOf<ShardRaft>, data: &[u8]) -> io::Result<()> {
         match &self.dir {
-            Some(dir) => write_durably(dir, SNAPSHOT_FILE, &encode_snapshot_file(meta, data)?),
+            Some(dir) => {
+                let (header, body) = encode_snapshot_file(meta, data)?;
+                write_durably(dir, SNAPSHOT_FILE, &[&header, &body])?;
+                drop(body);
+                // Give the freed encoding buffers (as large as the store) back
+                // to the OS instead of keeping them in the allocator.
+                #[cfg(all(target_os = "linux", target_env = "gnu"))]
+                // SAFETY: malloc_trim only releases free heap memory.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+                Ok(())
+            }
             None => {
                 self.applied.borrow_mut().snapshot = Some((meta.clone(), data.to_vec()));
                 Ok(())
