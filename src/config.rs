@@ -78,7 +78,8 @@ pub struct Config {
     pub heartbeat_interval: u64,
     #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
     pub election_timeout: u64,
-    /// Disables fsync (unsafe: tests only; not yet in effect, cairn always syncs).
+    /// Disables fsync of the WAL: acknowledged writes are lost on a power
+    /// failure. Unsafe: tests and benchmarks only (says so loudly at start).
     #[arg(long, env = "ETCD_UNSAFE_NO_FSYNC")]
     pub unsafe_no_fsync: bool,
     #[arg(long, env = "ETCD_CERT_FILE")]
@@ -161,9 +162,6 @@ impl Config {
         }
         if self.auto_compaction_retention != "0" {
             v.push("--auto-compaction-retention");
-        }
-        if self.unsafe_no_fsync {
-            v.push("--unsafe-no-fsync (cairn still fsyncs)");
         }
         if self
             .initial_cluster

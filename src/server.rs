@@ -64,6 +64,12 @@ pub fn run(cfg: Config) -> Result<(), String> {
     for flag in cfg.not_yet_in_effect() {
         eprintln!("cairn: warning: {flag} is accepted but not in effect yet");
     }
+    if cfg.unsafe_no_fsync {
+        eprintln!(
+            "cairn: WARNING: --unsafe-no-fsync: the WAL does not fsync. Acknowledged writes \
+             WILL BE LOST on a power failure or kernel crash. For tests and benchmarks only."
+        );
+    }
     let dir = cfg.data_dir();
     std::fs::create_dir_all(&dir).map_err(|e| format!("--data-dir {}: {e}", dir.display()))?;
     let shards = shard_count(&dir, &cfg)?;
@@ -88,6 +94,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             raft_term: raft_term.clone(),
             snapshot_count: cfg.snapshot_count,
             wal_segment_bytes: cfg.wal_segment_bytes,
+            unsafe_no_fsync: cfg.unsafe_no_fsync,
         })?);
     }
     // etcd's first revision is 1; continue above everything recovered.

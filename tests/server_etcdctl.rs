@@ -141,3 +141,35 @@ fn sigterm_stops_the_member_even_with_an_idle_client_connected() {
         "the member did not stop"
     );
 }
+
+#[test]
+fn unsafe_no_fsync_serves_and_warns_loudly() {
+    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let port = common::free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("--data-dir")
+        .arg(base.path().join("nofsync"))
+        .args([
+            "--listen-client-urls",
+            &format!("http://127.0.0.1:{port}"),
+            "--unsafe-no-fsync",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_serving(
+        &format!("http://127.0.0.1:{port}"),
+        std::time::Duration::from_secs(60),
+        || {},
+    );
+    let e = format!("127.0.0.1:{port}");
+    assert_eq!(ok(&e, &["put", "k", "v"]), "OK\n");
+    assert_eq!(ok(&e, &["get", "k", "--print-value-only"]), "v\n");
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("WARNING: --unsafe-no-fsync") && err.contains("WILL BE LOST"),
+        "{err}"
+    );
+}

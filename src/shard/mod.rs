@@ -117,6 +117,8 @@ pub struct ShardConfig {
     pub snapshot_count: u64,
     /// WAL segment size (`--wal-segment-bytes`).
     pub wal_segment_bytes: u64,
+    /// `--unsafe-no-fsync`: the WAL never fsyncs.
+    pub unsafe_no_fsync: bool,
 }
 
 /// A started shard core: its handle, its thread, and the revision it
@@ -195,7 +197,10 @@ async fn run(
         let what = what.to_string();
         move |err: &dyn std::fmt::Display| format!("shard {}: {what}: {err}", cfg.id)
     };
-    let storage = DmaStorage::new(cfg.dir.join("wal")).map_err(|x| e("wal dir")(&x))?;
+    let mut storage = DmaStorage::new(cfg.dir.join("wal")).map_err(|x| e("wal dir")(&x))?;
+    if cfg.unsafe_no_fsync {
+        storage = storage.unsafe_no_fsync();
+    }
     let wal_cfg = cairn_wal::Config {
         segment_bytes: cfg.wal_segment_bytes,
         batch_bytes_max: (cfg.wal_segment_bytes as usize / 4).min(4 << 20),

@@ -26,6 +26,8 @@ use std::path::PathBuf;
 pub struct DmaStorage {
     dir: PathBuf,
     probed: std::cell::Cell<bool>,
+    /// Skip fdatasync (unsafe: nothing is durable; for tests and benchmarks).
+    no_fsync: bool,
 }
 
 const PROBE_FILE: &str = "iopoll-probe.tmp";
@@ -38,7 +40,15 @@ impl DmaStorage {
         Ok(Self {
             dir,
             probed: std::cell::Cell::new(false),
+            no_fsync: false,
         })
+    }
+
+    /// Makes `sync` a no-op: acknowledged writes are then lost on a power
+    /// failure or a kernel crash. For tests and benchmarks only.
+    pub fn unsafe_no_fsync(mut self) -> Self {
+        self.no_fsync = true;
+        self
     }
 
     /// Makes glommio's per-device poll-ring probe read a real block (see the
@@ -153,6 +163,9 @@ impl Storage for DmaStorage {
     }
 
     async fn sync(&self, file: &DmaFile) -> io::Result<()> {
+        if self.no_fsync {
+            return Ok(());
+        }
         file.fdatasync().await.map_err(to_io)
     }
 
