@@ -173,3 +173,32 @@ fn unsafe_no_fsync_serves_and_warns_loudly() {
         "{err}"
     );
 }
+
+#[test]
+fn hashkv_follows_the_state_at_a_revision() {
+    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut c = Cairn::start(base.path(), 2);
+    let e = c.endpoint();
+    let hash = |e: &str, rev: &str| -> u64 {
+        let j: serde_json::Value =
+            serde_json::from_str(&ok(e, &["endpoint", "hashkv", "--rev", rev, "-w", "json"]))
+                .unwrap();
+        j[0]["HashKV"]["hash"].as_u64().unwrap()
+    };
+    for k in ["a", "b", "c"] {
+        ok(&e, &["put", k, "1"]);
+    }
+    let at4 = hash(&e, "4");
+    assert_eq!(hash(&e, "0"), at4, "revision 0 means the current one");
+    ok(&e, &["put", "a", "2"]);
+    assert_ne!(hash(&e, "0"), at4, "a put changes the current hash");
+    assert_eq!(
+        hash(&e, "4"),
+        at4,
+        "the hash at an old revision does not change"
+    );
+    c.crash();
+    c.restart();
+    let e = c.endpoint();
+    assert_eq!(hash(&e, "4"), at4, "recovered to the same state");
+}

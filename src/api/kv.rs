@@ -143,6 +143,29 @@ impl Member {
         Ok((m::finish_range(kvs, count, &req), c))
     }
 
+    /// The member's key-value hash at `revision` (0: at C): the shards'
+    /// hashes, combined in shard order. Returns (hash, compaction point, revision).
+    pub async fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), Status> {
+        let c = self.seq.committed();
+        if revision > c {
+            return Err(EtcdError::FutureRev.status());
+        }
+        let at = if revision > 0 { revision } else { c };
+        let mut combined = crc32fast::Hasher::new();
+        let mut compacted = 0;
+        for shard in 0..self.shards.len() {
+            let (h, comp) = self
+                .ask(shard, |reply| ShardMsg::HashKv {
+                    revision: at,
+                    reply,
+                })
+                .await??;
+            combined.update(&h.to_le_bytes());
+            compacted = comp;
+        }
+        Ok((combined.finalize(), compacted, at))
+    }
+
     async fn status_of(&self, shard: usize) -> Result<ShardStatus, Status> {
         self.ask(shard, |reply| ShardMsg::Status { reply }).await
     }
@@ -369,18 +392,33 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         Err(not_yet("Defragment"))
     }
 
+    /// cairn's hash of the whole key-value state at C (etcd hashes its
+    /// backend file; the value differs from etcd's, equal states hash equally).
     async fn hash(
         &self,
         _: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
-        Err(not_yet("Hash"))
+        let (hash, _, revision) = self.0.hash_kv(0).await?;
+        let header = self.0.header(revision, self.0.raft_term().await);
+        Ok(Response::new(pb::HashResponse {
+            header: Some(header),
+            hash,
+        }))
     }
 
     async fn hash_kv(
         &self,
-        _: Request<pb::HashKvRequest>,
+        request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
-        Err(not_yet("HashKV"))
+        let (hash, compact_revision, _) = self.0.hash_kv(request.into_inner().revision).await?;
+        let header = self
+            .0
+            .header(self.0.seq.committed(), self.0.raft_term().await);
+        Ok(Response::new(pb::HashKvResponse {
+            header: Some(header),
+            hash,
+            compact_revision,
+        }))
     }
 
     type SnapshotStream = futures::stream::Empty<Result<pb::SnapshotResponse, Status>>;

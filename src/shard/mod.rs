@@ -61,6 +61,11 @@ pub enum ShardMsg {
     Status {
         reply: oneshot::Sender<ShardStatus>,
     },
+    /// The hash of this shard's keys at `revision`, and its compaction point.
+    HashKv {
+        revision: i64,
+        reply: oneshot::Sender<Result<(u32, i64), EtcdError>>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -289,6 +294,14 @@ async fn run(
             ShardMsg::Compact { revision, reply } => {
                 let r = raft.client_write(ShardCommand::Compact { revision }).await;
                 let _ = reply.send(r.map(|_| ()).map_err(|_| EtcdError::Stopped));
+            }
+            ShardMsg::HashKv { revision, reply } => {
+                let s = store.borrow();
+                let _ = reply.send(
+                    s.hash_kv(revision)
+                        .map(|h| (h, s.compacted()))
+                        .map_err(EtcdError::from),
+                );
             }
             ShardMsg::Status { reply } => {
                 let m = raft.metrics().borrow_watched().clone();
