@@ -3,7 +3,6 @@
 //! built yet.
 
 use super::kv::{Member, ETCD_API_VERSION};
-use crate::shard::ShardMsg;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use std::fmt::Write;
@@ -91,14 +90,8 @@ async fn gateway_not_built() -> impl IntoResponse {
 
 /// Healthy when a shard core answers within a second (etcd 3.4's shape).
 async fn health(member: Arc<Member>) -> impl IntoResponse {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let ok = member.shards[0]
-        .send(ShardMsg::Status { reply: tx })
-        .await
-        .is_ok()
-        && tokio::time::timeout(Duration::from_secs(1), rx)
-            .await
-            .is_ok_and(|r| r.is_ok());
+    let answered = tokio::time::timeout(Duration::from_secs(1), member.status_of(0)).await;
+    let ok = answered.is_ok_and(|r| r.is_ok());
     let code = if ok {
         StatusCode::OK
     } else {
@@ -183,16 +176,15 @@ async fn metrics(member: Arc<Member>) -> impl IntoResponse {
     let _ = writeln!(s, "# TYPE cairn_shard_applied_index gauge");
     let mut keys = String::new();
     for h in &member.shards {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if h.send(ShardMsg::Status { reply: tx }).await.is_ok() {
-            if let Ok(Ok(st)) = tokio::time::timeout(Duration::from_secs(1), rx).await {
-                let _ = writeln!(
-                    s,
-                    "cairn_shard_applied_index{{shard=\"{}\"}} {}",
-                    h.id, st.raft_applied_index
-                );
-                let _ = writeln!(keys, "cairn_shard_keys{{shard=\"{}\"}} {}", h.id, st.keys);
-            }
+        if let Ok(Ok(st)) =
+            tokio::time::timeout(Duration::from_secs(1), member.status_of(h.id)).await
+        {
+            let _ = writeln!(
+                s,
+                "cairn_shard_applied_index{{shard=\"{}\"}} {}",
+                h.id, st.raft_applied_index
+            );
+            let _ = writeln!(keys, "cairn_shard_keys{{shard=\"{}\"}} {}", h.id, st.keys);
         }
     }
     let _ = writeln!(

@@ -105,18 +105,20 @@ impl Member {
             return Err(EtcdError::FutureRev.status());
         }
         let at = if req.revision > 0 { req.revision } else { c };
-        let target = self.route(&[(&req.key, &req.range_end)]);
-        let mut shard_req = req.clone();
-        shard_req.revision = at;
-        if let Some(shard) = target {
+        if let Some(shard) = self.route(&[(&req.key, &req.range_end)]) {
+            let req = m::RangeRequest {
+                revision: at,
+                ..req
+            };
             let r = self
-                .ask(shard, |reply| ShardMsg::Range {
-                    req: shard_req,
-                    reply,
-                })
+                .ask(shard, |reply| ShardMsg::Range { req, reply })
                 .await??;
             return Ok((r, c));
         }
+        let mut shard_req = m::RangeRequest {
+            revision: at,
+            ..req.clone()
+        };
         // Every shard returns its keys in key order (before sort and limit;
         // the per-shard `limit` suffices when the result is in key order).
         let key_order = req.sort_target == m::SortTarget::Key
@@ -166,7 +168,8 @@ impl Member {
         Ok((combined.finalize(), compacted, at))
     }
 
-    async fn status_of(&self, shard: usize) -> Result<ShardStatus, Status> {
+    /// A shard's Raft and store figures.
+    pub async fn status_of(&self, shard: usize) -> Result<ShardStatus, Status> {
         self.ask(shard, |reply| ShardMsg::Status { reply }).await
     }
 

@@ -156,7 +156,7 @@ impl Group {
         self.next_index = Some(index + 1);
     }
 
-    /// Drops entries `>= index`. True if anything could have been there.
+    /// Drops entries `>= index`; the next append must have `index`.
     fn truncate(&mut self, index: u64) {
         if index <= self.first_index {
             self.entries.clear();
@@ -761,8 +761,8 @@ impl<S: Storage> Wal<S> {
             assert_eq!(w[0].seq + 1, w[1].seq, "live segments are consecutive");
         }
         assert!(
-            inner.cur_offset <= inner.cfg.segment_bytes.max(inner.cur_offset),
-            "writer inside its segment"
+            inner.rotate_next || inner.cur_offset <= inner.cfg.segment_bytes,
+            "writer inside its segment unless a rotation is pending"
         );
         for (gid, g) in &inner.groups {
             if let (Some(last), Some(next)) = (g.last_index(), g.next_index) {
@@ -772,8 +772,7 @@ impl<S: Storage> Wal<S> {
                     "group {gid}: next index follows the last entry"
                 );
             }
-            if let (Some((p, _)), Some(first)) = (&g.purged, g.entries.front()) {
-                let _ = first;
+            if let (Some((p, _)), false) = (&g.purged, g.entries.is_empty()) {
                 assert!(
                     g.first_index > *p,
                     "group {gid}: live entries above the purge point"
