@@ -93,9 +93,8 @@ pub struct Config {
     /// WAL segment size in bytes (cairn's own; a multiple of 4096, >= 64 KiB).
     #[arg(long, env = "CAIRN_WAL_SEGMENT_BYTES", default_value_t = 64 << 20)]
     pub wal_segment_bytes: u64,
-    /// Shard cores. Fixed when the data dir is created. Default 1 until writes
-    /// spanning shards are built (then: online CPUs); with more, such writes
-    /// answer Unimplemented.
+    /// Shard cores (default: online CPUs). Fixed when the data dir is
+    /// created; a restart with another count is refused.
     #[arg(long, env = "ETCD_SHARDS")]
     pub shards: Option<usize>,
 }
@@ -108,7 +107,8 @@ impl Config {
     }
 
     pub fn shards(&self) -> usize {
-        self.shards.unwrap_or(1)
+        self.shards
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 
     /// Checks the flags; the error names the flag.
@@ -238,7 +238,11 @@ mod tests {
             (c.max_request_bytes, c.max_txn_ops, c.snapshot_count),
             (1_572_864, 128, 100_000)
         );
-        assert_eq!(c.shards(), 1, "one shard until cross-shard writes exist");
+        assert_eq!(
+            c.shards(),
+            std::thread::available_parallelism().unwrap().get(),
+            "one shard per online CPU"
+        );
         assert!(c.validate().is_ok());
     }
 

@@ -145,6 +145,11 @@ impl SharedSequencer {
         *self.committed_tx.borrow()
     }
 
+    /// The last revision handed out.
+    pub fn last_stamped(&self) -> i64 {
+        self.lock().last_stamped()
+    }
+
     /// Resolves once C is at least `rev`.
     pub async fn wait_committed(&self, rev: i64) {
         let mut rx = self.committed_tx.subscribe();

@@ -3,6 +3,7 @@
 
 use crate::api::kv::{ClusterService, KvService, MaintenanceService, Member};
 use crate::config::Config;
+use crate::raft::parts::PartBook;
 use crate::sequencer::SharedSequencer;
 use crate::shard::{self, ShardConfig, ShardMsg};
 use cairn_proto::etcdserverpb::{
@@ -83,9 +84,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
         .to_string();
 
     let raft_term = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut started = Vec::with_capacity(shards);
-    for id in 0..shards {
-        started.push(shard::start(ShardConfig {
+    let parts = Arc::new(PartBook::new(shards));
+    let cfgs = (0..shards)
+        .map(|id| ShardConfig {
             id,
             cpu: Some(id % cpus),
             dir: dir.join(format!("shard-{id}")),
@@ -95,15 +96,15 @@ pub fn run(cfg: Config) -> Result<(), String> {
             snapshot_count: cfg.snapshot_count,
             wal_segment_bytes: cfg.wal_segment_bytes,
             unsafe_no_fsync: cfg.unsafe_no_fsync,
-        })?);
-    }
-    // etcd's first revision is 1; continue above everything recovered.
-    let last = started
-        .iter()
-        .map(|s| s.recovered_revision)
-        .max()
-        .unwrap_or(0)
-        .max(1);
+            parts: parts.clone(),
+        })
+        .collect();
+    let (started, last) = shard::start_all(cfgs, &parts)?;
+    // etcd's first revision is 1.
+    let last = last.max(1);
+    // Revisions are stamped above `last` from now on: a cross-shard part at or
+    // below it that some shard's log lacks never committed.
+    parts.close_all(last);
     let seq = Arc::new(SharedSequencer::new(last));
     let (handles, threads): (Vec<_>, Vec<_>) =
         started.into_iter().map(|s| s.serve(seq.clone())).unzip();
@@ -128,6 +129,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         max_request_bytes: cfg.max_request_bytes,
         raft_term,
         metrics: Default::default(),
+        cross: Default::default(),
     });
     let addrs = cfg.client_addrs()?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -167,6 +167,7 @@ fn run(ops: Vec<Op>) {
     let mut store = Store::new();
     let mut reference = Reference {
         revision: 1,
+        compacted: -1, // never compacted: compacting at 0 works once, as in etcd
         ..Default::default()
     };
     store.apply(1, &[]); // etcd starts at revision 1
@@ -301,8 +302,9 @@ fn run(ops: Vec<Op>) {
                 }
             }
             Op::Rollback(x) => {
-                let span = reference.revision - reference.compacted + 1;
-                let to = reference.compacted + (x as i64) % span;
+                let floor = reference.compacted.max(1);
+                let span = reference.revision - floor + 1;
+                let to = floor + (x as i64) % span;
                 store.rollback_to(to);
                 for h in reference.history.values_mut() {
                     h.retain(|(r, _)| *r <= to);

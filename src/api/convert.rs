@@ -143,12 +143,17 @@ pub fn range_response(r: m::RangeResponse, header: pb::ResponseHeader) -> pb::Ra
     }
 }
 
-pub fn response_op(r: m::ResponseOp, header: &pb::ResponseHeader) -> pb::ResponseOp {
+/// A response inside a txn: etcd gives it a header with only a revision.
+fn response_op(r: m::ResponseOp, revision: i64, after: i64, before: i64) -> pb::ResponseOp {
     use pb::response_op::Response;
-    let h = Some(*header);
+    let header = pb::ResponseHeader {
+        revision,
+        ..Default::default()
+    };
+    let h = Some(header);
     pb::ResponseOp {
         response: Some(match r {
-            m::ResponseOp::Range(r) => Response::ResponseRange(range_response(r, *header)),
+            m::ResponseOp::Range(r) => Response::ResponseRange(range_response(r, header)),
             m::ResponseOp::Put(p) => Response::ResponsePut(pb::PutResponse {
                 header: h,
                 prev_kv: p.prev_kv.map(kv),
@@ -160,19 +165,42 @@ pub fn response_op(r: m::ResponseOp, header: &pb::ResponseHeader) -> pb::Respons
                     prev_kvs: d.prev_kvs.into_iter().map(kv).collect(),
                 })
             }
-            m::ResponseOp::Txn(t) => Response::ResponseTxn(txn_response(t, header)),
+            m::ResponseOp::Txn(t) => {
+                // etcd leaves a nested txn's own header empty.
+                Response::ResponseTxn(nested_txn(t, Default::default(), after, before))
+            }
         }),
     }
 }
 
-pub fn txn_response(t: m::TxnResponse, header: &pb::ResponseHeader) -> pb::TxnResponse {
+/// `after` is the revision of the request's writes, `before` the one below
+/// it (both the same for a request that wrote nothing).
+fn nested_txn(
+    t: m::TxnResponse,
+    header: pb::ResponseHeader,
+    after: i64,
+    before: i64,
+) -> pb::TxnResponse {
     pb::TxnResponse {
-        header: Some(*header),
+        header: Some(header),
         succeeded: t.succeeded,
         responses: t
             .responses
             .into_iter()
-            .map(|r| response_op(r, header))
+            .zip(t.wrote)
+            .map(|(r, wrote)| response_op(r, if wrote { after } else { before }, after, before))
             .collect(),
     }
+}
+
+/// A txn's response. `header` carries the txn's revision; `changed` says
+/// whether the txn wrote at that revision.
+pub fn txn_response(
+    t: m::TxnResponse,
+    header: &pb::ResponseHeader,
+    changed: bool,
+) -> pb::TxnResponse {
+    let after = header.revision;
+    let before = if changed { after - 1 } else { after };
+    nested_txn(t, *header, after, before)
 }

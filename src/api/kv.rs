@@ -36,6 +36,8 @@ pub struct Member {
     /// The highest Raft term any shard reports.
     pub raft_term: Arc<std::sync::atomic::AtomicU64>,
     pub metrics: super::http::RpcMetrics,
+    /// Held by a cross-shard write (and compaction): one at a time.
+    pub cross: tokio::sync::Mutex<()>,
 }
 
 /// Which shard owns `key`.
@@ -126,7 +128,10 @@ impl Member {
         shard_req.sort_order = m::SortOrder::None;
         shard_req.sort_target = m::SortTarget::Key;
         shard_req.keys_only = false;
-        if !key_order {
+        if key_order {
+            // One more than asked, so that `more` is right after merging.
+            shard_req.limit = req.limit.saturating_add(i64::from(req.limit > 0));
+        } else {
             shard_req.limit = 0;
         }
         let mut kvs = Vec::new();
@@ -178,20 +183,6 @@ impl Member {
     }
 }
 
-/// The largest revision a range inside a txn asks for.
-fn txn_max_revision(t: &m::TxnRequest) -> i64 {
-    t.success
-        .iter()
-        .chain(&t.failure)
-        .map(|op| match op {
-            m::RequestOp::Range(r) => r.revision,
-            m::RequestOp::Txn(t) => txn_max_revision(t),
-            _ => 0,
-        })
-        .max()
-        .unwrap_or(0)
-}
-
 /// Every key (and range end) a txn touches, nested txns included.
 fn txn_keys(t: &m::TxnRequest, out: &mut Vec<(Vec<u8>, Vec<u8>)>) {
     for c in &t.compare {
@@ -205,12 +196,6 @@ fn txn_keys(t: &m::TxnRequest, out: &mut Vec<(Vec<u8>, Vec<u8>)>) {
             m::RequestOp::Txn(t) => txn_keys(t, out),
         }
     }
-}
-
-fn cross_shard() -> Status {
-    Status::unimplemented(
-        "cairn: this request touches keys on several shards; cross-shard writes are not implemented yet (run with --shards 1)",
-    )
 }
 
 /// The KV service.
@@ -265,17 +250,14 @@ impl pb::kv_server::Kv for KvService {
         let r = request.into_inner();
         self.0.check_size(r.encoded_len())?;
         validate::check_delete(&r)?;
-        let shard = self
-            .0
-            .route(&[(&r.key, &r.range_end)])
-            .ok_or_else(cross_shard)?;
-        let out = self
-            .0
-            .write(
-                shard,
-                m::RequestOp::DeleteRange(convert::delete_request(&r)),
-            )
-            .await?;
+        let op = m::RequestOp::DeleteRange(convert::delete_request(&r));
+        let out = match self.0.route(&[(&r.key, &r.range_end)]) {
+            Some(shard) => self.0.write(shard, op).await?,
+            None => {
+                let touched = vec![(r.key.clone(), r.range_end.clone())];
+                self.0.write_across(op, touched).await?
+            }
+        };
         let m::ResponseOp::DeleteRange(d) = out.response else {
             return Err(Status::internal("delete answered with another op"));
         };
@@ -297,23 +279,26 @@ impl pb::kv_server::Kv for KvService {
         self.0.check_size(r.encoded_len())?;
         validate::check_txn(&r, self.0.max_txn_ops)?;
         let t = convert::txn_request(&r)?;
-        if txn_max_revision(&t) > self.0.seq.committed() {
-            return Err(EtcdError::FutureRev.status());
-        }
         let mut keys = Vec::new();
         txn_keys(&t, &mut keys);
         let refs: Vec<(&[u8], &[u8])> = keys
             .iter()
             .map(|(k, e)| (k.as_slice(), e.as_slice()))
             .collect();
-        let shard = self.0.route(&refs).ok_or_else(cross_shard)?;
-        let out = self.0.write(shard, m::RequestOp::Txn(t)).await?;
+        let out = match self.0.route(&refs) {
+            Some(shard) => self.0.write(shard, m::RequestOp::Txn(t)).await?,
+            None => self.0.write_across(m::RequestOp::Txn(t), keys).await?,
+        };
         let m::ResponseOp::Txn(t) = out.response else {
             return Err(Status::internal("txn answered with another op"));
         };
         let revision = out.revision.unwrap_or_else(|| self.0.seq.committed());
         let header = self.0.header(revision, self.0.raft_term().await);
-        Ok(Response::new(convert::txn_response(t, &header)))
+        Ok(Response::new(convert::txn_response(
+            t,
+            &header,
+            out.revision.is_some(),
+        )))
     }
 
     async fn compact(
@@ -326,6 +311,8 @@ impl pb::kv_server::Kv for KvService {
         if r.revision > c {
             return Err(EtcdError::FutureRev.status());
         }
+        // Not while a cross-shard request reads histories.
+        let _cross = self.0.cross.lock().await;
         let compacted = self.0.status_of(0).await?.compacted;
         if r.revision <= compacted {
             return Err(EtcdError::Compacted.status());

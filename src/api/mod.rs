@@ -5,6 +5,7 @@
 //! request is routed to a shard or proposed, so a bad request changes nothing.
 
 pub mod convert;
+pub mod cross;
 pub mod errors;
 pub mod http;
 pub mod kv;

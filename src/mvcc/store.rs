@@ -143,6 +143,32 @@ impl Version {
     }
 }
 
+fn version_image(v: &Version) -> VersionImage {
+    VersionImage {
+        mod_revision: v.mod_revision,
+        create_revision: v.create_revision,
+        version: v.version,
+        value: v.value.to_vec(),
+        lease: v.lease,
+    }
+}
+
+impl StoreImage {
+    /// One image from the images of disjoint key sets (different shards)
+    /// taken at the same revision: keys in order, the newest compaction point.
+    pub fn merge(images: Vec<StoreImage>) -> StoreImage {
+        let revision = images.iter().map(|i| i.revision).max().unwrap_or(0);
+        let compacted = images.iter().map(|i| i.compacted).max().unwrap_or(0);
+        let mut keys: Vec<_> = images.into_iter().flat_map(|i| i.keys).collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        StoreImage {
+            revision,
+            compacted,
+            keys,
+        }
+    }
+}
+
 /// Result of [`Store::range`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RangeResult {
@@ -153,13 +179,24 @@ pub struct RangeResult {
 }
 
 /// One shard's keys. See the module docs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Store {
     keys: BTreeMap<Box<[u8]>, Vec<Version>>,
     /// Newest revision applied.
     revision: i64,
-    /// Reads below this revision fail with [`MvccError::Compacted`].
+    /// Reads below this revision fail with [`MvccError::Compacted`]; -1
+    /// until the first compaction (as etcd: compacting at 0 works once).
     compacted: i64,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self {
+            keys: BTreeMap::new(),
+            revision: 0,
+            compacted: -1,
+        }
+    }
 }
 
 impl Store {
@@ -361,19 +398,44 @@ impl Store {
                 let upto: Vec<VersionImage> = history
                     .iter()
                     .take_while(|v| v.mod_revision <= revision)
-                    .map(|v| VersionImage {
-                        mod_revision: v.mod_revision,
-                        create_revision: v.create_revision,
-                        version: v.version,
-                        value: v.value.to_vec(),
-                        lease: v.lease,
-                    })
+                    .map(version_image)
                     .collect();
                 (!upto.is_empty()).then(|| (k.to_vec(), upto))
             })
             .collect();
         StoreImage {
             revision: revision.min(self.revision),
+            compacted: self.compacted,
+            keys,
+        }
+    }
+
+    /// The histories (versions at or below `upto`) of the keys in `ranges`,
+    /// as an image at `upto`: what a cross-shard request needs from this shard
+    /// to be evaluated elsewhere (see [`StoreImage::merge`]).
+    pub fn export_ranges(&self, ranges: &[(Vec<u8>, RangeEnd)], upto: i64) -> StoreImage {
+        let mut keys: BTreeMap<&[u8], &Vec<Version>> = BTreeMap::new();
+        for (key, end) in ranges {
+            if !end.non_empty(key) {
+                continue;
+            }
+            for (k, history) in self.keys.range::<[u8], _>(end.bounds(key)) {
+                keys.insert(k, history);
+            }
+        }
+        let keys = keys
+            .into_iter()
+            .filter_map(|(k, history)| {
+                let upto: Vec<VersionImage> = history
+                    .iter()
+                    .take_while(|v| v.mod_revision <= upto)
+                    .map(version_image)
+                    .collect();
+                (!upto.is_empty()).then(|| (k.to_vec(), upto))
+            })
+            .collect();
+        StoreImage {
+            revision: upto,
             compacted: self.compacted,
             keys,
         }

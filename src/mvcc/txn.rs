@@ -151,6 +151,10 @@ pub struct TxnRequest {
 pub struct TxnResponse {
     pub succeeded: bool,
     pub responses: Vec<ResponseOp>,
+    /// Per response: whether the request had written anything by the end of
+    /// that op (etcd gives an op's header the revision as of that op: the one
+    /// before the request until it writes, then the request's own).
+    pub wrote: Vec<bool>,
 }
 
 /// A request error that aborts the whole request (nothing changes).
@@ -184,6 +188,10 @@ pub struct Eval<'a> {
     overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
     changes: Vec<Change>,
     lease_exists: &'a dyn Fn(i64) -> bool,
+    /// The member's newest revision: reads above it are in the future.
+    current: i64,
+    /// Whether this request has written anything yet.
+    wrote: bool,
 }
 
 impl<'a> Eval<'a> {
@@ -194,7 +202,16 @@ impl<'a> Eval<'a> {
             overlay: BTreeMap::new(),
             changes: Vec::new(),
             lease_exists,
+            current: store.revision(),
+            wrote: false,
         }
+    }
+
+    /// The member's newest revision, when it is above this store's (a shard
+    /// holds only its own keys' revisions). Reads above it are refused.
+    pub fn current_revision(mut self, revision: i64) -> Self {
+        self.current = self.current.max(revision);
+        self
     }
 
     /// The changes to stamp with one revision (empty: consume no revision).
@@ -231,9 +248,11 @@ impl<'a> Eval<'a> {
 
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, EvalError> {
         let end = RangeEnd::from_request(&req.range_end);
+        if req.revision > self.current {
+            return Err(MvccError::FutureRevision.into());
+        }
         // A shard sees only its own keys' revisions: a read above its newest
-        // one sees the same state. Whether a revision is in the future for
-        // the member is decided at the front, against the committed prefix.
+        // one sees the same state.
         let at = req.revision.min(self.store.revision());
         let mut kvs = if req.revision > 0 && at != self.store.revision() {
             // An explicit older revision reads history, not this request's writes.
@@ -278,6 +297,7 @@ impl<'a> Eval<'a> {
             lease,
         };
         self.overlay.insert(req.key.clone(), Some(kv));
+        self.wrote = true;
         self.changes.retain(|c| c.key() != req.key.as_slice());
         self.changes.push(Change::Put {
             key: req.key.clone(),
@@ -295,6 +315,7 @@ impl<'a> Eval<'a> {
     ) -> Result<DeleteRangeResponse, EvalError> {
         let end = RangeEnd::from_request(&req.range_end);
         let doomed = self.live_range(&req.key, &end);
+        self.wrote |= !doomed.is_empty();
         for kv in &doomed {
             let was_created_here = self.overlay.get(&kv.key).is_some_and(|v| v.is_some())
                 && self.store.get(&kv.key).is_none();
@@ -312,9 +333,13 @@ impl<'a> Eval<'a> {
         })
     }
 
+    /// Compares see the state before the request, nested txns included
+    /// (etcd picks every branch before it applies anything).
     fn compare(&self, c: &Compare) -> bool {
         let end = RangeEnd::from_request(&c.range_end);
-        let kvs = self.live_range(&c.key, &end);
+        let mut kvs = Vec::new();
+        self.store
+            .for_each_live(&c.key, &end, self.store.revision(), |kv| kvs.push(kv));
         if kvs.is_empty() {
             if matches!(c.target, CompareTarget::Value(_)) {
                 return false;
@@ -332,12 +357,15 @@ impl<'a> Eval<'a> {
             &req.failure
         };
         let mut responses = Vec::with_capacity(ops.len());
+        let mut wrote = Vec::with_capacity(ops.len());
         for op in ops {
             responses.push(self.op(op)?);
+            wrote.push(self.wrote);
         }
         Ok(TxnResponse {
             succeeded,
             responses,
+            wrote,
         })
     }
 
@@ -348,6 +376,23 @@ impl<'a> Eval<'a> {
             RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.delete_range(d)?),
             RequestOp::Txn(t) => ResponseOp::Txn(self.txn(t)?),
         })
+    }
+}
+
+impl RequestOp {
+    /// The largest revision a range in this request asks for (0: none).
+    pub fn max_revision(&self) -> i64 {
+        match self {
+            RequestOp::Range(r) => r.revision,
+            RequestOp::Txn(t) => t
+                .success
+                .iter()
+                .chain(&t.failure)
+                .map(RequestOp::max_revision)
+                .max()
+                .unwrap_or(0),
+            _ => 0,
+        }
     }
 }
 
@@ -373,6 +418,16 @@ pub fn filter_revisions(kvs: &mut Vec<KeyValue>, req: &RangeRequest) {
 /// `more`, then `keys_only`/`count_only`, as etcd's applier does after the
 /// fetch and the filters. `count` is the number of keys before the filters.
 pub fn finish_range(mut kvs: Vec<KeyValue>, count: i64, req: &RangeRequest) -> RangeResponse {
+    let limit = req.limit.max(0) as usize;
+    let filtered = req.min_mod_revision != 0
+        || req.max_mod_revision != 0
+        || req.min_create_revision != 0
+        || req.max_create_revision != 0;
+    if limit > 0 && req.sort_order == SortOrder::None && !filtered {
+        // etcd fetches `limit + 1` keys in key order and sorts only those
+        // (it sorts by a non-key target even without a sort order).
+        kvs.truncate(limit + 1);
+    }
     let mut order = req.sort_order;
     if req.sort_target != SortTarget::Key && order == SortOrder::None {
         order = SortOrder::Ascend;
@@ -380,24 +435,29 @@ pub fn finish_range(mut kvs: Vec<KeyValue>, count: i64, req: &RangeRequest) -> R
     if order != SortOrder::None {
         // A pending revision is the newest: sort it last.
         let rev = |r: i64| if r == PENDING_REVISION { i64::MAX } else { r };
-        match req.sort_target {
-            SortTarget::Key => kvs.sort_by(|a, b| a.key.cmp(&b.key)),
-            SortTarget::Version => kvs.sort_by_key(|kv| kv.version),
-            SortTarget::Create => kvs.sort_by_key(|kv| rev(kv.create_revision)),
-            SortTarget::Mod => kvs.sort_by_key(|kv| rev(kv.mod_revision)),
-            SortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
-        }
+        let by = |a: &KeyValue, b: &KeyValue| match req.sort_target {
+            SortTarget::Key => a.key.cmp(&b.key),
+            SortTarget::Version => a.version.cmp(&b.version),
+            SortTarget::Create => rev(a.create_revision).cmp(&rev(b.create_revision)),
+            SortTarget::Mod => rev(a.mod_revision).cmp(&rev(b.mod_revision)),
+            SortTarget::Value => a.value.cmp(&b.value),
+        };
+        // Stable both ways: ties stay in key order, as etcd returns them.
         if order == SortOrder::Descend {
-            kvs.reverse();
+            kvs.sort_by(|a, b| by(b, a));
+        } else {
+            kvs.sort_by(by);
         }
     }
     let mut more = false;
-    if req.limit > 0 && kvs.len() > req.limit as usize {
-        kvs.truncate(req.limit as usize);
+    if limit > 0 && kvs.len() > limit {
+        kvs.truncate(limit);
         more = true;
     }
     if req.count_only {
+        // etcd fetches no keys for a count, so there is never "more".
         kvs.clear();
+        more = false;
     } else if req.keys_only {
         for kv in &mut kvs {
             kv.value.clear();

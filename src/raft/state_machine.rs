@@ -13,6 +13,7 @@
 //! (u64 LE), CRC-32 of the body (u32 LE), body (postcard: the snapshot meta and
 //! the store image). A file that does not verify refuses the start, naming it.
 
+use super::parts::{Decision, PartBook};
 use super::types::{ShardCommand, ShardRaft};
 use crate::mvcc::{Store, StoreImage};
 use futures::{Stream, TryStreamExt};
@@ -20,10 +21,11 @@ use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::EntryPayload;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 
 #[derive(Default)]
 struct Applied {
@@ -42,6 +44,11 @@ pub struct ShardStateMachine {
     applied: Rc<RefCell<Applied>>,
     /// Where snapshots are kept (None: in memory only, for tests).
     dir: Option<Rc<PathBuf>>,
+    /// Decides cross-shard parts (None: parts apply at once, for tests of a
+    /// lone shard).
+    parts: Option<(Arc<PartBook>, u32)>,
+    /// The revision of the part apply is waiting on, if any.
+    holding: Rc<Cell<Option<i64>>>,
 }
 
 /// What a snapshot file holds.
@@ -132,7 +139,21 @@ impl ShardStateMachine {
             store,
             applied: Rc::default(),
             dir: None,
+            parts: None,
+            holding: Rc::default(),
         }
+    }
+
+    /// Lets `book` decide this shard's cross-shard parts.
+    pub fn with_parts(mut self, book: Arc<PartBook>, shard: u32) -> Self {
+        self.parts = Some((book, shard));
+        self
+    }
+
+    /// The revision of the cross-shard part that apply is holding (waiting
+    /// for the other participants' logs), if any.
+    pub fn holding(&self) -> Option<i64> {
+        self.holding.get()
     }
 
     /// A state machine keeping snapshots in `dir`, starting from the one
@@ -143,6 +164,8 @@ impl ShardStateMachine {
             store,
             applied: Rc::default(),
             dir: Some(Rc::new(dir)),
+            parts: None,
+            holding: Rc::default(),
         };
         match std::fs::read(&path) {
             Ok(bytes) => {
@@ -200,17 +223,25 @@ impl ShardStateMachine {
         self.applied.borrow().revision
     }
 
-    fn apply_one(&self, command: &ShardCommand) {
-        let mut store = self.store.borrow_mut();
+    fn reached(&self, revision: i64) {
+        if let Some((book, shard)) = &self.parts {
+            book.reached(*shard, revision);
+        }
+    }
+
+    async fn apply_one(&self, command: &ShardCommand) {
         match command {
             ShardCommand::Write { revision, changes } => {
+                let mut store = self.store.borrow_mut();
                 if *revision > store.revision() {
                     store.apply(*revision, changes);
                 }
                 let mut a = self.applied.borrow_mut();
                 a.revision = a.revision.max(*revision);
+                self.reached(*revision);
             }
             ShardCommand::Compact { revision } => {
+                let mut store = self.store.borrow_mut();
                 if *revision > store.compacted() {
                     store
                         .compact(*revision)
@@ -219,6 +250,34 @@ impl ShardStateMachine {
                 // The shard's state is the same up to the compaction point.
                 let mut a = self.applied.borrow_mut();
                 a.revision = a.revision.max(*revision);
+            }
+            ShardCommand::Tick { closed } => self.reached(*closed),
+            ShardCommand::Part {
+                revision,
+                changes,
+                participants,
+            } => {
+                // A write leader applied it when it stamped it (or a snapshot
+                // holds it): already decided.
+                let decision = if *revision <= self.store.borrow().revision() {
+                    None
+                } else if let Some((book, shard)) = &self.parts {
+                    self.holding.set(Some(*revision));
+                    let store = self.store.borrow().revision();
+                    let d = book.hold(*shard, *revision, participants, store).await;
+                    self.holding.set(None);
+                    Some(d)
+                } else {
+                    Some(Decision::Apply)
+                };
+                if decision == Some(Decision::Apply) {
+                    self.store.borrow_mut().apply(*revision, changes);
+                }
+                if decision != Some(Decision::Drop) {
+                    let mut a = self.applied.borrow_mut();
+                    a.revision = a.revision.max(*revision);
+                }
+                self.reached(*revision);
             }
         }
     }
@@ -268,7 +327,7 @@ impl RaftStateMachine<ShardRaft> for ShardStateMachine {
             let log_id = entry.log_id();
             match &entry.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(command) => self.apply_one(command),
+                EntryPayload::Normal(command) => self.apply_one(command).await,
                 EntryPayload::Membership(m) => {
                     self.applied.borrow_mut().membership =
                         StoredMembershipOf::<ShardRaft>::new(Some(log_id), m.clone());

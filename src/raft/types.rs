@@ -13,6 +13,20 @@ pub enum ShardCommand {
     Write { revision: i64, changes: Vec<Change> },
     /// Compact this shard's history at `revision`.
     Compact { revision: i64 },
+    /// This shard's part of a request that changed keys on several shards
+    /// at one `revision` (DESIGN §2.1 point 4). It takes effect iff every
+    /// shard in `participants` holds its part in its own log; see
+    /// [`crate::raft::parts`].
+    Part {
+        revision: i64,
+        changes: Vec<Change>,
+        participants: Vec<u32>,
+    },
+    /// Nothing changes; every revision at or below `closed` was decided
+    /// when this was proposed (a write leader appends one to each shard when
+    /// it starts: parts left incomplete by a crash are dropped in every later
+    /// replay).
+    Tick { closed: i64 },
 }
 
 impl std::fmt::Display for ShardCommand {
@@ -22,6 +36,16 @@ impl std::fmt::Display for ShardCommand {
                 write!(f, "write@{revision}({} changes)", changes.len())
             }
             ShardCommand::Compact { revision } => write!(f, "compact@{revision}"),
+            ShardCommand::Part {
+                revision,
+                changes,
+                participants,
+            } => write!(
+                f,
+                "part@{revision}({} changes, shards {participants:?})",
+                changes.len()
+            ),
+            ShardCommand::Tick { closed } => write!(f, "tick(closed {closed})"),
         }
     }
 }

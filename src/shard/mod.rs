@@ -11,9 +11,10 @@
 
 use crate::api::EtcdError;
 use crate::mvcc::txn::{stamp, Eval, RangeRequest, RangeResponse, RequestOp, ResponseOp};
-use crate::mvcc::Store;
+use crate::mvcc::{Change, RangeEnd, Store, StoreImage};
 use crate::raft::log_store::WalLogStore;
 use crate::raft::network::SingleMemberNetwork;
+use crate::raft::parts::PartBook;
 use crate::raft::state_machine::ShardStateMachine;
 use crate::raft::types::{ShardCommand, ShardRaft};
 use crate::sequencer::SharedSequencer;
@@ -68,6 +69,30 @@ pub enum ShardMsg {
     },
     Shutdown {
         reply: oneshot::Sender<()>,
+    },
+    /// Stop taking other requests and serve only `ctl` until it closes: a
+    /// cross-shard request is being evaluated and written (DESIGN §2.1
+    /// point 4). `reply` answers once the shard is latched.
+    Latch {
+        ctl: flume::Receiver<LatchCtl>,
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// What a cross-shard coordinator asks a latched shard.
+pub enum LatchCtl {
+    /// The histories of the keys in `ranges`, up to revision `upto`.
+    Export {
+        ranges: Vec<(Vec<u8>, RangeEnd)>,
+        upto: i64,
+        reply: oneshot::Sender<StoreImage>,
+    },
+    /// Apply and propose this shard's part; `reply` answers once committed.
+    Part {
+        revision: i64,
+        changes: Vec<Change>,
+        participants: Vec<u32>,
+        reply: oneshot::Sender<Result<(), EtcdError>>,
     },
 }
 
@@ -124,14 +149,15 @@ pub struct ShardConfig {
     pub wal_segment_bytes: u64,
     /// `--unsafe-no-fsync`: the WAL never fsyncs.
     pub unsafe_no_fsync: bool,
+    /// Decides cross-shard parts found in the log, shared by the member's shards.
+    pub parts: Arc<PartBook>,
 }
 
-/// A started shard core: its handle, its thread, and the revision it
-/// recovered to (the member starts its sequencer above every shard's).
+/// A started shard core: its handle and its thread.
 pub struct StartedShard {
     pub handle: ShardHandle,
     pub thread: glommio::ExecutorJoinHandle<Result<(), String>>,
-    pub recovered_revision: i64,
+    failed: std::sync::mpsc::Receiver<String>,
     start: oneshot::Sender<Arc<SharedSequencer>>,
 }
 
@@ -146,10 +172,40 @@ impl StartedShard {
     }
 }
 
-/// Starts a shard core and waits until it has recovered (replayed its log).
-pub fn start(cfg: ShardConfig) -> Result<StartedShard, String> {
+/// Starts every shard core and waits until their replays settle (see
+/// [`PartBook::replay_settled`]). Returns them and the newest revision in
+/// any log: the member stamps above it.
+pub fn start_all(
+    cfgs: Vec<ShardConfig>,
+    parts: &PartBook,
+) -> Result<(Vec<StartedShard>, i64), String> {
+    let started = cfgs.into_iter().map(start).collect::<Result<Vec<_>, _>>()?;
+    let deadline = std::time::Instant::now() + REPLAY_MAX;
+    loop {
+        for s in &started {
+            if let Ok(e) = s.failed.try_recv() {
+                return Err(e);
+            }
+        }
+        if let Some(last) = parts.replay_settled() {
+            return Ok((started, last));
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "the shards did not replay their logs within {REPLAY_MAX:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// How long replaying the logs at start may take.
+const REPLAY_MAX: Duration = Duration::from_secs(600);
+
+/// Starts a shard core, which replays its log.
+fn start(cfg: ShardConfig) -> Result<StartedShard, String> {
     let (tx, rx) = flume::bounded(SHARD_QUEUE_MAX);
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<i64, String>>();
+    let (failed_tx, failed) = std::sync::mpsc::channel::<String>();
     let (start_tx, start_rx) = oneshot::channel::<Arc<SharedSequencer>>();
     let placement = cfg.cpu.map_or(Placement::Unbound, Placement::Fixed);
     let id = cfg.id;
@@ -158,20 +214,17 @@ pub fn start(cfg: ShardConfig) -> Result<StartedShard, String> {
         .name(&name)
         .io_memory(crate::raft::runtime::IO_MEMORY_BYTES)
         .spawn(move || async move {
-            let r = run(cfg, rx, ready_tx.clone(), start_rx).await;
+            let r = run(cfg, rx, start_rx).await;
             if let Err(e) = &r {
-                let _ = ready_tx.send(Err(e.clone()));
+                let _ = failed_tx.send(e.clone());
             }
             r
         })
         .map_err(|e| format!("starting {name}: {e} (see LINUX_REQUIREMENTS.md)"))?;
-    let recovered_revision = ready_rx
-        .recv_timeout(Duration::from_secs(120))
-        .map_err(|e| format!("{name} did not start: {e}"))??;
     Ok(StartedShard {
         handle: ShardHandle { id, tx },
         thread,
-        recovered_revision,
+        failed,
         start: start_tx,
     })
 }
@@ -195,7 +248,6 @@ fn raft_config(snapshot_count: u64) -> Result<openraft::Config, String> {
 async fn run(
     cfg: ShardConfig,
     rx: flume::Receiver<ShardMsg>,
-    ready: std::sync::mpsc::Sender<Result<i64, String>>,
     start: oneshot::Receiver<Arc<SharedSequencer>>,
 ) -> Result<(), String> {
     let e = |what: &str| {
@@ -227,7 +279,8 @@ async fn run(
     }
     let store = Rc::new(RefCell::new(Store::new()));
     let sm = ShardStateMachine::open(store.clone(), cfg.dir.join("snapshots"))
-        .map_err(|x| e("loading the snapshot")(&x))?;
+        .map_err(|x| e("loading the snapshot")(&x))?
+        .with_parts(cfg.parts.clone(), cfg.id as u32);
     let log_store: WalLogStore<ShardRaft, DmaStorage> = WalLogStore::new(wal.clone(), 0);
     let config = Arc::new(raft_config(cfg.snapshot_count)?);
     let raft = Raft::new(
@@ -265,20 +318,29 @@ async fn run(
         })
         .detach();
     }
-    // Replay: every committed entry applied before serving.
+    // Replay: every committed entry applied before serving, except behind a
+    // cross-shard part that waits for the other shards' logs (or for the
+    // member to start: parts left incomplete by a crash are dropped then).
     let committed = raft
         .metrics()
         .borrow_watched()
         .local_committed
         .map(|l| l.index);
-    raft.wait(timeout)
+    raft.wait(None)
         .applied_index_at_least(committed, "replaying the log")
         .await
         .map_err(|x| e("replaying the log")(&x))?;
-    let _ = ready.send(Ok(store.borrow().revision()));
+    cfg.parts.replayed(cfg.id as u32, store.borrow().revision());
     let seq = start
         .await
         .map_err(|_| format!("shard {}: never told to serve", cfg.id))?;
+    // Everything at or below C is decided: say so in the log, so a later
+    // replay drops what this start dropped (DESIGN §2.1 point 5).
+    raft.client_write(ShardCommand::Tick {
+        closed: seq.committed(),
+    })
+    .await
+    .map_err(|x| e("starting to serve")(&x))?;
 
     while let Ok(msg) = rx.recv_async().await {
         match msg {
@@ -286,7 +348,9 @@ async fn run(
             ShardMsg::Range { req, reply } => {
                 let store = store.borrow();
                 let _ = reply.send(
+                    // The front checked the revision against the member's.
                     Eval::new(&store, &no_leases)
+                        .current_revision(req.revision)
                         .range(&req)
                         .map_err(EtcdError::from),
                 );
@@ -316,6 +380,11 @@ async fn run(
                     leader: m.current_leader,
                 });
             }
+            ShardMsg::Latch { ctl, reply } => {
+                if reply.send(()).is_ok() {
+                    latched(&raft, &store, ctl).await;
+                }
+            }
             ShardMsg::Shutdown { reply } => {
                 let _ = raft.shutdown().await;
                 let _ = wal.sync_all().await;
@@ -331,6 +400,55 @@ fn no_leases(_: i64) -> bool {
     false
 }
 
+/// Serves a cross-shard coordinator until it lets go of the latch.
+async fn latched(
+    raft: &Raft<ShardRaft, ShardStateMachine>,
+    store: &Rc<RefCell<Store>>,
+    ctl: flume::Receiver<LatchCtl>,
+) {
+    while let Ok(msg) = ctl.recv_async().await {
+        match msg {
+            LatchCtl::Export {
+                ranges,
+                upto,
+                reply,
+            } => {
+                let _ = reply.send(store.borrow().export_ranges(&ranges, upto));
+            }
+            LatchCtl::Part {
+                revision,
+                changes,
+                participants,
+                reply,
+            } => {
+                // Like a write: applied now, answered once committed. The
+                // coordinator marks the revision committed when every part is.
+                store.borrow_mut().apply(revision, &changes);
+                let command = ShardCommand::Part {
+                    revision,
+                    changes,
+                    participants,
+                };
+                let (responder, committed, applied) = ProgressResponder::new();
+                if let Err(err) = raft.client_write_ff(command, Some(responder)).await {
+                    eprintln!("cairn: shard: raft refused a part: {err}");
+                    let _ = reply.send(Err(EtcdError::Stopped));
+                    continue;
+                }
+                glommio::spawn_local(async move {
+                    let r = committed.await.map(|_| ()).map_err(|err| {
+                        eprintln!("cairn: shard: part {revision} was not committed: {err:?}");
+                        EtcdError::Stopped
+                    });
+                    let _ = reply.send(r);
+                    let _ = applied.await;
+                })
+                .detach();
+            }
+        }
+    }
+}
+
 /// Evaluates, stamps, applies speculatively and proposes one write.
 async fn write(
     raft: &Raft<ShardRaft, ShardStateMachine>,
@@ -341,9 +459,14 @@ async fn write(
 ) {
     let evaluated = {
         let s = store.borrow();
-        let mut eval = Eval::new(&s, &no_leases);
-        eval.op(&op)
-            .map(|resp| (resp, eval.into_changes(), s.revision()))
+        // The member's newest revision: reads of this shard's keys at any
+        // revision up to it are valid (it holds all of its own).
+        let current = seq.last_stamped();
+        let mut eval = Eval::new(&s, &no_leases).current_revision(current);
+        // A read at an older revision of the member is answered once C covers
+        // it (a range in a branch not taken may name a future one: ignored).
+        let view = s.revision().max(op.max_revision().min(current));
+        eval.op(&op).map(|resp| (resp, eval.into_changes(), view))
     };
     let (mut response, changes, view) = match evaluated {
         Ok(x) => x,

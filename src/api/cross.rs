@@ -1,0 +1,160 @@
+//! Requests whose keys live on several shards (DESIGN §2.1 point 4): a
+//! `DeleteRange` over a range, a `Txn` over keys of different shards.
+//!
+//! One at a time per member (they are rare; Kubernetes sends single-key
+//! txns). The coordinator, on the front runtime:
+//! 1. latches every shard the request touches, in shard order (a latched shard
+//!    stamps nothing else, so no revision lands on a touched key meanwhile);
+//! 2. waits until C covers every revision stamped so far, so the touched
+//!    shards hold only committed state, at view v;
+//! 3. gathers the touched keys' histories up to v from those shards and
+//!    evaluates the request once over them, with the same code a single
+//!    shard uses — compares, ranges at old revisions, nested txns included;
+//! 4. if it changed something: stamps one revision r and sends each changed
+//!    shard its part (same r, list of participants), which the shard applies
+//!    and appends to its own log;
+//! 5. marks r committed once every part is, then lets the latches go.
+//!
+//! It runs as its own task: a client that goes away midway cannot leave a
+//! stamped revision undecided (C would stop).
+
+use super::kv::{shard_of, Member};
+use super::EtcdError;
+use crate::mvcc::txn::{self as m, Eval};
+use crate::mvcc::{Change, RangeEnd, Store, StoreImage};
+use crate::shard::{LatchCtl, ShardMsg, WriteOutcome};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use tonic::Status;
+
+/// The shards that own any key in `touched` (key, range_end pairs).
+pub fn shards_touched(touched: &[(Vec<u8>, Vec<u8>)], shards: usize) -> BTreeSet<usize> {
+    let mut out = BTreeSet::new();
+    for (key, range_end) in touched {
+        if range_end.is_empty() {
+            out.insert(shard_of(key, shards));
+        } else {
+            return (0..shards).collect();
+        }
+    }
+    out
+}
+
+/// Splits a request's changes by owning shard.
+fn split(changes: Vec<Change>, shards: usize) -> BTreeMap<usize, Vec<Change>> {
+    let mut parts: BTreeMap<usize, Vec<Change>> = BTreeMap::new();
+    for c in changes {
+        parts.entry(shard_of(c.key(), shards)).or_default().push(c);
+    }
+    parts
+}
+
+fn no_leases(_: i64) -> bool {
+    false
+}
+
+impl Member {
+    /// Runs `op`, which touches the keys in `touched`, across shards.
+    pub async fn write_across(
+        self: &Arc<Self>,
+        op: m::RequestOp,
+        touched: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<WriteOutcome, Status> {
+        let member = self.clone();
+        tokio::spawn(async move { member.coordinate(op, touched).await })
+            .await
+            .map_err(|e| Status::internal(format!("cross-shard write failed: {e}")))?
+    }
+
+    async fn coordinate(
+        &self,
+        op: m::RequestOp,
+        touched: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<WriteOutcome, Status> {
+        let _one_at_a_time = self.cross.lock().await;
+        let n = self.shards.len();
+        // 1. Latch, in shard order. Dropping `latches` releases them.
+        let mut latches: BTreeMap<usize, flume::Sender<LatchCtl>> = BTreeMap::new();
+        for shard in shards_touched(&touched, n) {
+            let (tx, rx) = flume::bounded(2);
+            let (reply, latched) = oneshot::channel();
+            self.shards[shard]
+                .send(ShardMsg::Latch { ctl: rx, reply })
+                .await?;
+            latched.await.map_err(|_| EtcdError::Stopped.status())?;
+            latches.insert(shard, tx);
+        }
+        // 2. Everything stamped so far is decided.
+        let view = self.seq.last_stamped();
+        self.seq.wait_committed(view).await;
+        // 3. Gather and evaluate.
+        let ranges: Vec<(Vec<u8>, RangeEnd)> = touched
+            .iter()
+            .map(|(k, e)| (k.clone(), RangeEnd::from_request(e)))
+            .collect();
+        let mut images = Vec::with_capacity(latches.len());
+        for ctl in latches.values() {
+            let (reply, image) = oneshot::channel();
+            ctl.send_async(LatchCtl::Export {
+                ranges: ranges.clone(),
+                upto: view,
+                reply,
+            })
+            .await
+            .map_err(|_| EtcdError::Stopped.status())?;
+            images.push(image.await.map_err(|_| EtcdError::Stopped.status())?);
+        }
+        let (mut response, changes) = {
+            let state = Store::import(StoreImage::merge(images));
+            let mut eval = Eval::new(&state, &no_leases).current_revision(view);
+            let response = eval.op(&op).map_err(EtcdError::from)?;
+            (response, eval.into_changes())
+        };
+        if changes.is_empty() {
+            return Ok(WriteOutcome {
+                response,
+                revision: None,
+                view,
+            });
+        }
+        // 4. One revision, one part per changed shard.
+        let parts = split(changes, n);
+        let participants: Vec<u32> = parts.keys().map(|s| *s as u32).collect();
+        let revision = self.seq.stamp();
+        let mut committed = Vec::with_capacity(parts.len());
+        for (shard, changes) in parts {
+            let (reply, done) = oneshot::channel();
+            let sent = latches[&shard]
+                .send_async(LatchCtl::Part {
+                    revision,
+                    changes,
+                    participants: participants.clone(),
+                    reply,
+                })
+                .await;
+            if sent.is_err() {
+                // The shard core is gone: the member is stopping, and this
+                // revision stays undecided (C stops below it).
+                return Err(EtcdError::Stopped.status());
+            }
+            committed.push(done);
+        }
+        // 5. Committed iff every part is.
+        for done in committed {
+            match done.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e.status()),
+                Err(_) => return Err(EtcdError::Stopped.status()),
+            }
+        }
+        self.seq.commit(revision);
+        drop(latches);
+        m::stamp(&mut response, revision);
+        Ok(WriteOutcome {
+            response,
+            revision: Some(revision),
+            view: revision,
+        })
+    }
+}

@@ -1,0 +1,274 @@
+//! [`PartBook`]: deciding whether a cross-shard part takes effect
+//! (DESIGN §2.1 point 4), the same way on every member and in every replay.
+//!
+//! A request that changed keys on several shards is appended to each
+//! participant's log as a [`Part`](super::types::ShardCommand::Part) with the
+//! same revision r. It committed iff every participant's log holds its part.
+//! A shard whose log reaches a part holds it (and everything after it in that
+//! log) until each participant is decided for r:
+//! - it holds its own part of r → fine;
+//! - it has already reached an entry with revision (or `closed`) ≥ r without
+//!   holding a part of r → its log never will (each log is in revision order):
+//!   the part is dropped everywhere.
+//!
+//! Once all participants hold their part, it is applied everywhere.
+//!
+//! The book is shared by a member's shard cores; it holds only what the
+//! replay or a follower is waiting for (a write leader applies its parts when
+//! it stamps them and never asks the book). Entries are forgotten once every
+//! participant is past their revision.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+/// What happens to a part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Every participant holds its part: apply it.
+    Apply,
+    /// Some participant went past the revision without its part: drop it.
+    Drop,
+}
+
+/// Where a shard's replay is, at start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Replay {
+    Running,
+    /// Waiting on the part of `revision`; the store was at `store`.
+    Holding {
+        revision: i64,
+        store: i64,
+    },
+    /// Every committed entry applied; the store is at `revision`.
+    Done {
+        revision: i64,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Book {
+    /// Per revision: its participants, which of them hold their part, and
+    /// how many holders still wait for the decision.
+    holds: BTreeMap<i64, (Vec<u32>, BTreeSet<u32>, usize)>,
+    /// Per shard: the highest revision or `closed` its log has reached
+    /// (parts count once decided).
+    progress: Vec<i64>,
+    /// Per shard, while the member starts.
+    replay: Vec<Replay>,
+}
+
+impl Book {
+    fn decide(&self, revision: i64, participants: &[u32]) -> Option<Decision> {
+        let held = self.holds.get(&revision).map(|(_, h, _)| h);
+        let mut all = true;
+        for p in participants {
+            if held.is_some_and(|h| h.contains(p)) {
+                continue;
+            }
+            if self.progress[*p as usize] >= revision {
+                return Some(Decision::Drop);
+            }
+            all = false;
+        }
+        all.then_some(Decision::Apply)
+    }
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct PartBook {
+    book: Mutex<Book>,
+    /// Bumped on every change; waiters re-check.
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl PartBook {
+    pub fn new(shards: usize) -> Self {
+        Self {
+            book: Mutex::new(Book {
+                holds: BTreeMap::new(),
+                progress: vec![0; shards],
+                replay: vec![Replay::Running; shards],
+            }),
+            changed: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Book)) {
+        f(&mut self.book.lock().expect("part book lock"));
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// `shard`'s log has reached an entry at `revision` (or with `closed` =
+    /// `revision`) that is not an undecided part.
+    pub fn reached(&self, shard: u32, revision: i64) {
+        self.update(|b| {
+            let p = &mut b.progress[shard as usize];
+            *p = (*p).max(revision);
+        });
+    }
+
+    /// Every shard is past `revision` unless it already holds a part of it:
+    /// what a write leader knows when it starts (it stamps only above
+    /// `revision`, and every log was replayed up to its undecided part).
+    pub fn close_all(&self, revision: i64) {
+        self.update(|b| {
+            for p in &mut b.progress {
+                *p = (*p).max(revision);
+            }
+        });
+    }
+
+    /// The decision for `shard`'s part of `revision`, if already known.
+    pub fn decide(&self, revision: i64, participants: &[u32]) -> Option<Decision> {
+        self.book
+            .lock()
+            .expect("part book lock")
+            .decide(revision, participants)
+    }
+
+    /// Records that `shard` holds its part of `revision` (its store being at
+    /// `store`), waits until the part is decided, and marks the shard past it.
+    pub async fn hold(
+        &self,
+        shard: u32,
+        revision: i64,
+        participants: &[u32],
+        store: i64,
+    ) -> Decision {
+        let mut rx = self.changed.subscribe();
+        self.update(|b| {
+            let entry = b
+                .holds
+                .entry(revision)
+                .or_insert_with(|| (participants.to_vec(), BTreeSet::new(), 0));
+            entry.1.insert(shard);
+            entry.2 += 1;
+            let r = &mut b.replay[shard as usize];
+            if *r == Replay::Running {
+                *r = Replay::Holding { revision, store };
+            }
+        });
+        let decision = loop {
+            if let Some(d) = self.decide(revision, participants) {
+                break d;
+            }
+            // The sender lives in `self`: this cannot fail.
+            let _ = rx.changed().await;
+        };
+        self.update(|b| {
+            let r = &mut b.replay[shard as usize];
+            if matches!(r, Replay::Holding { .. }) {
+                *r = Replay::Running;
+            }
+            // Forgotten once every holder has its decision: a participant
+            // that reaches its part later decides the same from `progress`
+            // (every holder of an applied part has seen it).
+            if let Some(entry) = b.holds.get_mut(&revision) {
+                entry.2 -= 1;
+                if entry.2 == 0 {
+                    b.holds.remove(&revision);
+                }
+            }
+        });
+        self.reached(shard, revision);
+        decision
+    }
+
+    /// `shard` has applied every committed entry of its log; its store is at
+    /// `revision`.
+    pub fn replayed(&self, shard: u32, revision: i64) {
+        self.update(|b| b.replay[shard as usize] = Replay::Done { revision });
+    }
+
+    /// While the member starts: once no shard's replay can move any more
+    /// (each is done, or holds a part no log can complete), the newest
+    /// revision in any log. Parts still undecided then were left incomplete
+    /// by a crash: [`PartBook::close_all`] at that revision drops them.
+    pub fn replay_settled(&self) -> Option<i64> {
+        let b = self.book.lock().expect("part book lock");
+        let mut last = 0;
+        for r in &b.replay {
+            match r {
+                Replay::Running => return None,
+                Replay::Done { revision } => last = last.max(*revision),
+                Replay::Holding { revision, store } => {
+                    let participants = &b.holds.get(revision)?.0;
+                    if b.decide(*revision, participants).is_some() {
+                        return None; // about to move on
+                    }
+                    last = last.max(*revision).max(*store);
+                }
+            }
+        }
+        Some(last)
+    }
+
+    /// Revisions with a held part not yet forgotten (tests).
+    pub fn held(&self) -> Vec<i64> {
+        let b = self.book.lock().expect("part book lock");
+        b.holds.keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    #[test]
+    fn applied_once_every_participant_holds_its_part() {
+        let book = PartBook::new(3);
+        let mut a = Box::pin(book.hold(0, 5, &[0, 2], 0));
+        assert!(a.as_mut().now_or_never().is_none(), "shard 2 is undecided");
+        book.reached(1, 9); // not a participant: changes nothing
+        assert!(a.as_mut().now_or_never().is_none());
+        let c = book.hold(2, 5, &[0, 2], 0).now_or_never();
+        assert_eq!(c, Some(Decision::Apply));
+        assert_eq!(a.now_or_never(), Some(Decision::Apply));
+        assert!(
+            book.held().is_empty(),
+            "forgotten once every holder decided"
+        );
+    }
+
+    #[test]
+    fn dropped_when_a_participant_went_past_without_its_part() {
+        let book = PartBook::new(2);
+        book.reached(1, 4);
+        let mut a = Box::pin(book.hold(0, 5, &[0, 1], 0));
+        assert!(a.as_mut().now_or_never().is_none(), "shard 1 is at 4 < 5");
+        book.reached(1, 6);
+        assert_eq!(a.now_or_never(), Some(Decision::Drop));
+    }
+
+    #[test]
+    fn replay_settles_when_no_shard_can_move() {
+        let book = PartBook::new(2);
+        assert_eq!(book.replay_settled(), None, "both still replaying");
+        let mut a = Box::pin(book.hold(0, 7, &[0, 1], 6));
+        assert!(a.as_mut().now_or_never().is_none());
+        assert_eq!(book.replay_settled(), None, "shard 1 may still reach 7");
+        book.replayed(1, 5);
+        assert_eq!(book.replay_settled(), Some(7), "shard 1 ended below 7");
+        book.close_all(7);
+        assert_eq!(a.now_or_never(), Some(Decision::Drop));
+    }
+
+    #[test]
+    fn close_all_decides_parts_left_by_a_crash() {
+        let book = PartBook::new(2);
+        let mut a = Box::pin(book.hold(0, 7, &[0, 1], 0));
+        assert!(a.as_mut().now_or_never().is_none());
+        book.close_all(7);
+        assert_eq!(a.now_or_never(), Some(Decision::Drop));
+        // A part both hold survives close_all.
+        let book = PartBook::new(2);
+        let mut a = Box::pin(book.hold(0, 8, &[0, 1], 0));
+        assert!(a.as_mut().now_or_never().is_none());
+        let mut b = Box::pin(book.hold(1, 8, &[0, 1], 0));
+        book.close_all(8);
+        assert_eq!(b.as_mut().now_or_never(), Some(Decision::Apply));
+        assert_eq!(a.now_or_never(), Some(Decision::Apply));
+    }
+}
