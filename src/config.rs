@@ -66,7 +66,8 @@ pub struct Config {
     /// snapshot is purged and the WAL reclaims its segments.
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
     pub snapshot_count: u64,
-    /// Raise an alarm when the backend exceeds this size (not yet in effect).
+    /// Raise the NOSPACE alarm and refuse puts when the store would reach this
+    /// size (0: 2 GiB, as etcd).
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: u64,
     #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic")]
@@ -157,9 +158,6 @@ impl Config {
     /// with a non-default value (the member says so at start).
     pub fn not_yet_in_effect(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
-        if self.quota_backend_bytes != 0 {
-            v.push("--quota-backend-bytes");
-        }
         if self.auto_compaction_retention != "0" {
             v.push("--auto-compaction-retention");
         }

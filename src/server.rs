@@ -1,7 +1,8 @@
 //! Starting and stopping a member: data dir, shard cores, sequencer, and the
 //! gRPC front on a small tokio runtime.
 
-use crate::api::kv::{ClusterService, KvService, MaintenanceService, Member};
+use crate::api::kv::{ClusterService, KvService, Member};
+use crate::api::maintenance::{Alarms, MaintenanceService, DEFAULT_QUOTA_BYTES};
 use crate::config::Config;
 use crate::raft::parts::PartBook;
 use crate::sequencer::SharedSequencer;
@@ -130,6 +131,11 @@ pub fn run(cfg: Config) -> Result<(), String> {
         raft_term,
         metrics: Default::default(),
         cross: Default::default(),
+        quota_bytes: match cfg.quota_backend_bytes {
+            0 => DEFAULT_QUOTA_BYTES,
+            n => n,
+        },
+        alarms: Alarms::open(&dir)?,
     });
     let addrs = cfg.client_addrs()?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -38,6 +38,9 @@ pub struct Member {
     pub metrics: super::http::RpcMetrics,
     /// Held by a cross-shard write (and compaction): one at a time.
     pub cross: tokio::sync::Mutex<()>,
+    /// `--quota-backend-bytes` (0 replaced by etcd's default).
+    pub quota_bytes: u64,
+    pub alarms: super::maintenance::Alarms,
 }
 
 /// Which shard owns `key`.
@@ -81,7 +84,7 @@ impl Member {
         }
     }
 
-    async fn ask<T>(
+    pub(crate) async fn ask<T>(
         &self,
         shard: usize,
         make: impl FnOnce(oneshot::Sender<T>) -> ShardMsg,
@@ -178,7 +181,7 @@ impl Member {
         self.ask(shard, |reply| ShardMsg::Status { reply }).await
     }
 
-    async fn raft_term(&self) -> u64 {
+    pub(crate) async fn raft_term(&self) -> u64 {
         self.raft_term.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
@@ -225,6 +228,8 @@ impl pb::kv_server::Kv for KvService {
         let r = request.into_inner();
         self.0.check_size(r.encoded_len())?;
         validate::check_put(&r)?;
+        self.0
+            .check_quota(super::maintenance::put_cost(&r.key, &r.value))?;
         let shard = shard_of(&r.key, self.0.shards.len());
         let out = self
             .0
@@ -278,6 +283,7 @@ impl pb::kv_server::Kv for KvService {
         let r = request.into_inner();
         self.0.check_size(r.encoded_len())?;
         validate::check_txn(&r, self.0.max_txn_ops)?;
+        self.0.check_quota(super::maintenance::txn_cost(&r))?;
         let t = convert::txn_request(&r)?;
         let mut keys = Vec::new();
         txn_keys(&t, &mut keys);
@@ -329,102 +335,6 @@ impl pb::kv_server::Kv for KvService {
         Ok(Response::new(pb::CompactionResponse {
             header: Some(header),
         }))
-    }
-}
-
-/// Maintenance: `Status` is served; the other RPCs answer Unimplemented
-/// until their issue lands.
-pub struct MaintenanceService(pub Arc<Member>);
-
-fn not_yet(rpc: &str) -> Status {
-    Status::unimplemented(format!("cairn: Maintenance.{rpc} is not implemented yet"))
-}
-
-#[tonic::async_trait]
-impl pb::maintenance_server::Maintenance for MaintenanceService {
-    async fn alarm(
-        &self,
-        _: Request<pb::AlarmRequest>,
-    ) -> Result<Response<pb::AlarmResponse>, Status> {
-        Err(not_yet("Alarm"))
-    }
-
-    async fn status(
-        &self,
-        _: Request<pb::StatusRequest>,
-    ) -> Result<Response<pb::StatusResponse>, Status> {
-        let mut term = 0;
-        let (mut index, mut applied) = (0u64, 0u64);
-        for shard in 0..self.0.shards.len() {
-            let s = self.0.status_of(shard).await?;
-            term = term.max(s.raft_term);
-            index += s.raft_index;
-            applied += s.raft_applied_index;
-        }
-        Ok(Response::new(pb::StatusResponse {
-            header: Some(self.0.header(self.0.seq.committed(), term)),
-            version: ETCD_API_VERSION.to_string(),
-            db_size: 0,
-            leader: self.0.member_id,
-            raft_index: index,
-            raft_term: term,
-            raft_applied_index: applied,
-            errors: Vec::new(),
-            db_size_in_use: 0,
-            is_learner: false,
-        }))
-    }
-
-    async fn defragment(
-        &self,
-        _: Request<pb::DefragmentRequest>,
-    ) -> Result<Response<pb::DefragmentResponse>, Status> {
-        Err(not_yet("Defragment"))
-    }
-
-    /// cairn's hash of the whole key-value state at C (etcd hashes its
-    /// backend file; the value differs from etcd's, equal states hash equally).
-    async fn hash(
-        &self,
-        _: Request<pb::HashRequest>,
-    ) -> Result<Response<pb::HashResponse>, Status> {
-        let (hash, _, revision) = self.0.hash_kv(0).await?;
-        let header = self.0.header(revision, self.0.raft_term().await);
-        Ok(Response::new(pb::HashResponse {
-            header: Some(header),
-            hash,
-        }))
-    }
-
-    async fn hash_kv(
-        &self,
-        request: Request<pb::HashKvRequest>,
-    ) -> Result<Response<pb::HashKvResponse>, Status> {
-        let (hash, compact_revision, _) = self.0.hash_kv(request.into_inner().revision).await?;
-        let header = self
-            .0
-            .header(self.0.seq.committed(), self.0.raft_term().await);
-        Ok(Response::new(pb::HashKvResponse {
-            header: Some(header),
-            hash,
-            compact_revision,
-        }))
-    }
-
-    type SnapshotStream = futures::stream::Empty<Result<pb::SnapshotResponse, Status>>;
-
-    async fn snapshot(
-        &self,
-        _: Request<pb::SnapshotRequest>,
-    ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(not_yet("Snapshot"))
-    }
-
-    async fn move_leader(
-        &self,
-        _: Request<pb::MoveLeaderRequest>,
-    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
-        Err(not_yet("MoveLeader"))
     }
 }
 

@@ -9,6 +9,7 @@ pub mod cross;
 pub mod errors;
 pub mod http;
 pub mod kv;
+pub mod maintenance;
 pub mod validate;
 
 pub use errors::EtcdError;

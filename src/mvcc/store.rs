@@ -187,6 +187,17 @@ pub struct Store {
     /// Reads below this revision fail with [`MvccError::Compacted`]; -1
     /// until the first compaction (as etcd: compacting at 0 works once).
     compacted: i64,
+    /// Bytes the histories hold, as [`Store::bytes`] counts them.
+    bytes: u64,
+}
+
+/// What one version costs beyond its key and value in [`Store::bytes`]: an
+/// estimate of what etcd's backend stores per revision (revision key, the
+/// encoded revisions, version and lease).
+pub const VERSION_OVERHEAD_BYTES: u64 = 48;
+
+fn version_bytes(key: &[u8], value: &[u8]) -> u64 {
+    key.len() as u64 + value.len() as u64 + VERSION_OVERHEAD_BYTES
 }
 
 impl Default for Store {
@@ -195,6 +206,7 @@ impl Default for Store {
             keys: BTreeMap::new(),
             revision: 0,
             compacted: -1,
+            bytes: 0,
         }
     }
 }
@@ -212,6 +224,13 @@ impl Store {
     /// The compaction point: the oldest revision still readable.
     pub fn compacted(&self) -> i64 {
         self.compacted
+    }
+
+    /// The size of everything kept, every version not compacted away (key +
+    /// value + [`VERSION_OVERHEAD_BYTES`] each): what `Status.dbSize` reports
+    /// and `--quota-backend-bytes` limits.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// Number of keys with any history (live or not yet compacted away).
@@ -262,6 +281,7 @@ impl Store {
                     }
                 }
             };
+            self.bytes += version_bytes(key, &next.value);
             self.keys.entry(key.into()).or_default().push(next);
         }
         self.revision = revision;
@@ -330,7 +350,8 @@ impl Store {
             return Err(MvccError::Compacted);
         }
         self.revision = self.revision.max(revision);
-        self.keys.retain(|_, history| {
+        let mut freed = 0;
+        self.keys.retain(|key, history| {
             // Index of the newest version at or below `revision`.
             let keep_from = history.partition_point(|v| v.mod_revision <= revision);
             if keep_from == 0 {
@@ -342,9 +363,12 @@ impl Store {
             } else {
                 newest_old
             };
-            history.drain(..drop_to);
+            for v in history.drain(..drop_to) {
+                freed += version_bytes(key, &v.value);
+            }
             !history.is_empty()
         });
+        self.bytes -= freed;
         self.compacted = revision;
         Ok(())
     }
@@ -362,11 +386,15 @@ impl Store {
         if revision >= self.revision {
             return;
         }
-        self.keys.retain(|_, history| {
+        let mut freed = 0;
+        self.keys.retain(|key, history| {
             let keep = history.partition_point(|v| v.mod_revision <= revision);
-            history.truncate(keep);
+            for v in history.drain(keep..) {
+                freed += version_bytes(key, &v.value);
+            }
             !history.is_empty()
         });
+        self.bytes -= freed;
         self.revision = revision;
     }
 
@@ -443,7 +471,7 @@ impl Store {
 
     /// A store holding exactly `image`.
     pub fn import(image: StoreImage) -> Self {
-        let keys = image
+        let keys: BTreeMap<Box<[u8]>, Vec<Version>> = image
             .keys
             .into_iter()
             .map(|(k, versions)| {
@@ -460,15 +488,31 @@ impl Store {
                 (k.into_boxed_slice(), history)
             })
             .collect();
+        let bytes = keys
+            .iter()
+            .map(|(k, history)| {
+                history
+                    .iter()
+                    .map(|v| version_bytes(k, &v.value))
+                    .sum::<u64>()
+            })
+            .sum();
         Store {
             keys,
             revision: image.revision,
             compacted: image.compacted,
+            bytes,
         }
     }
 
     /// Panics if an invariant does not hold. Tests call it after every step.
     pub fn check_invariants(&self) {
+        let bytes: u64 = self
+            .keys
+            .iter()
+            .map(|(k, h)| h.iter().map(|v| version_bytes(k, &v.value)).sum::<u64>())
+            .sum();
+        assert_eq!(self.bytes, bytes, "byte count matches the histories");
         assert!(
             self.compacted <= self.revision.max(self.compacted),
             "compacted <= revision"

@@ -70,6 +70,15 @@ pub enum ShardMsg {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    /// The shard's histories up to `upto` (Maintenance.Snapshot).
+    Image {
+        upto: i64,
+        reply: oneshot::Sender<StoreImage>,
+    },
+    /// Take a snapshot now, so the WAL behind it is reclaimed (Defragment).
+    Snapshot {
+        reply: oneshot::Sender<Result<(), EtcdError>>,
+    },
     /// Stop taking other requests and serve only `ctl` until it closes: a
     /// cross-shard request is being evaluated and written (DESIGN §2.1
     /// point 4). `reply` answers once the shard is latched.
@@ -113,9 +122,16 @@ pub struct ShardStatus {
 pub struct ShardHandle {
     pub id: usize,
     tx: flume::Sender<ShardMsg>,
+    /// The shard store's size ([`Store::bytes`]), as of its last request.
+    bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ShardHandle {
+    /// The shard store's size in bytes ([`Store::bytes`]).
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Requests waiting in the shard core's queue.
     pub fn queued(&self) -> usize {
         self.tx.len()
@@ -206,6 +222,8 @@ const REPLAY_MAX: Duration = Duration::from_secs(600);
 fn start(cfg: ShardConfig) -> Result<StartedShard, String> {
     let (tx, rx) = flume::bounded(SHARD_QUEUE_MAX);
     let (failed_tx, failed) = std::sync::mpsc::channel::<String>();
+    let bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let shard_bytes = bytes.clone();
     let (start_tx, start_rx) = oneshot::channel::<Arc<SharedSequencer>>();
     let placement = cfg.cpu.map_or(Placement::Unbound, Placement::Fixed);
     let id = cfg.id;
@@ -214,7 +232,7 @@ fn start(cfg: ShardConfig) -> Result<StartedShard, String> {
         .name(&name)
         .io_memory(crate::raft::runtime::IO_MEMORY_BYTES)
         .spawn(move || async move {
-            let r = run(cfg, rx, start_rx).await;
+            let r = run(cfg, rx, start_rx, shard_bytes).await;
             if let Err(e) = &r {
                 let _ = failed_tx.send(e.clone());
             }
@@ -222,7 +240,7 @@ fn start(cfg: ShardConfig) -> Result<StartedShard, String> {
         })
         .map_err(|e| format!("starting {name}: {e} (see LINUX_REQUIREMENTS.md)"))?;
     Ok(StartedShard {
-        handle: ShardHandle { id, tx },
+        handle: ShardHandle { id, tx, bytes },
         thread,
         failed,
         start: start_tx,
@@ -249,6 +267,7 @@ async fn run(
     cfg: ShardConfig,
     rx: flume::Receiver<ShardMsg>,
     start: oneshot::Receiver<Arc<SharedSequencer>>,
+    bytes: Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<(), String> {
     let e = |what: &str| {
         let what = what.to_string();
@@ -342,6 +361,10 @@ async fn run(
     .await
     .map_err(|x| e("starting to serve")(&x))?;
 
+    let publish_bytes = || {
+        bytes.store(store.borrow().bytes(), std::sync::atomic::Ordering::Relaxed);
+    };
+    publish_bytes();
     while let Ok(msg) = rx.recv_async().await {
         match msg {
             ShardMsg::Write { op, reply } => write(&raft, &store, &seq, op, reply).await,
@@ -385,6 +408,12 @@ async fn run(
                     latched(&raft, &store, ctl).await;
                 }
             }
+            ShardMsg::Image { upto, reply } => {
+                let _ = reply.send(store.borrow().export_at(upto));
+            }
+            ShardMsg::Snapshot { reply } => {
+                let _ = reply.send(snapshot_now(&raft).await);
+            }
             ShardMsg::Shutdown { reply } => {
                 let _ = raft.shutdown().await;
                 let _ = wal.sync_all().await;
@@ -392,12 +421,32 @@ async fn run(
                 break;
             }
         }
+        publish_bytes();
     }
     Ok(())
 }
 
 fn no_leases(_: i64) -> bool {
     false
+}
+
+/// Builds a snapshot of everything applied and waits until it is kept.
+async fn snapshot_now(raft: &Raft<ShardRaft, ShardStateMachine>) -> Result<(), EtcdError> {
+    let Some(applied) = raft.metrics().borrow_watched().last_applied else {
+        return Ok(()); // nothing applied, nothing to keep
+    };
+    raft.trigger()
+        .snapshot()
+        .await
+        .map_err(|_| EtcdError::Stopped)?;
+    raft.wait(Some(Duration::from_secs(600)))
+        .metrics(
+            |m| m.snapshot.is_some_and(|s| s.index >= applied.index),
+            "defragment",
+        )
+        .await
+        .map(|_| ())
+        .map_err(|_| EtcdError::Stopped)
 }
 
 /// Serves a cross-shard coordinator until it lets go of the latch.

@@ -1,0 +1,435 @@
+//! The Maintenance service, alarms and the space quota.
+//!
+//! - `Status`: version, db size, leader, Raft index/term, alarms as errors.
+//! - `Hash`/`HashKV`: cairn's own hash of the key-value state (equal states
+//!   hash equally; the values differ from etcd's, which hashes its bbolt file).
+//! - `Alarm`: GET, ACTIVATE and DEACTIVATE, kept durably in the data dir
+//!   (`alarms`, one `member_id alarm` line each).
+//! - Space quota: the store's size ([`crate::mvcc::Store::bytes`], every
+//!   version not compacted away) is what `Status.dbSize` reports and
+//!   `--quota-backend-bytes` limits (0: etcd's default, 2 GiB). A put or a
+//!   txn that would take the size to the quota raises the NOSPACE alarm and
+//!   fails with etcd's "database space exceeded"; while NOSPACE is raised,
+//!   every put and txn with a put fails the same way, reads and deletes work.
+//!   Compact, then `etcdctl alarm disarm`, as with etcd.
+//! - `Defragment`: cairn's store is in memory and compaction frees its space
+//!   at once; defragment makes every shard write a fresh snapshot so the WAL
+//!   behind it is reclaimed on disk.
+//! - `Snapshot`: a consistent point-in-time copy of every key's history at
+//!   the committed revision, streamed in 32 KiB chunks (format below).
+//!
+//! Snapshot format (all integers little-endian):
+//! ```text
+//! magic "CAIRNSNP" (8) | format version u32 = 1 | shards u32 | revision i64
+//! per shard, in shard order: length u64 | postcard-encoded StoreImage
+//! zeros up to a multiple of 512 bytes
+//! SHA-256 of every byte before it (32)
+//! ```
+//! The padding makes `etcdctl snapshot save` accept the stream: it checks that
+//! a snapshot is whole 512-byte pages followed by a SHA-256, as etcd's are.
+
+use super::kv::{Member, ETCD_API_VERSION};
+use super::EtcdError;
+use crate::mvcc::StoreImage;
+use crate::shard::ShardMsg;
+use cairn_proto::etcdserverpb as pb;
+use pb::alarm_request::AlarmAction;
+use pb::AlarmType;
+use sha2::Digest;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tonic::{Request, Response, Status};
+
+/// etcd's default `--quota-backend-bytes` (used when the flag is 0).
+pub const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
+/// Snapshot stream chunk size (as etcd's).
+const SNAPSHOT_CHUNK_BYTES: usize = 32 << 10;
+const SNAPSHOT_MAGIC: &[u8; 8] = b"CAIRNSNP";
+const SNAPSHOT_VERSION: u32 = 1;
+const ALARMS_FILE: &str = "alarms";
+
+/// The member's raised alarms, kept durably in the data dir.
+pub struct Alarms {
+    path: PathBuf,
+    active: Mutex<BTreeSet<(u64, i32)>>,
+    /// Whether NOSPACE is raised (read on every put).
+    nospace: AtomicBool,
+}
+
+impl Alarms {
+    /// Loads the alarms kept in `dir` (none if there is no file).
+    pub fn open(dir: &std::path::Path) -> Result<Self, String> {
+        let path = dir.join(ALARMS_FILE);
+        let mut active = BTreeSet::new();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                    let mut f = line.split_whitespace();
+                    let parsed = (|| {
+                        let member = u64::from_str_radix(f.next()?, 16).ok()?;
+                        let alarm = AlarmType::from_str_name(f.next()?)? as i32;
+                        Some((member, alarm))
+                    })();
+                    active.insert(
+                        parsed.ok_or_else(|| {
+                            format!("{}: cannot read line {line:?}", path.display())
+                        })?,
+                    );
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+        let nospace = active.iter().any(|(_, a)| *a == AlarmType::Nospace as i32);
+        Ok(Self {
+            path,
+            active: Mutex::new(active),
+            nospace: AtomicBool::new(nospace),
+        })
+    }
+
+    pub fn nospace(&self) -> bool {
+        self.nospace.load(Ordering::Relaxed)
+    }
+
+    pub fn list(&self) -> Vec<(u64, i32)> {
+        self.active
+            .lock()
+            .expect("alarms lock")
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    /// Applies `f` to the set and keeps the result durably.
+    fn change(&self, f: impl FnOnce(&mut BTreeSet<(u64, i32)>)) -> Result<(), Status> {
+        let mut active = self.active.lock().expect("alarms lock");
+        let mut next = active.clone();
+        f(&mut next);
+        if next == *active {
+            return Ok(());
+        }
+        let text: String = next
+            .iter()
+            .map(|(m, a)| {
+                let name = AlarmType::try_from(*a).map_or("NONE", |t| t.as_str_name());
+                format!("{m:x} {name}\n")
+            })
+            .collect();
+        write_durably(&self.path, text.as_bytes())
+            .map_err(|e| Status::internal(format!("keeping alarms: {e}")))?;
+        self.nospace.store(
+            next.iter().any(|(_, a)| *a == AlarmType::Nospace as i32),
+            Ordering::Relaxed,
+        );
+        *active = next;
+        Ok(())
+    }
+}
+
+fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+impl Member {
+    /// The member's store size: every shard's.
+    pub fn db_size(&self) -> u64 {
+        self.shards.iter().map(|s| s.bytes()).sum()
+    }
+
+    /// The space quota check before a write that puts `cost` bytes (0: a
+    /// write without puts, which is never refused).
+    pub fn check_quota(&self, cost: u64) -> Result<(), Status> {
+        if cost == 0 {
+            return Ok(());
+        }
+        if self.alarms.nospace() {
+            return Err(EtcdError::NoSpace.status());
+        }
+        if self.db_size() + cost >= self.quota_bytes {
+            let id = self.member_id;
+            self.alarms.change(|a| {
+                a.insert((id, AlarmType::Nospace as i32));
+            })?;
+            eprintln!(
+                "cairn: NOSPACE alarm raised: {} bytes in use, quota {} (--quota-backend-bytes); \
+                 compact, then `etcdctl alarm disarm`",
+                self.db_size(),
+                self.quota_bytes
+            );
+            return Err(EtcdError::NoSpace.status());
+        }
+        Ok(())
+    }
+}
+
+/// What the puts of a request add to the store (see [`Member::check_quota`]).
+pub fn put_cost(key: &[u8], value: &[u8]) -> u64 {
+    key.len() as u64 + value.len() as u64 + crate::mvcc::store::VERSION_OVERHEAD_BYTES
+}
+
+/// The puts of a txn, nested ones included (both branches: either may run).
+pub fn txn_cost(t: &pb::TxnRequest) -> u64 {
+    use pb::request_op::Request;
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .map(|op| match &op.request {
+            Some(Request::RequestPut(p)) => put_cost(&p.key, &p.value),
+            Some(Request::RequestTxn(t)) => txn_cost(t),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// See the module docs.
+pub struct MaintenanceService(pub Arc<Member>);
+
+fn unimplemented(rpc: &str) -> Status {
+    Status::unimplemented(format!("cairn: Maintenance.{rpc} is not implemented yet"))
+}
+
+type SnapshotStream =
+    Pin<Box<dyn futures::Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
+
+impl MaintenanceService {
+    /// The snapshot's bytes: every shard's histories at C.
+    async fn snapshot_bytes(&self) -> Result<Vec<u8>, Status> {
+        let m = &self.0;
+        // No compaction while the images are taken.
+        let _no_compaction = m.cross.lock().await;
+        let revision = m.seq.committed();
+        let mut out = Vec::new();
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        out.extend_from_slice(&(m.shards.len() as u32).to_le_bytes());
+        out.extend_from_slice(&revision.to_le_bytes());
+        for shard in 0..m.shards.len() {
+            let image: StoreImage = m
+                .ask(shard, |reply| ShardMsg::Image {
+                    upto: revision,
+                    reply,
+                })
+                .await?;
+            let body = postcard::to_stdvec(&image)
+                .map_err(|e| Status::internal(format!("encoding the snapshot: {e}")))?;
+            out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+            out.extend_from_slice(&body);
+        }
+        out.resize(out.len().next_multiple_of(512), 0);
+        let digest = sha2::Sha256::digest(&out);
+        out.extend_from_slice(&digest);
+        Ok(out)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::maintenance_server::Maintenance for MaintenanceService {
+    async fn alarm(
+        &self,
+        request: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
+        let r = request.into_inner();
+        let m = &self.0;
+        let member = |list: Vec<(u64, i32)>| -> Vec<pb::AlarmMember> {
+            list.into_iter()
+                .map(|(member_id, alarm)| pb::AlarmMember { member_id, alarm })
+                .collect()
+        };
+        let alarms = match AlarmAction::try_from(r.action) {
+            Ok(AlarmAction::Get) => member(m.alarms.list()),
+            Ok(AlarmAction::Activate) => {
+                if r.alarm == AlarmType::None as i32 {
+                    Vec::new()
+                } else {
+                    m.alarms.change(|a| {
+                        a.insert((r.member_id, r.alarm));
+                    })?;
+                    member(vec![(r.member_id, r.alarm)])
+                }
+            }
+            Ok(AlarmAction::Deactivate) => {
+                let doomed: Vec<(u64, i32)> = m
+                    .alarms
+                    .list()
+                    .into_iter()
+                    .filter(|(id, alarm)| {
+                        (r.member_id == 0 || *id == r.member_id)
+                            && (r.alarm == AlarmType::None as i32 || *alarm == r.alarm)
+                    })
+                    .collect();
+                m.alarms.change(|a| {
+                    for d in &doomed {
+                        a.remove(d);
+                    }
+                })?;
+                member(doomed)
+            }
+            Err(_) => return Err(Status::invalid_argument("etcdserver: unknown alarm action")),
+        };
+        Ok(Response::new(pb::AlarmResponse {
+            header: Some(m.header(m.seq.committed(), m.raft_term().await)),
+            alarms,
+        }))
+    }
+
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let m = &self.0;
+        let mut term = 0;
+        let (mut index, mut applied) = (0u64, 0u64);
+        for shard in 0..m.shards.len() {
+            let s = m.status_of(shard).await?;
+            term = term.max(s.raft_term);
+            index += s.raft_index;
+            applied += s.raft_applied_index;
+        }
+        let size = m.db_size() as i64;
+        let errors = m
+            .alarms
+            .list()
+            .into_iter()
+            .map(|(id, a)| {
+                let name = AlarmType::try_from(a).map_or("NONE", |t| t.as_str_name());
+                format!("memberID:{id} alarm:{name} ")
+            })
+            .collect();
+        Ok(Response::new(pb::StatusResponse {
+            header: Some(m.header(m.seq.committed(), term)),
+            version: ETCD_API_VERSION.to_string(),
+            db_size: size,
+            leader: m.member_id,
+            raft_index: index,
+            raft_term: term,
+            raft_applied_index: applied,
+            errors,
+            db_size_in_use: size,
+            is_learner: false,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        let m = &self.0;
+        for shard in 0..m.shards.len() {
+            m.ask(shard, |reply| ShardMsg::Snapshot { reply }).await??;
+        }
+        Ok(Response::new(pb::DefragmentResponse {
+            header: Some(m.header(m.seq.committed(), m.raft_term().await)),
+        }))
+    }
+
+    /// cairn's hash of the whole key-value state at C (etcd hashes its
+    /// backend file; the value differs from etcd's, equal states hash equally).
+    async fn hash(
+        &self,
+        _: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
+        let (hash, _, revision) = self.0.hash_kv(0).await?;
+        let header = self.0.header(revision, self.0.raft_term().await);
+        Ok(Response::new(pb::HashResponse {
+            header: Some(header),
+            hash,
+        }))
+    }
+
+    async fn hash_kv(
+        &self,
+        request: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        let (hash, compact_revision, _) = self.0.hash_kv(request.into_inner().revision).await?;
+        let header = self
+            .0
+            .header(self.0.seq.committed(), self.0.raft_term().await);
+        Ok(Response::new(pb::HashKvResponse {
+            header: Some(header),
+            hash,
+            compact_revision,
+        }))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(
+        &self,
+        _: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let bytes = self.snapshot_bytes().await?;
+        let header = self
+            .0
+            .header(self.0.seq.committed(), self.0.raft_term().await);
+        let total = bytes.len();
+        let chunks: Vec<Result<pb::SnapshotResponse, Status>> = bytes
+            .chunks(SNAPSHOT_CHUNK_BYTES)
+            .scan(0usize, |sent, chunk| {
+                *sent += chunk.len();
+                Some(Ok(pb::SnapshotResponse {
+                    header: Some(header),
+                    remaining_bytes: (total - *sent) as u64,
+                    blob: chunk.to_vec(),
+                }))
+            })
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+
+    async fn move_leader(
+        &self,
+        _: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        Err(unimplemented("MoveLeader"))
+    }
+}
+
+/// Reads a snapshot made by `Maintenance.Snapshot`: its revision and every
+/// shard's image. Checks the format and the SHA-256.
+pub fn read_snapshot(bytes: &[u8]) -> Result<(i64, Vec<StoreImage>), String> {
+    if bytes.len() < 24 + 32 || &bytes[..8] != SNAPSHOT_MAGIC {
+        return Err("not a cairn snapshot".into());
+    }
+    let (body, digest) = bytes.split_at(bytes.len() - 32);
+    if sha2::Sha256::digest(body).as_slice() != digest {
+        return Err("SHA-256 mismatch: the snapshot is damaged or incomplete".into());
+    }
+    let u32_at = |at: usize| u32::from_le_bytes(body[at..at + 4].try_into().expect("4 bytes"));
+    let version = u32_at(8);
+    if version != SNAPSHOT_VERSION {
+        return Err(format!("unsupported snapshot format version {version}"));
+    }
+    let shards = u32_at(12) as usize;
+    let revision = i64::from_le_bytes(body[16..24].try_into().expect("8 bytes"));
+    let mut at = 24;
+    let mut images = Vec::with_capacity(shards);
+    for shard in 0..shards {
+        let len = body
+            .get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+            .ok_or_else(|| format!("shard {shard}: truncated"))?;
+        at += 8;
+        let image = body
+            .get(at..at + len)
+            .ok_or_else(|| format!("shard {shard}: truncated"))?;
+        images.push(postcard::from_bytes(image).map_err(|e| format!("shard {shard}: {e}"))?);
+        at += len;
+    }
+    if body[at..].iter().any(|b| *b != 0) {
+        return Err("non-zero bytes after the last shard".into());
+    }
+    Ok((revision, images))
+}

@@ -1,0 +1,143 @@
+//! Maintenance with the real etcdctl: the space quota and the NOSPACE alarm
+//! (refused puts, working reads and deletes, kept across a restart, disarmed
+//! after compaction), `endpoint status` db size, `snapshot save` (read back
+//! and checked against the keys), and `defrag` (a fresh snapshot per shard).
+
+mod common;
+
+use common::{etcdctl, ok, Cairn};
+
+fn status(e: &str) -> serde_json::Value {
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(e, &["endpoint", "status", "-w", "json"])).unwrap();
+    st[0]["Status"].clone()
+}
+
+#[test]
+fn the_quota_raises_nospace_which_refuses_puts_until_disarmed() {
+    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut c = Cairn::start_with(base.path(), 2, &["--quota-backend-bytes", "40000"]);
+    let e = c.endpoint();
+    let value = "v".repeat(1000);
+    let mut refused = None;
+    for i in 0..100 {
+        let out = etcdctl(&e, &["put", &format!("k{i:03}"), &value], None);
+        if !out.status.success() {
+            refused = Some((i, String::from_utf8_lossy(&out.stderr).to_string()));
+            break;
+        }
+    }
+    let (n, err) = refused.expect("the quota never refused a put");
+    assert!(n > 10, "refused too early: after {n} puts");
+    assert!(
+        err.contains("etcdserver: mvcc: database space exceeded"),
+        "{err}"
+    );
+    // Reads and deletes still work; puts and txns with puts do not.
+    assert_eq!(
+        ok(&e, &["get", "k000", "--print-value-only"]),
+        format!("{value}\n")
+    );
+    assert_eq!(ok(&e, &["del", "k001"]), "1\n");
+    let out = etcdctl(&e, &["put", "small", "x"], None);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("database space exceeded"));
+    let txn = etcdctl(&e, &["txn"], Some("\nput small x\n\n\n"));
+    assert!(String::from_utf8_lossy(&txn.stderr).contains("database space exceeded"));
+    assert!(ok(&e, &["alarm", "list"]).contains("alarm:NOSPACE"));
+    let st = status(&e);
+    assert!(st["dbSize"].as_i64().unwrap() > 30_000, "{st}");
+    assert!(
+        st["errors"][0].as_str().unwrap().contains("alarm:NOSPACE"),
+        "{st}"
+    );
+    // The alarm is kept across a restart.
+    c.stop();
+    c.restart();
+    let e = c.endpoint();
+    assert!(ok(&e, &["alarm", "list"]).contains("alarm:NOSPACE"));
+    // Free space: delete, compact, disarm; puts work again.
+    ok(&e, &["del", "k", "--prefix"]);
+    let rev = status(&e)["header"]["revision"].as_i64().unwrap();
+    ok(&e, &["compaction", &rev.to_string()]);
+    assert!(
+        status(&e)["dbSize"].as_i64().unwrap_or(0) < 5_000,
+        "compaction frees the space"
+    );
+    let out = etcdctl(&e, &["put", "small", "x"], None);
+    assert!(
+        !out.status.success(),
+        "still refused while the alarm is raised"
+    );
+    assert!(ok(&e, &["alarm", "disarm"]).contains("alarm:NOSPACE"));
+    assert_eq!(ok(&e, &["alarm", "list"]), "");
+    assert_eq!(ok(&e, &["put", "small", "x"]), "OK\n");
+}
+
+#[test]
+fn snapshot_save_streams_every_key_at_one_revision() {
+    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let c = Cairn::start(base.path(), 3);
+    let e = c.endpoint();
+    for i in 0..300 {
+        ok(&e, &["put", &format!("key/{i:03}"), &format!("value-{i}")]);
+    }
+    ok(&e, &["put", "key/000", "changed"]);
+    let file = base.path().join("snap.db");
+    let out = ok(&e, &["snapshot", "save", file.to_str().unwrap()]);
+    assert!(out.contains("Snapshot saved"), "{out}");
+    let bytes = std::fs::read(&file).unwrap();
+    let (revision, images) = cairn::api::maintenance::read_snapshot(&bytes).unwrap();
+    assert_eq!(revision, 302, "301 puts after revision 1");
+    assert_eq!(images.len(), 3);
+    let mut store = cairn::mvcc::Store::import(cairn::mvcc::StoreImage::merge(images));
+    store.compact(revision).unwrap();
+    let all = store
+        .range(
+            b"key/",
+            &cairn::mvcc::RangeEnd::Until(b"key0".to_vec()),
+            revision,
+            0,
+        )
+        .unwrap();
+    assert_eq!(all.count, 300);
+    assert_eq!(all.kvs[0].value, b"changed");
+    assert_eq!(all.kvs[0].version, 2);
+    assert_eq!(all.kvs[299].value, b"value-299");
+    // A damaged copy is refused.
+    let mut bad = bytes.clone();
+    bad[100] ^= 1;
+    assert!(cairn::api::maintenance::read_snapshot(&bad)
+        .unwrap_err()
+        .contains("SHA-256"));
+}
+
+#[test]
+fn defrag_writes_a_fresh_snapshot_on_every_shard() {
+    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut c = Cairn::start(base.path(), 2);
+    let e = c.endpoint();
+    for i in 0..50 {
+        ok(&e, &["put", &format!("d{i}"), "x"]);
+    }
+    for shard in 0..2 {
+        assert!(!c
+            .dir
+            .join(format!("shard-{shard}/snapshots/current.snap"))
+            .exists());
+    }
+    let out = ok(&e, &["defrag"]);
+    assert!(out.contains("Finished defragmenting"), "{out}");
+    for shard in 0..2 {
+        assert!(
+            c.dir
+                .join(format!("shard-{shard}/snapshots/current.snap"))
+                .exists(),
+            "shard {shard} kept a snapshot"
+        );
+    }
+    c.crash();
+    c.restart();
+    let got: serde_json::Value =
+        serde_json::from_str(&ok(&c.endpoint(), &["get", "d", "--prefix", "-w", "json"])).unwrap();
+    assert_eq!(got["count"], 50, "the data survives from the snapshots");
+}
