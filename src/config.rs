@@ -72,7 +72,8 @@ pub struct Config {
     pub quota_backend_bytes: u64,
     #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic")]
     pub auto_compaction_mode: String,
-    /// Auto compaction retention (not yet in effect; "0" disables it).
+    /// Auto compaction retention: a duration (periodic; a bare number is
+    /// hours) or a revision count (revision); "0" disables it.
     #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
     pub auto_compaction_retention: String,
     #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
@@ -117,6 +118,7 @@ impl Config {
         if self.shards() == 0 || self.shards() > 1024 {
             return Err(format!("--shards: {} is not in 1..=1024", self.shards()));
         }
+        self.auto_compaction()?;
         if self.max_txn_ops == 0 {
             return Err("--max-txn-ops: must be at least 1".into());
         }
@@ -158,9 +160,6 @@ impl Config {
     /// with a non-default value (the member says so at start).
     pub fn not_yet_in_effect(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
-        if self.auto_compaction_retention != "0" {
-            v.push("--auto-compaction-retention");
-        }
         if self
             .initial_cluster
             .as_deref()
@@ -169,6 +168,11 @@ impl Config {
             v.push("--initial-cluster with several members (this member runs alone)");
         }
         v
+    }
+
+    /// The auto-compaction policy, if on.
+    pub fn auto_compaction(&self) -> Result<Option<crate::compactor::Policy>, String> {
+        crate::compactor::Policy::parse(&self.auto_compaction_mode, &self.auto_compaction_retention)
     }
 
     /// A stable member id from the name, peer URLs and cluster token.

@@ -4,11 +4,13 @@
 //! - [`mvcc`]: one shard's keys and revision histories, and request evaluation.
 //! - [`sequencer`]: the write leader's revision counter and committed prefix C.
 //! - [`shard`]: a shard core (glommio executor owning a WAL, a Raft group and a store).
-//! - [`raft`]: openraft glue (log store over the WAL; runtime adapter and state
-//!   machine arrive with the server).
+//! - [`raft`]: openraft glue: log store over the WAL, glommio runtime adapter,
+//!   state machine over the store, cross-shard part decisions.
+//! - [`compactor`]: auto-compaction policies.
 
 pub mod api;
 pub mod check_host;
+pub mod compactor;
 pub mod config;
 pub mod mvcc;
 pub mod raft;

@@ -144,7 +144,11 @@ pub fn run(cfg: Config) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("front runtime: {e}"))?;
+    let auto_compaction = cfg.auto_compaction()?;
     let served = rt.block_on(async {
+        if let Some(policy) = auto_compaction {
+            tokio::spawn(crate::compactor::run(member.clone(), policy));
+        }
         let max = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
         let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
         let mut servers = Vec::new();

@@ -141,3 +141,65 @@ fn defrag_writes_a_fresh_snapshot_on_every_shard() {
         serde_json::from_str(&ok(&c.endpoint(), &["get", "d", "--prefix", "-w", "json"])).unwrap();
     assert_eq!(got["count"], 50, "the data survives from the snapshots");
 }
+
+#[test]
+fn periodic_auto_compaction_compacts_what_is_older_than_the_retention() {
+    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let c = Cairn::start_with(
+        base.path(),
+        2,
+        &[
+            "--auto-compaction-mode",
+            "periodic",
+            "--auto-compaction-retention",
+            "1s",
+        ],
+    );
+    let e = c.endpoint();
+    for i in 0..10 {
+        ok(&e, &["put", &format!("a{i}"), "x"]);
+    }
+    // Compaction runs every second at the revision of a second ago; wait
+    // (bounded) until revision 2 is gone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = etcdctl(&e, &["get", "a0", "--rev", "2"], None);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("required revision has been compacted") {
+            break;
+        }
+        assert!(out.status.success(), "{err}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no auto-compaction within 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // The newest revision is never compacted away.
+    assert_eq!(ok(&e, &["get", "a9", "--print-value-only"]), "x\n");
+}
+
+#[test]
+fn bad_auto_compaction_flags_are_refused() {
+    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let err = common::cairn_refuses(
+        &base.path().join("m"),
+        &[
+            "--auto-compaction-mode",
+            "hourly",
+            "--auto-compaction-retention",
+            "1",
+        ],
+    );
+    assert!(err.contains("--auto-compaction-mode"), "{err}");
+    let err = common::cairn_refuses(
+        &base.path().join("m"),
+        &[
+            "--auto-compaction-mode",
+            "revision",
+            "--auto-compaction-retention",
+            "1h",
+        ],
+    );
+    assert!(err.contains("--auto-compaction-retention"), "{err}");
+}

@@ -176,6 +176,25 @@ impl Member {
         Ok((combined.finalize(), compacted, at))
     }
 
+    /// Compacts every shard at `revision` (at most C, above the last
+    /// compaction).
+    pub async fn compact(&self, revision: i64) -> Result<(), Status> {
+        if revision > self.seq.committed() {
+            return Err(EtcdError::FutureRev.status());
+        }
+        // Not while a cross-shard request reads histories.
+        let _cross = self.cross.lock().await;
+        let compacted = self.status_of(0).await?.compacted;
+        if revision <= compacted {
+            return Err(EtcdError::Compacted.status());
+        }
+        for shard in 0..self.shards.len() {
+            self.ask(shard, |reply| ShardMsg::Compact { revision, reply })
+                .await??;
+        }
+        Ok(())
+    }
+
     /// A shard's Raft and store figures.
     pub async fn status_of(&self, shard: usize) -> Result<ShardStatus, Status> {
         self.ask(shard, |reply| ShardMsg::Status { reply }).await
@@ -313,22 +332,7 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         let _timed = super::http::Timed::new(&self.0.metrics, "Compact");
         let r = request.into_inner();
-        let c = self.0.seq.committed();
-        if r.revision > c {
-            return Err(EtcdError::FutureRev.status());
-        }
-        // Not while a cross-shard request reads histories.
-        let _cross = self.0.cross.lock().await;
-        let compacted = self.0.status_of(0).await?.compacted;
-        if r.revision <= compacted {
-            return Err(EtcdError::Compacted.status());
-        }
-        for shard in 0..self.0.shards.len() {
-            let revision = r.revision;
-            self.0
-                .ask(shard, |reply| ShardMsg::Compact { revision, reply })
-                .await??;
-        }
+        self.0.compact(r.revision).await?;
         let header = self
             .0
             .header(self.0.seq.committed(), self.0.raft_term().await);
