@@ -1,6 +1,5 @@
 //! HTTP/1.1 on the client port, beside gRPC: `GET /health`, `GET /version`,
-//! `GET /metrics` (Prometheus text). The JSON gateway (`/v3/kv/...`) is not
-//! built yet.
+//! `GET /metrics` (Prometheus text), and the JSON gateway ([`super::gateway`]).
 
 use super::kv::{Member, ETCD_API_VERSION};
 use axum::http::StatusCode;
@@ -56,12 +55,12 @@ impl Drop for Timed<'_> {
 
 /// The routes, for the member's router.
 pub fn routes(member: Arc<Member>) -> axum::Router {
-    let (m1, m2) = (member.clone(), member);
+    let (m1, m2) = (member.clone(), member.clone());
     axum::Router::new()
         .route("/health", axum::routing::get(move || health(m1.clone())))
         .route("/version", axum::routing::get(version))
         .route("/metrics", axum::routing::get(move || metrics(m2.clone())))
-        .route("/v3/{*rest}", axum::routing::any(gateway_not_built))
+        .merge(super::gateway::routes(member))
 }
 
 /// Requests no route takes: gRPC calls to services or methods that are not
@@ -77,15 +76,6 @@ pub async fn fallback(req: axum::extract::Request) -> axum::response::Response {
     } else {
         StatusCode::NOT_FOUND.into_response()
     }
-}
-
-/// The JSON gateway is not built yet: say so, with gRPC's Unimplemented code.
-async fn gateway_not_built() -> impl IntoResponse {
-    (
-        StatusCode::NOT_IMPLEMENTED,
-        [("content-type", "application/json")],
-        "{\"error\":\"cairn: the JSON gateway is not implemented yet\",\"code\":12}",
-    )
 }
 
 /// Healthy when a shard core answers within a second (etcd 3.4's shape).

@@ -7,6 +7,7 @@
 pub mod convert;
 pub mod cross;
 pub mod errors;
+pub mod gateway;
 pub mod http;
 pub mod kv;
 pub mod maintenance;
