@@ -46,6 +46,19 @@ fn http_endpoints_answer_beside_grpc() {
     );
     assert!(metrics.contains("cairn_committed_revision 2"), "{metrics}");
     assert!(metrics.contains("etcd_server_has_leader 1"));
+    let fsyncs: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("etcd_disk_wal_fsync_duration_seconds_count{shard=\"0\"} "))
+        .expect("a WAL fsync histogram")
+        .parse()
+        .unwrap();
+    assert!(fsyncs >= 1, "the put was fsynced: {metrics}");
+    assert!(
+        metrics.contains("cairn_grpc_request_duration_seconds_bucket{rpc=\"Put\",le=\"+Inf\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("etcd_mvcc_db_total_size_in_bytes "));
+    assert!(metrics.contains("cairn_shard_committed_index{shard=\"0\"}"));
     let (code, body) = get(&c, "POST", "/v3/watch");
     assert_eq!(code, 501, "{body}");
     assert!(body.contains("not implemented"));

@@ -4,15 +4,26 @@
 use super::kv::{Member, ETCD_API_VERSION};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use cairn_wal::Histogram;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Per-RPC request counters and latency sums.
-#[derive(Default)]
+/// Per-RPC latency histograms (their counts are the request counts).
 pub struct RpcMetrics {
-    rpcs: [(AtomicU64, AtomicU64); RPCS.len()],
+    rpcs: Vec<Histogram>,
+}
+
+impl Default for RpcMetrics {
+    fn default() -> Self {
+        Self {
+            // 100 µs … 13 s.
+            rpcs: RPCS
+                .iter()
+                .map(|_| Histogram::exponential(0.0001, 2.0, 18))
+                .collect(),
+        }
+    }
 }
 
 /// The RPCs counted, in `RpcMetrics` order.
@@ -22,10 +33,7 @@ impl RpcMetrics {
     /// Counts one call of `rpc` that took `elapsed`.
     pub fn record(&self, rpc: &str, elapsed: Duration) {
         if let Some(i) = RPCS.iter().position(|r| *r == rpc) {
-            self.rpcs[i].0.fetch_add(1, Ordering::Relaxed);
-            self.rpcs[i]
-                .1
-                .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+            self.rpcs[i].observe(elapsed);
         }
     }
 }
@@ -104,83 +112,146 @@ async fn version() -> impl IntoResponse {
     )
 }
 
+/// Writes `h` as Prometheus histogram lines of `name` with `labels`.
+fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
+    let (buckets, sum) = h.cumulative();
+    let sep = if labels.is_empty() { "" } else { "," };
+    let mut count = 0;
+    for (bound, c) in buckets {
+        let le = if bound.is_infinite() {
+            "+Inf".to_string()
+        } else {
+            format!("{bound}")
+        };
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {c}");
+        count = c;
+    }
+    let braces = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
+    let _ = writeln!(out, "{name}_sum{braces} {sum}");
+    let _ = writeln!(out, "{name}_count{braces} {count}");
+}
+
+/// Prometheus text: etcd's names where etcd has the figure (so its
+/// dashboards work), `cairn_` ones for the rest.
 async fn metrics(member: Arc<Member>) -> impl IntoResponse {
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "# HELP etcd_server_has_leader Whether a leader exists (1) or not (0)."
+    let gauge = |s: &mut String, name: &str, help: &str, lines: &[(String, String)]| {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (labels, value) in lines {
+            let _ = writeln!(s, "{name}{labels} {value}");
+        }
+    };
+    let one = |v: String| vec![(String::new(), v)];
+    gauge(
+        &mut s,
+        "etcd_server_has_leader",
+        "Whether a leader exists (1) or not (0).",
+        &one("1".into()),
+    );
+    gauge(
+        &mut s,
+        "cairn_committed_revision",
+        "The committed prefix C: every revision up to it is committed.",
+        &one(member.seq.committed().to_string()),
+    );
+    gauge(
+        &mut s,
+        "etcd_mvcc_db_total_size_in_bytes",
+        "Size of every version kept (what --quota-backend-bytes limits).",
+        &one(member.db_size().to_string()),
+    );
+    gauge(
+        &mut s,
+        "etcd_server_quota_backend_bytes",
+        "The space quota in bytes.",
+        &one(member.quota_bytes.to_string()),
     );
     let _ = writeln!(
         s,
-        "# TYPE etcd_server_has_leader gauge\netcd_server_has_leader 1"
+        "# HELP cairn_grpc_requests_total KV requests answered, by RPC.\n# TYPE cairn_grpc_requests_total counter"
     );
-    let _ = writeln!(s, "# HELP cairn_committed_revision The committed prefix C: every revision up to it is committed.");
-    let _ = writeln!(
-        s,
-        "# TYPE cairn_committed_revision gauge\ncairn_committed_revision {}",
-        member.seq.committed()
-    );
-    let _ = writeln!(
-        s,
-        "# HELP cairn_grpc_requests_total KV requests answered, by RPC."
-    );
-    let _ = writeln!(s, "# TYPE cairn_grpc_requests_total counter");
     for (i, rpc) in RPCS.iter().enumerate() {
-        let _ = writeln!(
-            s,
-            "cairn_grpc_requests_total{{rpc=\"{rpc}\"}} {}",
-            member.metrics.rpcs[i].0.load(Ordering::Relaxed)
+        let (buckets, _) = member.metrics.rpcs[i].cumulative();
+        let n = buckets.last().map_or(0, |(_, c)| *c);
+        let _ = writeln!(s, "cairn_grpc_requests_total{{rpc=\"{rpc}\"}} {n}");
+    }
+    let _ = writeln!(
+        s,
+        "# HELP cairn_grpc_request_duration_seconds Time to answer KV requests, by RPC.\n# TYPE cairn_grpc_request_duration_seconds histogram"
+    );
+    for (i, rpc) in RPCS.iter().enumerate() {
+        histogram(
+            &mut s,
+            "cairn_grpc_request_duration_seconds",
+            &format!("rpc=\"{rpc}\""),
+            &member.metrics.rpcs[i],
         );
     }
     let _ = writeln!(
         s,
-        "# HELP cairn_grpc_request_duration_seconds Time to answer KV requests, by RPC."
+        "# HELP etcd_disk_wal_fsync_duration_seconds The latency of WAL fdatasyncs, by shard.\n# TYPE etcd_disk_wal_fsync_duration_seconds histogram"
     );
-    let _ = writeln!(s, "# TYPE cairn_grpc_request_duration_seconds summary");
-    for (i, rpc) in RPCS.iter().enumerate() {
-        let (count, sum_us) = (&member.metrics.rpcs[i].0, &member.metrics.rpcs[i].1);
-        let _ = writeln!(
-            s,
-            "cairn_grpc_request_duration_seconds_sum{{rpc=\"{rpc}\"}} {}\ncairn_grpc_request_duration_seconds_count{{rpc=\"{rpc}\"}} {}",
-            sum_us.load(Ordering::Relaxed) as f64 / 1e6,
-            count.load(Ordering::Relaxed)
-        );
-    }
-    let _ = writeln!(
-        s,
-        "# HELP cairn_shard_queue_depth Requests queued for a shard core."
-    );
-    let _ = writeln!(s, "# TYPE cairn_shard_queue_depth gauge");
     for h in &member.shards {
-        let _ = writeln!(
-            s,
-            "cairn_shard_queue_depth{{shard=\"{}\"}} {}",
-            h.id,
-            h.queued()
-        );
+        if let Some(fsync) = h.gauges.wal_fsync.get() {
+            histogram(
+                &mut s,
+                "etcd_disk_wal_fsync_duration_seconds",
+                &format!("shard=\"{}\"", h.id),
+                fsync,
+            );
+        }
     }
-    let _ = writeln!(
-        s,
-        "# HELP cairn_shard_applied_index Raft entries applied by a shard."
+    let queued: Vec<_> = member
+        .shards
+        .iter()
+        .map(|h| (format!("{{shard=\"{}\"}}", h.id), h.queued().to_string()))
+        .collect();
+    gauge(
+        &mut s,
+        "cairn_shard_queue_depth",
+        "Requests queued for a shard core.",
+        &queued,
     );
-    let _ = writeln!(s, "# TYPE cairn_shard_applied_index gauge");
-    let mut keys = String::new();
+    let (mut applied, mut committed, mut revision, mut keys) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for h in &member.shards {
         if let Ok(Ok(st)) =
             tokio::time::timeout(Duration::from_secs(1), member.status_of(h.id)).await
         {
-            let _ = writeln!(
-                s,
-                "cairn_shard_applied_index{{shard=\"{}\"}} {}",
-                h.id, st.raft_applied_index
-            );
-            let _ = writeln!(keys, "cairn_shard_keys{{shard=\"{}\"}} {}", h.id, st.keys);
+            let l = format!("{{shard=\"{}\"}}", h.id);
+            applied.push((l.clone(), st.raft_applied_index.to_string()));
+            committed.push((l.clone(), st.raft_committed_index.to_string()));
+            revision.push((l.clone(), st.revision.to_string()));
+            keys.push((l, st.keys.to_string()));
         }
     }
-    let _ = writeln!(
-        s,
-        "# HELP cairn_shard_keys Keys with history on a shard.\n# TYPE cairn_shard_keys gauge"
+    gauge(
+        &mut s,
+        "cairn_shard_applied_index",
+        "Raft entries applied by a shard.",
+        &applied,
     );
-    s.push_str(&keys);
+    gauge(
+        &mut s,
+        "cairn_shard_committed_index",
+        "Raft entries committed in a shard's group.",
+        &committed,
+    );
+    gauge(
+        &mut s,
+        "cairn_shard_revision",
+        "The newest revision a shard's store holds.",
+        &revision,
+    );
+    gauge(
+        &mut s,
+        "cairn_shard_keys",
+        "Keys with history on a shard.",
+        &keys,
+    );
     ([("content-type", "text/plain; version=0.0.4")], s)
 }

@@ -111,6 +111,7 @@ pub struct ShardStatus {
     pub raft_term: u64,
     pub raft_index: u64,
     pub raft_applied_index: u64,
+    pub raft_committed_index: u64,
     pub revision: i64,
     pub compacted: i64,
     pub keys: usize,
@@ -122,14 +123,23 @@ pub struct ShardStatus {
 pub struct ShardHandle {
     pub id: usize,
     tx: flume::Sender<ShardMsg>,
-    /// The shard store's size ([`Store::bytes`]), as of its last request.
-    bytes: Arc<std::sync::atomic::AtomicU64>,
+    /// Figures the shard core publishes for metrics.
+    pub gauges: Arc<ShardGauges>,
+}
+
+/// What a shard core publishes for the front's metrics without being asked.
+#[derive(Debug, Default)]
+pub struct ShardGauges {
+    /// The store's size ([`Store::bytes`]), as of the shard's last request.
+    pub bytes: std::sync::atomic::AtomicU64,
+    /// The WAL's fdatasync latencies (set once the WAL is open).
+    pub wal_fsync: std::sync::OnceLock<Arc<cairn_wal::Histogram>>,
 }
 
 impl ShardHandle {
     /// The shard store's size in bytes ([`Store::bytes`]).
     pub fn bytes(&self) -> u64 {
-        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+        self.gauges.bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Requests waiting in the shard core's queue.
@@ -222,8 +232,8 @@ const REPLAY_MAX: Duration = Duration::from_secs(600);
 fn start(cfg: ShardConfig) -> Result<StartedShard, String> {
     let (tx, rx) = flume::bounded(SHARD_QUEUE_MAX);
     let (failed_tx, failed) = std::sync::mpsc::channel::<String>();
-    let bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let shard_bytes = bytes.clone();
+    let gauges = Arc::new(ShardGauges::default());
+    let shard_gauges = gauges.clone();
     let (start_tx, start_rx) = oneshot::channel::<Arc<SharedSequencer>>();
     let placement = cfg.cpu.map_or(Placement::Unbound, Placement::Fixed);
     let id = cfg.id;
@@ -232,7 +242,7 @@ fn start(cfg: ShardConfig) -> Result<StartedShard, String> {
         .name(&name)
         .io_memory(crate::raft::runtime::IO_MEMORY_BYTES)
         .spawn(move || async move {
-            let r = run(cfg, rx, start_rx, shard_bytes).await;
+            let r = run(cfg, rx, start_rx, shard_gauges).await;
             if let Err(e) = &r {
                 let _ = failed_tx.send(e.clone());
             }
@@ -240,7 +250,7 @@ fn start(cfg: ShardConfig) -> Result<StartedShard, String> {
         })
         .map_err(|e| format!("starting {name}: {e} (see LINUX_REQUIREMENTS.md)"))?;
     Ok(StartedShard {
-        handle: ShardHandle { id, tx, bytes },
+        handle: ShardHandle { id, tx, gauges },
         thread,
         failed,
         start: start_tx,
@@ -267,7 +277,7 @@ async fn run(
     cfg: ShardConfig,
     rx: flume::Receiver<ShardMsg>,
     start: oneshot::Receiver<Arc<SharedSequencer>>,
-    bytes: Arc<std::sync::atomic::AtomicU64>,
+    gauges: Arc<ShardGauges>,
 ) -> Result<(), String> {
     let e = |what: &str| {
         let what = what.to_string();
@@ -286,6 +296,7 @@ async fn run(
         .await
         .map_err(|x| e("opening the WAL")(&x))?;
     let wal = Rc::new(wal);
+    let _ = gauges.wal_fsync.set(wal.fsync_histogram());
     {
         // Upkeep off the write path: reclaim segments, prepare the next one.
         let wal = wal.clone();
@@ -362,7 +373,9 @@ async fn run(
     .map_err(|x| e("starting to serve")(&x))?;
 
     let publish_bytes = || {
-        bytes.store(store.borrow().bytes(), std::sync::atomic::Ordering::Relaxed);
+        gauges
+            .bytes
+            .store(store.borrow().bytes(), std::sync::atomic::Ordering::Relaxed);
     };
     publish_bytes();
     while let Ok(msg) = rx.recv_async().await {
@@ -397,6 +410,7 @@ async fn run(
                     raft_term: m.current_term,
                     raft_index: m.last_log_index.unwrap_or(0),
                     raft_applied_index: m.last_applied.map_or(0, |l| l.index),
+                    raft_committed_index: m.local_committed.map_or(0, |l| l.index),
                     revision: s.revision(),
                     compacted: s.compacted(),
                     keys: s.key_count(),

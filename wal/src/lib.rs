@@ -12,10 +12,12 @@
 
 pub mod error;
 pub mod format;
+pub mod histogram;
 pub mod recovery;
 pub mod storage;
 mod wal;
 mod yield_once;
 
 pub use error::{Result, WalError};
+pub use histogram::Histogram;
 pub use wal::{Config, OpenReport, Wal, WalStats, META_VOTE};

@@ -271,6 +271,8 @@ pub struct Wal<S: Storage> {
     storage: Rc<S>,
     inner: RefCell<Inner<S::File>>,
     stats: Cell<WalStats>,
+    /// How long each batch's fdatasync took.
+    fsync: std::sync::Arc<crate::Histogram>,
 }
 
 /// What [`Wal::open`] found.
@@ -508,6 +510,7 @@ impl<S: Storage> Wal<S> {
             storage,
             inner: RefCell::new(inner),
             stats: Cell::new(WalStats::default()),
+            fsync: std::sync::Arc::new(crate::Histogram::fsync()),
         };
 
         match tail_state {
@@ -713,6 +716,11 @@ impl<S: Storage> Wal<S> {
     /// The latched fatal error, if any.
     pub fn fatal_error(&self) -> Option<WalError> {
         self.inner.borrow().fatal.clone()
+    }
+
+    /// The fdatasync latency histogram (shared: readable from other threads).
+    pub fn fsync_histogram(&self) -> std::sync::Arc<crate::Histogram> {
+        self.fsync.clone()
     }
 
     pub fn stats(&self) -> WalStats {
@@ -1045,10 +1053,14 @@ impl<S: Storage> Wal<S> {
             .write_at(&file, batch.start, &batch.buf)
             .await
             .map_err(|e| WalError::io("write", self.storage.describe(&name), e))?;
-        self.storage
+        let started = std::time::Instant::now();
+        let synced = self
+            .storage
             .sync(&file)
             .await
-            .map_err(|e| WalError::io("fsync", self.storage.describe(&name), e))
+            .map_err(|e| WalError::io("fsync", self.storage.describe(&name), e));
+        self.fsync.observe(started.elapsed());
+        synced
     }
 
     /// Makes the prepared next segment (`seq`) the one being written,
