@@ -8,15 +8,17 @@
 # under $DIR, loopback ports, fsync on), runs every scenario against each with
 # cairn-bench, and stops them by PID. The order alternates (etcd first in odd
 # rounds, cairn first in even ones). Prints medians, spread and cairn/etcd
-# ratios as markdown. MEMBERS: 1 (clusters are not built yet).
+# ratios as markdown, and plots them (bench/plots/*.svg, shown in README).
+# MEMBERS: 1 (clusters are not built yet).
 # Env: DIR (data, default target/compare-data; must not be tmpfs), SHARDS
-# (cairn --shards, default 1), SCENARIOS (space-separated subset).
+# (cairn --shards; default: cairn's own, one per online CPU), SCENARIOS
+# (space-separated subset).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 MEMBERS=${2:-1}
 DIR=${DIR:-$PWD/target/compare-data}
-SHARDS=${SHARDS:-1}
+SHARDS=${SHARDS:-}
 OUT=${OUT:-bench/out/compare-etcd}
 SCENARIOS=${SCENARIOS:-"put-1 put-100 put-1000 range-l range-s txn-put"}
 if [ "$MEMBERS" != 1 ]; then
@@ -42,7 +44,7 @@ start() { # system port -> pid
       --initial-cluster "bench=http://127.0.0.1:$peer" >"$DIR/$sys.log" 2>&1 &
   else
     target/release/cairn --data-dir "$DIR/$sys" --listen-client-urls "http://127.0.0.1:$port" \
-      --shards "$SHARDS" >"$DIR/$sys.log" 2>&1 &
+      ${SHARDS:+--shards "$SHARDS"} >"$DIR/$sys.log" 2>&1 &
   fi
   local pid=$!
   PIDS+=("$pid")
@@ -99,3 +101,4 @@ for s in scenarios:
           f"{statistics.median(cr):,.0f} ({min(cr):,.0f}..{max(cr):,.0f}) | {statistics.median(ratios):.2f} | "
           f"{statistics.median(x['p99_ms'] for x in e):.1f} | {statistics.median(x['p99_ms'] for x in c):.1f} |")
 PY
+target/release/bench-plot --results "$OUT" --out bench/plots >&2
