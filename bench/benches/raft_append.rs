@@ -1,0 +1,178 @@
+//! The Raft append path in process: openraft `client_write` on a single-member
+//! shard group (glommio runtime adapter, `WalLogStore` on the DMA WAL, the
+//! shard state machine over an MVCC store), from proposal to applied, swept
+//! over concurrent proposers. 8-byte keys, 256-byte values, as the load
+//! generator's put scenarios.
+//!
+//! One glommio executor owns the group, as a shard core does; criterion's
+//! thread sends it jobs and gets back the elapsed time. Data goes under the
+//! cargo target dir (not /tmp, which may be tmpfs).
+
+use cairn::mvcc::{Change, Store};
+use cairn::raft::log_store::WalLogStore;
+use cairn::raft::network::SingleMemberNetwork;
+use cairn::raft::state_machine::ShardStateMachine;
+use cairn::raft::types::{ShardCommand, ShardRaft};
+use cairn_wal::storage::DmaStorage;
+use cairn_wal::{Config, Wal};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use glommio::{LocalExecutorBuilder, Placement};
+use openraft::{BasicNode, Raft};
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+struct Job {
+    proposers: u64,
+    writes: u64,
+    done: mpsc::Sender<Duration>,
+}
+
+/// A glommio thread that owns one Raft group and runs jobs.
+struct RaftThread {
+    jobs: Option<mpsc::Sender<Job>>,
+    handle: Option<glommio::ExecutorJoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl RaftThread {
+    fn start() -> Self {
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+        let path = dir.path().to_path_buf();
+        let (tx, rx) = mpsc::channel::<Job>();
+        let handle = LocalExecutorBuilder::new(Placement::Unbound)
+            .io_memory(cairn::raft::runtime::IO_MEMORY_BYTES)
+            .spawn(move || async move {
+                let (wal, _) = Wal::open(DmaStorage::new(&path).expect("dir"), Config::default())
+                    .await
+                    .expect("open");
+                let wal = Rc::new(wal);
+                {
+                    let wal = wal.clone();
+                    glommio::spawn_local(async move {
+                        while wal.maintain().await.is_ok() {
+                            glommio::timer::sleep(Duration::from_millis(50)).await;
+                        }
+                    })
+                    .detach();
+                }
+                let store = Rc::new(RefCell::new(Store::new()));
+                let sm = ShardStateMachine::new(store);
+                let config = openraft::Config {
+                    heartbeat_interval: 100,
+                    election_timeout_min: 300,
+                    election_timeout_max: 600,
+                    snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(100_000),
+                    ..Default::default()
+                }
+                .validate()
+                .expect("config");
+                let raft: Raft<ShardRaft, ShardStateMachine> = Raft::new(
+                    1,
+                    Arc::new(config),
+                    SingleMemberNetwork,
+                    WalLogStore::new(wal.clone(), 0),
+                    sm,
+                )
+                .await
+                .expect("raft");
+                raft.initialize(BTreeMap::from([(1, BasicNode::new("local"))]))
+                    .await
+                    .expect("initialize");
+                raft.wait(Some(Duration::from_secs(30)))
+                    .current_leader(1, "leader")
+                    .await
+                    .expect("leader");
+                let raft = Rc::new(raft);
+                let revision = Rc::new(Cell::new(1i64));
+                let value = vec![0x5Au8; 256];
+                while let Ok(job) = rx.recv() {
+                    let start = Instant::now();
+                    let mut tasks = Vec::new();
+                    for p in 0..job.proposers {
+                        let share =
+                            job.writes / job.proposers + u64::from(p < job.writes % job.proposers);
+                        let (raft, revision, value) =
+                            (raft.clone(), revision.clone(), value.clone());
+                        tasks.push(glommio::spawn_local(async move {
+                            for i in 0..share {
+                                // Stamped and proposed with no await in
+                                // between: the log is in revision order.
+                                let r = revision.get() + 1;
+                                revision.set(r);
+                                let key = format!("{:08}", (p * 7919 + i) % 100_000).into_bytes();
+                                let changes = vec![Change::Put {
+                                    key,
+                                    value: value.clone(),
+                                    lease: 0,
+                                }];
+                                raft.client_write(ShardCommand::Write {
+                                    revision: r,
+                                    changes,
+                                })
+                                .await
+                                .expect("client_write");
+                            }
+                        }));
+                    }
+                    for t in tasks {
+                        t.await;
+                    }
+                    let _ = job.done.send(start.elapsed());
+                }
+                let _ = raft.shutdown().await;
+            })
+            .expect("glommio executor");
+        Self {
+            jobs: Some(tx),
+            handle: Some(handle),
+            _dir: dir,
+        }
+    }
+
+    fn run(&self, proposers: u64, writes: u64) -> Duration {
+        let (done, wait) = mpsc::channel();
+        self.jobs
+            .as_ref()
+            .expect("running")
+            .send(Job {
+                proposers,
+                writes,
+                done,
+            })
+            .expect("raft thread alive");
+        wait.recv().expect("job finished")
+    }
+}
+
+impl Drop for RaftThread {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn raft_append(c: &mut Criterion) {
+    let raft = RaftThread::start();
+    let mut group = c.benchmark_group("raft_append/proposers (8 B keys, 256 B values)");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1))
+        .throughput(Throughput::Elements(1));
+    for proposers in [1u64, 16, 128] {
+        group.bench_with_input(
+            BenchmarkId::from_parameter(proposers),
+            &proposers,
+            |b, &p| b.iter_custom(|iters| raft.run(p.min(iters), iters)),
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, raft_append);
+criterion_main!(benches);
