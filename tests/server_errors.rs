@@ -239,7 +239,10 @@ fn services_not_built_yet_answer_unimplemented() {
         assert_eq!(e.code(), Code::Unimplemented);
         let mut m = maintenance_client::MaintenanceClient::new(ch.clone());
         assert_eq!(
-            m.defragment(DefragmentRequest {}).await.unwrap_err().code(),
+            m.move_leader(MoveLeaderRequest { target_id: 1 })
+                .await
+                .unwrap_err()
+                .code(),
             Code::Unimplemented
         );
         let mut auth = auth_client::AuthClient::new(ch);
