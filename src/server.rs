@@ -4,6 +4,7 @@
 use crate::api::kv::{ClusterService, KvService, Member};
 use crate::api::maintenance::{Alarms, MaintenanceService, DEFAULT_QUOTA_BYTES};
 use crate::config::Config;
+use crate::raft::meta::MemberRecord;
 use crate::raft::parts::PartBook;
 use crate::sequencer::SharedSequencer;
 use crate::shard::{self, ShardConfig, ShardMsg};
@@ -60,6 +61,10 @@ fn shard_count(dir: &Path, cfg: &Config) -> Result<usize, String> {
     }
 }
 
+fn split_urls(urls: &str) -> Vec<String> {
+    urls.split(',').map(String::from).collect()
+}
+
 /// Runs a member until SIGINT or SIGTERM.
 pub fn run(cfg: Config) -> Result<(), String> {
     cfg.validate()?;
@@ -93,6 +98,12 @@ pub fn run(cfg: Config) -> Result<(), String> {
             dir: dir.join(format!("shard-{id}")),
             member_id,
             peer_url: peer_url.clone(),
+            member: (id == 0).then(|| MemberRecord {
+                id: member_id,
+                name: cfg.name.clone(),
+                peer_urls: split_urls(&cfg.initial_advertise_peer_urls),
+                client_urls: split_urls(&cfg.advertise_client_urls),
+            }),
             raft_term: raft_term.clone(),
             snapshot_count: cfg.snapshot_count,
             wal_segment_bytes: cfg.wal_segment_bytes,

@@ -202,3 +202,55 @@ fn hashkv_follows_the_state_at_a_revision() {
     let e = c.endpoint();
     assert_eq!(hash(&e, "4"), at4, "recovered to the same state");
 }
+
+/// The membership lives in the meta group on shard 0: a restart with another
+/// advertised client URL records it there, and `member list` shows it.
+#[test]
+fn member_list_comes_from_the_meta_group_and_follows_restarts() {
+    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut c = Cairn::start_with(
+        base.path(),
+        2,
+        &[
+            "--name",
+            "m1",
+            "--advertise-client-urls",
+            "http://127.0.0.1:1111",
+        ],
+    );
+    let list = ok(&c.endpoint(), &["member", "list"]);
+    assert!(
+        list.contains("started, m1,") && list.contains("http://127.0.0.1:1111"),
+        "{list}"
+    );
+    c.stop();
+    c.extra = [
+        "--name",
+        "m1",
+        "--advertise-client-urls",
+        "http://127.0.0.1:2222",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    c.restart();
+    let list = ok(&c.endpoint(), &["member", "list"]);
+    assert!(list.contains("http://127.0.0.1:2222"), "{list}");
+    assert!(
+        !list.contains("1111"),
+        "the old record was replaced: {list}"
+    );
+    assert_eq!(list.lines().count(), 1, "one member: {list}");
+    assert!(
+        !c.dir.join("shard-1/meta").exists(),
+        "the meta group lives on shard 0 only"
+    );
+    // Its log is purged behind a snapshot after every entry, so it never pins
+    // shard 0's WAL segments (see server_snapshot.rs for the reclaim).
+    let snap = c.dir.join("shard-0/meta/current.snap");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !snap.exists() {
+        assert!(std::time::Instant::now() < deadline, "no meta snapshot");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

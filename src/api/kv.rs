@@ -377,15 +377,23 @@ impl pb::cluster_server::Cluster for ClusterService {
         _: Request<pb::MemberListRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
         let m = &self.0;
+        // The meta group (on shard 0) holds the membership.
+        let members = m
+            .ask(0, |reply| ShardMsg::Members { reply })
+            .await?
+            .ok_or_else(|| Status::internal("shard 0 runs no meta group"))?;
         Ok(Response::new(pb::MemberListResponse {
             header: Some(m.header(m.seq.committed(), m.raft_term().await)),
-            members: vec![pb::Member {
-                id: m.member_id,
-                name: m.name.clone(),
-                peer_ur_ls: m.peer_urls.clone(),
-                client_ur_ls: m.client_urls.clone(),
-                is_learner: false,
-            }],
+            members: members
+                .into_iter()
+                .map(|r| pb::Member {
+                    id: r.id,
+                    name: r.name,
+                    peer_ur_ls: r.peer_urls,
+                    client_ur_ls: r.client_urls,
+                    is_learner: false,
+                })
+                .collect(),
         }))
     }
 

@@ -4,6 +4,7 @@
 //! (openraft is built with `single-threaded`).
 
 pub mod log_store;
+pub mod meta;
 pub mod network;
 pub mod parts;
 pub mod state_machine;

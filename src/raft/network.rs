@@ -2,7 +2,6 @@
 //! Every RPC reports the target unreachable (openraft never sends one when the
 //! membership is this member alone). Members over QUIC arrive with clusters.
 
-use super::types::ShardRaft;
 use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::error::ReplicationClosed;
 use openraft::error::{RPCError, StreamingError, Unreachable};
@@ -10,7 +9,7 @@ use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::AnyError;
+use openraft::{AnyError, RaftTypeConfig};
 use std::future::Future;
 
 /// Creates [`NoPeer`] clients.
@@ -20,11 +19,14 @@ pub struct SingleMemberNetwork;
 /// A client to a member that does not exist.
 pub struct NoPeer;
 
-fn unreachable() -> Unreachable<ShardRaft> {
+fn unreachable<C: RaftTypeConfig>() -> Unreachable<C> {
     Unreachable::new(&AnyError::error("single-member cluster: no peers"))
 }
 
-impl RaftNetworkFactory<ShardRaft> for SingleMemberNetwork {
+impl<C> RaftNetworkFactory<C> for SingleMemberNetwork
+where
+    C: RaftTypeConfig<NodeId = u64, Node = openraft::BasicNode>,
+{
     type Network = NoPeer;
 
     async fn new_client(&mut self, _target: u64, _node: &openraft::BasicNode) -> NoPeer {
@@ -32,32 +34,35 @@ impl RaftNetworkFactory<ShardRaft> for SingleMemberNetwork {
     }
 }
 
-impl RaftNetworkV2<ShardRaft> for NoPeer {
+impl<C> RaftNetworkV2<C> for NoPeer
+where
+    C: RaftTypeConfig<NodeId = u64, Node = openraft::BasicNode>,
+{
     type SnapshotData = Vec<u8>;
 
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<ShardRaft>,
+        _rpc: AppendEntriesRequest<C>,
         _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<ShardRaft>, RPCError<ShardRaft>> {
+    ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
         Err(RPCError::Unreachable(unreachable()))
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<ShardRaft>,
+        _rpc: VoteRequest<C>,
         _option: RPCOption,
-    ) -> Result<VoteResponse<ShardRaft>, RPCError<ShardRaft>> {
+    ) -> Result<VoteResponse<C>, RPCError<C>> {
         Err(RPCError::Unreachable(unreachable()))
     }
 
     async fn full_snapshot(
         &mut self,
-        _vote: VoteOf<ShardRaft>,
-        _snapshot: SnapshotOf<ShardRaft, Vec<u8>>,
+        _vote: VoteOf<C>,
+        _snapshot: SnapshotOf<C, Vec<u8>>,
         _cancel: impl Future<Output = ReplicationClosed> + 'static,
         _option: RPCOption,
-    ) -> Result<SnapshotResponse<ShardRaft>, StreamingError<ShardRaft>> {
+    ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
         Err(StreamingError::Unreachable(unreachable()))
     }
 }

@@ -51,28 +51,28 @@ pub struct ShardStateMachine {
     holding: Rc<Cell<Option<i64>>>,
 }
 
-/// What a snapshot file holds.
+/// What a snapshot file holds: openraft's snapshot meta (`M`) and the image.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct SnapshotFile {
-    meta: SnapshotMetaOf<ShardRaft>,
+struct SnapshotFile<M> {
+    meta: M,
     data: Vec<u8>,
 }
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"CAIRNSNP";
 const SNAPSHOT_VERSION: u32 = 1;
 const SNAPSHOT_HEADER_BYTES: usize = 24;
-const SNAPSHOT_FILE: &str = "current.snap";
+pub(crate) const SNAPSHOT_FILE: &str = "current.snap";
 
 /// [`SnapshotFile`] by reference: encodes the same bytes without copying the data.
 #[derive(serde::Serialize)]
-struct SnapshotFileRef<'a> {
-    meta: &'a SnapshotMetaOf<ShardRaft>,
+struct SnapshotFileRef<'a, M> {
+    meta: &'a M,
     data: &'a [u8],
 }
 
 /// The file's header and body (written one after the other).
-fn encode_snapshot_file(
-    meta: &SnapshotMetaOf<ShardRaft>,
+pub(crate) fn encode_snapshot_file<M: serde::Serialize>(
+    meta: &M,
     data: &[u8],
 ) -> io::Result<([u8; SNAPSHOT_HEADER_BYTES], Vec<u8>)> {
     let body = postcard::to_stdvec(&SnapshotFileRef { meta, data }).map_err(io::Error::other)?;
@@ -84,10 +84,10 @@ fn encode_snapshot_file(
     Ok((header, body))
 }
 
-fn decode_snapshot_file(
+pub(crate) fn decode_snapshot_file<M: serde::de::DeserializeOwned>(
     path: &Path,
     bytes: &[u8],
-) -> io::Result<(SnapshotMetaOf<ShardRaft>, Vec<u8>)> {
+) -> io::Result<(M, Vec<u8>)> {
     let bad = |why: &str| {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -109,12 +109,12 @@ fn decode_snapshot_file(
     if crc32fast::hash(body) != crc {
         return Err(bad("checksum mismatch"));
     }
-    let file: SnapshotFile = postcard::from_bytes(body).map_err(|e| bad(&e.to_string()))?;
+    let file: SnapshotFile<M> = postcard::from_bytes(body).map_err(|e| bad(&e.to_string()))?;
     Ok((file.meta, file.data))
 }
 
 /// Writes `bytes` as `dir/name` durably: temp file, fsync, rename, fsync dir.
-fn write_durably(dir: &Path, name: &str, parts: &[&[u8]]) -> io::Result<()> {
+pub(crate) fn write_durably(dir: &Path, name: &str, parts: &[&[u8]]) -> io::Result<()> {
     use std::io::Write;
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!("{name}.tmp"));

@@ -13,6 +13,7 @@ use crate::api::EtcdError;
 use crate::mvcc::txn::{stamp, Eval, RangeRequest, RangeResponse, RequestOp, ResponseOp};
 use crate::mvcc::{Change, RangeEnd, Store, StoreImage};
 use crate::raft::log_store::WalLogStore;
+use crate::raft::meta::{MemberRecord, MetaCommand, MetaRaft, MetaStateMachine, META_GROUP};
 use crate::raft::network::SingleMemberNetwork;
 use crate::raft::parts::PartBook;
 use crate::raft::state_machine::ShardStateMachine;
@@ -69,6 +70,10 @@ pub enum ShardMsg {
     },
     Shutdown {
         reply: oneshot::Sender<()>,
+    },
+    /// The members the meta group holds (shard 0; others answer None).
+    Members {
+        reply: oneshot::Sender<Option<Vec<MemberRecord>>>,
     },
     /// The shard's histories up to `upto` (Maintenance.Snapshot).
     Image {
@@ -166,6 +171,8 @@ pub struct ShardConfig {
     pub dir: PathBuf,
     pub member_id: u64,
     pub peer_url: String,
+    /// This member's record: shard 0 runs the meta group and records it there.
+    pub member: Option<MemberRecord>,
     /// Where this shard publishes its Raft term (the member's response
     /// headers read it without asking a shard).
     pub raft_term: Arc<std::sync::atomic::AtomicU64>,
@@ -371,6 +378,14 @@ async fn run(
     })
     .await
     .map_err(|x| e("starting to serve")(&x))?;
+    let meta = match &cfg.member {
+        Some(me) => Some(
+            start_meta(&cfg, wal.clone(), me.clone())
+                .await
+                .map_err(|x| e("starting the meta group")(&x))?,
+        ),
+        None => None,
+    };
 
     let publish_bytes = || {
         gauges
@@ -428,7 +443,13 @@ async fn run(
             ShardMsg::Snapshot { reply } => {
                 let _ = reply.send(snapshot_now(&raft).await);
             }
+            ShardMsg::Members { reply } => {
+                let _ = reply.send(meta.as_ref().map(|(_, sm)| sm.members()));
+            }
             ShardMsg::Shutdown { reply } => {
+                if let Some((meta_raft, _)) = &meta {
+                    let _ = meta_raft.shutdown().await;
+                }
                 let _ = raft.shutdown().await;
                 let _ = wal.sync_all().await;
                 let _ = reply.send(());
@@ -442,6 +463,65 @@ async fn run(
 
 fn no_leases(_: i64) -> bool {
     false
+}
+
+/// Starts the meta group on this core's WAL (DESIGN §2), replays it, and
+/// records this member in it if its record changed.
+async fn start_meta(
+    cfg: &ShardConfig,
+    wal: Rc<Wal<DmaStorage>>,
+    me: MemberRecord,
+) -> Result<(Raft<MetaRaft, MetaStateMachine>, MetaStateMachine), String> {
+    let sm = MetaStateMachine::open(cfg.dir.join("meta")).map_err(|e| e.to_string())?;
+    let config = openraft::Config {
+        cluster_name: "cairn-meta".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
+        // The meta group shares shard 0's WAL, whose segments are reclaimed
+        // only once no group needs them: its rare entries must not pin them.
+        // A snapshot (a few hundred bytes) after every entry purges its log.
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1),
+        max_in_snapshot_log_to_keep: 0,
+        purge_batch_size: 1,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| e.to_string())?;
+    let log_store: WalLogStore<MetaRaft, DmaStorage> = WalLogStore::new(wal, META_GROUP);
+    let raft = Raft::new(
+        cfg.member_id,
+        Arc::new(config),
+        SingleMemberNetwork,
+        log_store,
+        sm.clone(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    if !raft.is_initialized().await.map_err(|e| e.to_string())? {
+        let members = BTreeMap::from([(cfg.member_id, BasicNode::new(cfg.peer_url.clone()))]);
+        raft.initialize(members).await.map_err(|e| e.to_string())?;
+    }
+    let timeout = Some(Duration::from_secs(60));
+    raft.wait(timeout)
+        .current_leader(cfg.member_id, "meta leader")
+        .await
+        .map_err(|e| e.to_string())?;
+    let committed = raft
+        .metrics()
+        .borrow_watched()
+        .local_committed
+        .map(|l| l.index);
+    raft.wait(timeout)
+        .applied_index_at_least(committed, "replaying the meta log")
+        .await
+        .map_err(|e| e.to_string())?;
+    if !sm.members().contains(&me) {
+        raft.client_write(MetaCommand::PutMember(me))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok((raft, sm))
 }
 
 /// Builds a snapshot of everything applied and waits until it is kept.

@@ -1,0 +1,218 @@
+//! The meta group (DESIGN §2): one more Raft group on shard core 0, group id
+//! [`META_GROUP`] in that core's WAL, holding what is not keyed data: the
+//! cluster's membership now (`Cluster.MemberList` reads it), the lease table
+//! and the auth store when they are built. Its leader is the write leader.
+//!
+//! Each member records itself when it starts (`PutMember`), as etcd publishes
+//! its attributes: a changed name or URL is a new entry in the log.
+//! Snapshots are the whole state (small), in `shard-0/meta/current.snap`, in
+//! the same checksummed file format as a shard's.
+
+use super::state_machine::{
+    decode_snapshot_file, encode_snapshot_file, write_durably, SNAPSHOT_FILE,
+};
+use crate::raft::GlommioRuntime;
+use futures::{Stream, TryStreamExt};
+use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::EntryPayload;
+use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::io;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+/// The meta group's id in shard 0's WAL (the shard's own group is 0).
+pub const META_GROUP: u64 = 1;
+
+/// A member as `Cluster.MemberList` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+}
+
+/// One entry of the meta log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaCommand {
+    /// Adds a member or replaces its record.
+    PutMember(MemberRecord),
+    RemoveMember(u64),
+}
+
+impl std::fmt::Display for MetaCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MetaCommand::PutMember(m) => write!(f, "put-member({:x} {})", m.id, m.name),
+            MetaCommand::RemoveMember(id) => write!(f, "remove-member({id:x})"),
+        }
+    }
+}
+
+openraft::declare_raft_types!(
+    /// The type configuration of the meta group.
+    pub MetaRaft:
+        D = MetaCommand,
+        R = (),
+        AsyncRuntime = GlommioRuntime,
+);
+
+/// What the meta group holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaState {
+    pub members: BTreeMap<u64, MemberRecord>,
+}
+
+impl MetaState {
+    pub fn apply(&mut self, command: &MetaCommand) {
+        match command {
+            MetaCommand::PutMember(m) => {
+                self.members.insert(m.id, m.clone());
+            }
+            MetaCommand::RemoveMember(id) => {
+                self.members.remove(id);
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Applied {
+    log_id: Option<LogIdOf<MetaRaft>>,
+    membership: StoredMembershipOf<MetaRaft>,
+}
+
+/// openraft's state machine for the meta group. Clones share the state.
+#[derive(Clone)]
+pub struct MetaStateMachine {
+    state: Rc<RefCell<MetaState>>,
+    applied: Rc<RefCell<Applied>>,
+    dir: Rc<PathBuf>,
+}
+
+impl MetaStateMachine {
+    /// Keeps snapshots in `dir`, starting from the one there (if any); a
+    /// file that does not verify refuses the start, naming it.
+    pub fn open(dir: PathBuf) -> io::Result<Self> {
+        let sm = Self {
+            state: Rc::default(),
+            applied: Rc::default(),
+            dir: Rc::new(dir),
+        };
+        let path = sm.dir.join(SNAPSHOT_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let (meta, data) = decode_snapshot_file(&path, &bytes)?;
+                sm.load(&meta, &data)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        Ok(sm)
+    }
+
+    /// The members, by id.
+    pub fn members(&self) -> Vec<MemberRecord> {
+        self.state.borrow().members.values().cloned().collect()
+    }
+
+    fn load(&self, meta: &SnapshotMetaOf<MetaRaft>, data: &[u8]) -> io::Result<()> {
+        let state: MetaState = postcard::from_bytes(data)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        *self.state.borrow_mut() = state;
+        let mut a = self.applied.borrow_mut();
+        a.log_id = meta.last_log_id;
+        a.membership = meta.last_membership.clone();
+        Ok(())
+    }
+
+    fn keep(&self, meta: &SnapshotMetaOf<MetaRaft>, data: &[u8]) -> io::Result<()> {
+        let (header, body) = encode_snapshot_file(meta, data)?;
+        write_durably(&self.dir, SNAPSHOT_FILE, &[&header, &body])
+    }
+}
+
+impl RaftSnapshotBuilder<MetaRaft> for MetaStateMachine {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<MetaRaft, Vec<u8>>, io::Error> {
+        let data = postcard::to_stdvec(&*self.state.borrow()).map_err(io::Error::other)?;
+        let meta = {
+            let a = self.applied.borrow();
+            SnapshotMetaOf::<MetaRaft> {
+                last_log_id: a.log_id,
+                last_membership: a.membership.clone(),
+            }
+        };
+        self.keep(&meta, &data)?;
+        Ok(SnapshotOf::<MetaRaft, Vec<u8>> {
+            meta,
+            snapshot: data,
+        })
+    }
+}
+
+impl RaftStateMachine<MetaRaft> for MetaStateMachine {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogIdOf<MetaRaft>>, StoredMembershipOf<MetaRaft>), io::Error> {
+        let a = self.applied.borrow();
+        Ok((a.log_id, a.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<MetaRaft>, io::Error>> + Unpin,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let log_id = entry.log_id();
+            match &entry.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Normal(command) => self.state.borrow_mut().apply(command),
+                EntryPayload::Membership(m) => {
+                    self.applied.borrow_mut().membership =
+                        StoredMembershipOf::<MetaRaft>::new(Some(log_id), m.clone());
+                }
+            }
+            self.applied.borrow_mut().log_id = Some(log_id);
+            if let Some(r) = responder {
+                r.send(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<MetaRaft>,
+        snapshot: Vec<u8>,
+    ) -> Result<(), io::Error> {
+        self.keep(meta, &snapshot)?;
+        self.load(meta, &snapshot)
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<MetaRaft, Vec<u8>>>, io::Error> {
+        let path = self.dir.join(SNAPSHOT_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let (meta, snapshot) = decode_snapshot_file(&path, &bytes)?;
+                Ok(Some(SnapshotOf::<MetaRaft, Vec<u8>> { meta, snapshot }))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
