@@ -178,10 +178,15 @@ pub struct RangeResult {
     pub count: usize,
 }
 
+/// A key, inline when short (most are: no allocation of its own).
+type Key = smallvec::SmallVec<[u8; 24]>;
+/// A key's versions, the first inline (most keys have one or few).
+type History = smallvec::SmallVec<[Version; 1]>;
+
 /// One shard's keys. See the module docs.
 #[derive(Debug)]
 pub struct Store {
-    keys: BTreeMap<Box<[u8]>, Vec<Version>>,
+    keys: BTreeMap<Key, History>,
     /// Newest revision applied.
     revision: i64,
     /// Reads below this revision fail with [`MvccError::Compacted`]; -1
@@ -442,7 +447,7 @@ impl Store {
     /// as an image at `upto`: what a cross-shard request needs from this shard
     /// to be evaluated elsewhere (see [`StoreImage::merge`]).
     pub fn export_ranges(&self, ranges: &[(Vec<u8>, RangeEnd)], upto: i64) -> StoreImage {
-        let mut keys: BTreeMap<&[u8], &Vec<Version>> = BTreeMap::new();
+        let mut keys: BTreeMap<&[u8], &History> = BTreeMap::new();
         for (key, end) in ranges {
             if !end.non_empty(key) {
                 continue;
@@ -469,9 +474,18 @@ impl Store {
         }
     }
 
+    /// [`Store::export_at`] as a serde value that borrows the store: encodes
+    /// the same bytes as the [`StoreImage`] would, without copying it first.
+    pub fn image_at(&self, revision: i64) -> StoreImageRef<'_> {
+        StoreImageRef {
+            store: self,
+            upto: revision,
+        }
+    }
+
     /// A store holding exactly `image`.
     pub fn import(image: StoreImage) -> Self {
-        let keys: BTreeMap<Box<[u8]>, Vec<Version>> = image
+        let keys: BTreeMap<Key, History> = image
             .keys
             .into_iter()
             .map(|(k, versions)| {
@@ -485,7 +499,7 @@ impl Store {
                         lease: v.lease,
                     })
                     .collect();
-                (k.into_boxed_slice(), history)
+                (Key::from_slice(&k), history)
             })
             .collect();
         let bytes = keys
@@ -549,6 +563,75 @@ impl Store {
 }
 
 /// The newest version at or below `at`, if it is live.
+/// See [`Store::image_at`]. Serializes exactly as [`StoreImage`].
+pub struct StoreImageRef<'a> {
+    store: &'a Store,
+    upto: i64,
+}
+
+impl serde::Serialize for StoreImageRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeSeq, SerializeStruct};
+        let upto = self.upto;
+        let kept = |h: &[Version]| h.partition_point(|v| v.mod_revision <= upto);
+        struct Versions<'v>(&'v [Version]);
+        impl serde::Serialize for Versions<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut seq = s.serialize_seq(Some(self.0.len()))?;
+                for v in self.0 {
+                    seq.serialize_element(&VersionRef(v))?;
+                }
+                seq.end()
+            }
+        }
+        struct VersionRef<'v>(&'v Version);
+        impl serde::Serialize for VersionRef<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let v = self.0;
+                let mut st = s.serialize_struct("VersionImage", 5)?;
+                st.serialize_field("mod_revision", &v.mod_revision)?;
+                st.serialize_field("create_revision", &v.create_revision)?;
+                st.serialize_field("version", &v.version)?;
+                st.serialize_field("value", &Bytes(&v.value))?;
+                st.serialize_field("lease", &v.lease)?;
+                st.end()
+            }
+        }
+        /// Bytes as a `Vec<u8>` serializes (a sequence of u8).
+        struct Bytes<'b>(&'b [u8]);
+        impl serde::Serialize for Bytes<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut seq = s.serialize_seq(Some(self.0.len()))?;
+                for b in self.0 {
+                    seq.serialize_element(b)?;
+                }
+                seq.end()
+            }
+        }
+        struct Keys<'k>(&'k Store, i64, usize);
+        impl serde::Serialize for Keys<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let upto = self.1;
+                let mut seq = s.serialize_seq(Some(self.2))?;
+                for (k, h) in &self.0.keys {
+                    let n = h.partition_point(|v| v.mod_revision <= upto);
+                    if n > 0 {
+                        // A pair serializes as its two elements, as the image's does.
+                        seq.serialize_element(&(Bytes(k), Versions(&h[..n])))?;
+                    }
+                }
+                seq.end()
+            }
+        }
+        let count = self.store.keys.values().filter(|h| kept(h) > 0).count();
+        let mut st = s.serialize_struct("StoreImage", 3)?;
+        st.serialize_field("revision", &upto.min(self.store.revision))?;
+        st.serialize_field("compacted", &self.store.compacted)?;
+        st.serialize_field("keys", &Keys(self.store, upto, count))?;
+        st.end()
+    }
+}
+
 fn visible(history: &[Version], at: i64) -> Option<&Version> {
     let i = history.partition_point(|v| v.mod_revision <= at);
     history[..i].last().filter(|v| !v.is_tombstone())

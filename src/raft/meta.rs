@@ -131,8 +131,8 @@ impl MetaStateMachine {
     }
 
     fn keep(&self, meta: &SnapshotMetaOf<MetaRaft>, data: &[u8]) -> io::Result<()> {
-        let (header, body) = encode_snapshot_file(meta, data)?;
-        write_durably(&self.dir, SNAPSHOT_FILE, &[&header, &body])
+        let (header, prefix) = encode_snapshot_file(meta, data)?;
+        write_durably(&self.dir, SNAPSHOT_FILE, &[&header, &prefix, data])
     }
 }
 

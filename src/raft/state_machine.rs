@@ -63,25 +63,35 @@ const SNAPSHOT_VERSION: u32 = 1;
 const SNAPSHOT_HEADER_BYTES: usize = 24;
 pub(crate) const SNAPSHOT_FILE: &str = "current.snap";
 
-/// [`SnapshotFile`] by reference: encodes the same bytes without copying the data.
-#[derive(serde::Serialize)]
-struct SnapshotFileRef<'a, M> {
-    meta: &'a M,
-    data: &'a [u8],
-}
-
-/// The file's header and body (written one after the other).
+/// The file's header and the body's beginning (the meta and the data's length);
+/// the data follows as is. Together they are the header and the postcard
+/// encoding of [`SnapshotFile`], without copying the data into it.
 pub(crate) fn encode_snapshot_file<M: serde::Serialize>(
     meta: &M,
     data: &[u8],
 ) -> io::Result<([u8; SNAPSHOT_HEADER_BYTES], Vec<u8>)> {
-    let body = postcard::to_stdvec(&SnapshotFileRef { meta, data }).map_err(io::Error::other)?;
+    let mut prefix = postcard::to_stdvec(meta).map_err(io::Error::other)?;
+    // postcard encodes a byte vector as its length (varint) and the bytes.
+    let mut len = data.len() as u64;
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            prefix.push(byte);
+            break;
+        }
+        prefix.push(byte | 0x80);
+    }
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&prefix);
+    crc.update(data);
+    let body_len = (prefix.len() + data.len()) as u64;
     let mut header = [0u8; SNAPSHOT_HEADER_BYTES];
     header[..8].copy_from_slice(SNAPSHOT_MAGIC);
     header[8..12].copy_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-    header[12..20].copy_from_slice(&(body.len() as u64).to_le_bytes());
-    header[20..24].copy_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    Ok((header, body))
+    header[12..20].copy_from_slice(&body_len.to_le_bytes());
+    header[20..24].copy_from_slice(&crc.finalize().to_le_bytes());
+    Ok((header, prefix))
 }
 
 pub(crate) fn decode_snapshot_file<M: serde::de::DeserializeOwned>(
@@ -130,6 +140,12 @@ pub(crate) fn write_durably(dir: &Path, name: &str, parts: &[&[u8]]) -> io::Resu
 #[derive(serde::Serialize, serde::Deserialize)]
 struct SnapshotImage {
     store: StoreImage,
+}
+
+/// [`SnapshotImage`] borrowing the store: the same bytes, no copy first.
+#[derive(serde::Serialize)]
+struct SnapshotImageRef<'a> {
+    store: crate::mvcc::store::StoreImageRef<'a>,
 }
 
 impl ShardStateMachine {
@@ -199,9 +215,8 @@ impl ShardStateMachine {
     fn keep(&self, meta: &SnapshotMetaOf<ShardRaft>, data: &[u8]) -> io::Result<()> {
         match &self.dir {
             Some(dir) => {
-                let (header, body) = encode_snapshot_file(meta, data)?;
-                write_durably(dir, SNAPSHOT_FILE, &[&header, &body])?;
-                drop(body);
+                let (header, prefix) = encode_snapshot_file(meta, data)?;
+                write_durably(dir, SNAPSHOT_FILE, &[&header, &prefix, data])?;
                 // Give the freed encoding buffers (as large as the store) back
                 // to the OS instead of keeping them in the allocator.
                 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -291,10 +306,13 @@ impl RaftSnapshotBuilder<ShardRaft> for ShardStateMachine {
             let a = self.applied.borrow();
             (a.log_id, a.membership.clone(), a.revision)
         };
-        let image = SnapshotImage {
-            store: self.store.borrow().export_at(revision),
+        let data = {
+            let store = self.store.borrow();
+            let image = SnapshotImageRef {
+                store: store.image_at(revision),
+            };
+            postcard::to_stdvec(&image).map_err(io::Error::other)?
         };
-        let data = postcard::to_stdvec(&image).map_err(io::Error::other)?;
         let meta = SnapshotMetaOf::<ShardRaft> {
             last_log_id: log_id,
             last_membership: membership,
@@ -369,5 +387,62 @@ impl RaftStateMachine<ShardRaft> for ShardStateMachine {
             None => self.applied.borrow().snapshot.clone(),
         };
         Ok(kept.map(|(meta, snapshot)| SnapshotOf::<ShardRaft, Vec<u8>> { meta, snapshot }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mvcc::Change;
+
+    fn put(k: &str, v: &str) -> Change {
+        Change::Put {
+            key: k.into(),
+            value: v.into(),
+            lease: 0,
+        }
+    }
+
+    #[test]
+    fn the_borrowed_image_encodes_exactly_as_the_copied_one() {
+        let mut s = Store::new();
+        s.apply(2, &[put("a", "1"), put("b", "2")]);
+        s.apply(3, &[put("a", "3")]);
+        s.apply(4, &[Change::Delete { key: "b".into() }]);
+        s.apply(6, &[put("c", "4"), put("a", "5")]);
+        s.compact(3).unwrap();
+        for upto in [3, 4, 5, 6, 9] {
+            let copied = postcard::to_stdvec(&SnapshotImage {
+                store: s.export_at(upto),
+            })
+            .unwrap();
+            let borrowed = postcard::to_stdvec(&SnapshotImageRef {
+                store: s.image_at(upto),
+            })
+            .unwrap();
+            assert_eq!(borrowed, copied, "at {upto}");
+            let back: SnapshotImage = postcard::from_bytes(&borrowed).unwrap();
+            assert_eq!(back.store, s.export_at(upto));
+        }
+    }
+
+    #[test]
+    fn the_file_written_in_pieces_reads_back_and_is_checked() {
+        let meta = SnapshotMetaOf::<ShardRaft>::default();
+        for len in [0usize, 5, 127, 128, 300, 20_000] {
+            let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let (header, prefix) = encode_snapshot_file(&meta, &data).unwrap();
+            let mut file = header.to_vec();
+            file.extend_from_slice(&prefix);
+            file.extend_from_slice(&data);
+            let path = Path::new("test.snap");
+            let (m, d): (SnapshotMetaOf<ShardRaft>, Vec<u8>) =
+                decode_snapshot_file(path, &file).unwrap();
+            assert_eq!((m, d), (meta.clone(), data.clone()), "{len} bytes");
+            let last = file.len() - 1;
+            file[last] ^= 1;
+            let err = decode_snapshot_file::<SnapshotMetaOf<ShardRaft>>(path, &file).unwrap_err();
+            assert!(err.to_string().contains("checksum mismatch"), "{err}");
+        }
     }
 }
