@@ -65,16 +65,7 @@ fn writers(url: String, round: usize, acked: Acked) -> std::thread::JoinHandle<(
 
 #[test]
 fn every_acknowledged_write_survives_sigkill() {
-    let seed: u64 = std::env::var("CAIRN_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    println!("CAIRN_CRASH_SEED={seed}");
+    let seed = common::seed("CAIRN_CRASH_SEED");
     let mut rng = seed | 1;
     let mut next = move || {
         rng ^= rng << 13;

@@ -14,17 +14,7 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
 fn seed() -> u64 {
-    let seed = std::env::var("CAIRN_SHARDS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    println!("CAIRN_SHARDS_SEED={seed}");
-    seed
+    common::seed("CAIRN_SHARDS_SEED")
 }
 
 const KEYS: [&str; 10] = [

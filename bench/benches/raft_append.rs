@@ -60,15 +60,8 @@ impl RaftThread {
                 }
                 let store = Rc::new(RefCell::new(Store::new()));
                 let sm = ShardStateMachine::new(store);
-                let config = openraft::Config {
-                    heartbeat_interval: 100,
-                    election_timeout_min: 300,
-                    election_timeout_max: 600,
-                    snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(100_000),
-                    ..Default::default()
-                }
-                .validate()
-                .expect("config");
+                // The shard's own Raft settings (`--snapshot-count` default).
+                let config = cairn::shard::raft_config(100_000).expect("config");
                 let raft: Raft<ShardRaft, ShardStateMachine> = Raft::new(
                     1,
                     Arc::new(config),

@@ -264,7 +264,8 @@ fn start(cfg: ShardConfig) -> Result<StartedShard, String> {
     })
 }
 
-fn raft_config(snapshot_count: u64) -> Result<openraft::Config, String> {
+/// The Raft settings of a shard group (`--snapshot-count` entries per snapshot).
+pub fn raft_config(snapshot_count: u64) -> Result<openraft::Config, String> {
     openraft::Config {
         cluster_name: "cairn".into(),
         heartbeat_interval: 100,
@@ -329,17 +330,9 @@ async fn run(
     )
     .await
     .map_err(|x| e("starting raft")(&x))?;
-    if !raft.is_initialized().await.map_err(|x| e("raft")(&x))? {
-        let members = BTreeMap::from([(cfg.member_id, BasicNode::new(cfg.peer_url.clone()))]);
-        raft.initialize(members)
-            .await
-            .map_err(|x| e("initializing raft")(&x))?;
-    }
-    let timeout = Some(Duration::from_secs(60));
-    raft.wait(timeout)
-        .current_leader(cfg.member_id, "becoming leader")
+    lead_alone(&raft, cfg.member_id, &cfg.peer_url)
         .await
-        .map_err(|x| e("waiting for leadership")(&x))?;
+        .map_err(|x| e("becoming leader")(&x))?;
     {
         // Publish the term as it changes.
         let term = cfg.raft_term.clone();
@@ -358,13 +351,7 @@ async fn run(
     // Replay: every committed entry applied before serving, except behind a
     // cross-shard part that waits for the other shards' logs (or for the
     // member to start: parts left incomplete by a crash are dropped then).
-    let committed = raft
-        .metrics()
-        .borrow_watched()
-        .local_committed
-        .map(|l| l.index);
-    raft.wait(None)
-        .applied_index_at_least(committed, "replaying the log")
+    replay(&raft, None)
         .await
         .map_err(|x| e("replaying the log")(&x))?;
     cfg.parts.replayed(cfg.id as u32, store.borrow().revision());
@@ -465,6 +452,43 @@ fn no_leases(_: i64) -> bool {
     false
 }
 
+/// Makes this member the group's only voter (the first time) and waits until
+/// it leads.
+async fn lead_alone<C, SM>(raft: &Raft<C, SM>, member_id: u64, peer_url: &str) -> Result<(), String>
+where
+    C: openraft::RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+    SM: openraft::storage::RaftStateMachine<C>,
+{
+    if !raft.is_initialized().await.map_err(|e| e.to_string())? {
+        let members = BTreeMap::from([(member_id, BasicNode::new(peer_url))]);
+        raft.initialize(members).await.map_err(|e| e.to_string())?;
+    }
+    raft.wait(Some(Duration::from_secs(60)))
+        .current_leader(member_id, "becoming leader")
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Waits until every entry committed at start is applied.
+async fn replay<C, SM>(raft: &Raft<C, SM>, timeout: Option<Duration>) -> Result<(), String>
+where
+    C: openraft::RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+    SM: openraft::storage::RaftStateMachine<C>,
+{
+    let committed = raft
+        .metrics()
+        .borrow_watched()
+        .local_committed
+        .as_ref()
+        .map(|l| l.index());
+    raft.wait(timeout)
+        .applied_index_at_least(committed, "replaying the log")
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// Starts the meta group on this core's WAL (DESIGN §2), replays it, and
 /// records this member in it if its record changed.
 async fn start_meta(
@@ -498,24 +522,8 @@ async fn start_meta(
     )
     .await
     .map_err(|e| e.to_string())?;
-    if !raft.is_initialized().await.map_err(|e| e.to_string())? {
-        let members = BTreeMap::from([(cfg.member_id, BasicNode::new(cfg.peer_url.clone()))]);
-        raft.initialize(members).await.map_err(|e| e.to_string())?;
-    }
-    let timeout = Some(Duration::from_secs(60));
-    raft.wait(timeout)
-        .current_leader(cfg.member_id, "meta leader")
-        .await
-        .map_err(|e| e.to_string())?;
-    let committed = raft
-        .metrics()
-        .borrow_watched()
-        .local_committed
-        .map(|l| l.index);
-    raft.wait(timeout)
-        .applied_index_at_least(committed, "replaying the meta log")
-        .await
-        .map_err(|e| e.to_string())?;
+    lead_alone(&raft, cfg.member_id, &cfg.peer_url).await?;
+    replay(&raft, Some(Duration::from_secs(60))).await?;
     if !sm.members().contains(&me) {
         raft.client_write(MetaCommand::PutMember(me))
             .await

@@ -265,3 +265,19 @@ impl Drop for Etcd {
         let _ = self.child.wait();
     }
 }
+
+/// A random seed from `var` if set (to replay a failure), else from the
+/// clock; printed either way.
+pub fn seed(var: &str) -> u64 {
+    let seed = std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!("{var}={seed}");
+    seed
+}
