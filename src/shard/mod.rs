@@ -35,6 +35,9 @@ use tokio::sync::oneshot;
 
 /// Bound on queued requests per shard; senders wait when it is full.
 pub const SHARD_QUEUE_MAX: usize = 4096;
+/// Bound on writes proposed but not yet answered per shard; the shard stops
+/// taking requests while it is reached.
+pub const SHARD_INFLIGHT_WRITES_MAX: u64 = 16384;
 
 /// What a write produced.
 #[derive(Debug)]
@@ -374,6 +377,7 @@ async fn run(
         None => None,
     };
 
+    let inflight = Rc::new(glommio::sync::Semaphore::new(SHARD_INFLIGHT_WRITES_MAX));
     let publish_bytes = || {
         gauges
             .bytes
@@ -382,7 +386,15 @@ async fn run(
     publish_bytes();
     while let Ok(msg) = rx.recv_async().await {
         match msg {
-            ShardMsg::Write { op, reply } => write(&raft, &store, &seq, op, reply).await,
+            ShardMsg::Write { op, reply } => {
+                // Acquired before proposing, released with the answer.
+                match inflight.acquire_static_permit(1).await {
+                    Ok(permit) => write(&raft, &store, &seq, op, reply, permit).await,
+                    Err(_) => {
+                        let _ = reply.send(Err(EtcdError::Stopped));
+                    }
+                }
+            }
             ShardMsg::Range { req, reply } => {
                 let store = store.borrow();
                 let _ = reply.send(
@@ -607,6 +619,7 @@ async fn write(
     seq: &Arc<SharedSequencer>,
     op: RequestOp,
     reply: oneshot::Sender<Result<WriteOutcome, EtcdError>>,
+    permit: glommio::sync::StaticPermit,
 ) {
     let evaluated = {
         let s = store.borrow();
@@ -651,6 +664,7 @@ async fn write(
     }
     let seq = seq.clone();
     glommio::spawn_local(async move {
+        let _permit = permit;
         match committed.await {
             Ok(_) => {
                 seq.commit(revision);
