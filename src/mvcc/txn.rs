@@ -248,17 +248,19 @@ impl<'a> Eval<'a> {
 
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, EvalError> {
         let end = RangeEnd::from_request(&req.range_end);
+        // etcd checks a txn's range revisions against the revision before the
+        // txn (its own is never readable by revision).
         if req.revision > self.current {
             return Err(MvccError::FutureRevision.into());
         }
-        // A shard sees only its own keys' revisions: a read above its newest
-        // one sees the same state.
-        let at = req.revision.min(self.store.revision());
-        let mut kvs = if req.revision > 0 && at != self.store.revision() {
-            // An explicit older revision reads history, not this request's writes.
+        let mut kvs = if req.revision > 0 && req.revision <= self.current {
+            // An explicit revision up to the member's newest reads history,
+            // never this request's writes. A shard sees only its own keys'
+            // revisions: a read above its newest one sees the same state.
+            let at = req.revision.min(self.store.revision());
             self.store.range(&req.key, &end, at, 0)?.kvs
         } else {
-            self.store.resolve(at)?;
+            self.store.resolve(0)?;
             self.live_range(&req.key, &end)
         };
         let count = kvs.len() as i64;
