@@ -1,8 +1,13 @@
-//! The client-facing API: etcd's error table and request validation (the
-//! tonic services and the HTTP gateway arrive with the server).
+//! The client-facing API, on the front (tokio) threads: every request is
+//! validated before it is routed to a shard or proposed, so a bad request
+//! changes nothing.
 //!
-//! Runs on the front (tokio) threads: everything here is checked before a
-//! request is routed to a shard or proposed, so a bad request changes nothing.
+//! - [`kv`]: the member as the front sees it, KV and Cluster services.
+//! - [`cross`]: requests whose keys span shards (DESIGN §2.1 point 4).
+//! - [`maintenance`]: Maintenance service, alarms, the space quota, snapshots.
+//! - [`gateway`], [`http`]: etcd's JSON gateway, health, version, metrics.
+//! - [`errors`], [`validate`], [`convert`]: etcd's error table, request rules,
+//!   protobuf ↔ MVCC types.
 
 pub mod convert;
 pub mod cross;

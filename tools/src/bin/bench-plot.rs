@@ -2,7 +2,7 @@
 //!
 //!     bench-plot --results bench/out/compare-etcd --out bench/plots
 //!
-//! Reads `<system>.<scenario>.<round>.json` (cairn-bench's last line) and
+//! Reads `<system>.<scenario>.<round>.json` files (cairn-bench's last line) and
 //! writes, from the median of the rounds:
 //! - `put-throughput.svg`: put requests/s against clients, etcd and cairn;
 //! - `latency.svg`: p50/p90/p99/p99.9 per scenario, etcd and cairn.
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 #[derive(Parser)]
 #[command(about = "Plot bench/compare-etcd.sh results as SVG")]
 struct Args {
-    /// Directory with <system>.<scenario>.<round>.json files.
+    /// Directory with `<system>.<scenario>.<round>.json` files.
     #[arg(long, default_value = "bench/out/compare-etcd")]
     results: PathBuf,
     /// Where to write the SVG files.
