@@ -217,14 +217,12 @@ impl MaintenanceService {
         out.extend_from_slice(&(m.shards.len() as u32).to_le_bytes());
         out.extend_from_slice(&revision.to_le_bytes());
         for shard in 0..m.shards.len() {
-            let image: StoreImage = m
+            let body = m
                 .ask(shard, |reply| ShardMsg::Image {
                     upto: revision,
                     reply,
                 })
-                .await?;
-            let body = postcard::to_stdvec(&image)
-                .map_err(|e| Status::internal(format!("encoding the snapshot: {e}")))?;
+                .await??;
             out.extend_from_slice(&(body.len() as u64).to_le_bytes());
             out.extend_from_slice(&body);
         }

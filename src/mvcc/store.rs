@@ -569,66 +569,214 @@ pub struct StoreImageRef<'a> {
     upto: i64,
 }
 
+/// A key's versions, serialized as `Vec<VersionImage>`.
+struct VersionsRef<'v>(&'v [Version]);
+
+impl serde::Serialize for VersionsRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for v in self.0 {
+            seq.serialize_element(&VersionRef(v))?;
+        }
+        seq.end()
+    }
+}
+
+/// One version, serialized as a [`VersionImage`].
+struct VersionRef<'v>(&'v Version);
+
+impl serde::Serialize for VersionRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let v = self.0;
+        let mut st = s.serialize_struct("VersionImage", 5)?;
+        st.serialize_field("mod_revision", &v.mod_revision)?;
+        st.serialize_field("create_revision", &v.create_revision)?;
+        st.serialize_field("version", &v.version)?;
+        st.serialize_field("value", &BytesRef(&v.value))?;
+        st.serialize_field("lease", &v.lease)?;
+        st.end()
+    }
+}
+
+/// Bytes, serialized as a `Vec<u8>` is (a sequence of u8).
+struct BytesRef<'b>(&'b [u8]);
+
+impl serde::Serialize for BytesRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for b in self.0 {
+            seq.serialize_element(b)?;
+        }
+        seq.end()
+    }
+}
+
+/// Every key with a version at or below `upto`, as the image's `keys` field.
+struct KeysRef<'k> {
+    store: &'k Store,
+    upto: i64,
+    count: usize,
+}
+
+impl serde::Serialize for KeysRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.count))?;
+        for (k, h) in &self.store.keys {
+            let n = h.partition_point(|v| v.mod_revision <= self.upto);
+            if n > 0 {
+                // A pair serializes as its two elements, as the image's does.
+                seq.serialize_element(&(BytesRef(k), VersionsRef(&h[..n])))?;
+            }
+        }
+        seq.end()
+    }
+}
+
 impl serde::Serialize for StoreImageRef<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::{SerializeSeq, SerializeStruct};
+        use serde::ser::SerializeStruct;
         let upto = self.upto;
-        let kept = |h: &[Version]| h.partition_point(|v| v.mod_revision <= upto);
-        struct Versions<'v>(&'v [Version]);
-        impl serde::Serialize for Versions<'_> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let mut seq = s.serialize_seq(Some(self.0.len()))?;
-                for v in self.0 {
-                    seq.serialize_element(&VersionRef(v))?;
-                }
-                seq.end()
-            }
-        }
-        struct VersionRef<'v>(&'v Version);
-        impl serde::Serialize for VersionRef<'_> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let v = self.0;
-                let mut st = s.serialize_struct("VersionImage", 5)?;
-                st.serialize_field("mod_revision", &v.mod_revision)?;
-                st.serialize_field("create_revision", &v.create_revision)?;
-                st.serialize_field("version", &v.version)?;
-                st.serialize_field("value", &Bytes(&v.value))?;
-                st.serialize_field("lease", &v.lease)?;
-                st.end()
-            }
-        }
-        /// Bytes as a `Vec<u8>` serializes (a sequence of u8).
-        struct Bytes<'b>(&'b [u8]);
-        impl serde::Serialize for Bytes<'_> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let mut seq = s.serialize_seq(Some(self.0.len()))?;
-                for b in self.0 {
-                    seq.serialize_element(b)?;
-                }
-                seq.end()
-            }
-        }
-        struct Keys<'k>(&'k Store, i64, usize);
-        impl serde::Serialize for Keys<'_> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let upto = self.1;
-                let mut seq = s.serialize_seq(Some(self.2))?;
-                for (k, h) in &self.0.keys {
-                    let n = h.partition_point(|v| v.mod_revision <= upto);
-                    if n > 0 {
-                        // A pair serializes as its two elements, as the image's does.
-                        seq.serialize_element(&(Bytes(k), Versions(&h[..n])))?;
-                    }
-                }
-                seq.end()
-            }
-        }
-        let count = self.store.keys.values().filter(|h| kept(h) > 0).count();
+        let count = self
+            .store
+            .keys
+            .values()
+            .filter(|h| h.first().is_some_and(|v| v.mod_revision <= upto))
+            .count();
         let mut st = s.serialize_struct("StoreImage", 3)?;
         st.serialize_field("revision", &upto.min(self.store.revision))?;
         st.serialize_field("compacted", &self.store.compacted)?;
-        st.serialize_field("keys", &Keys(self.store, upto, count))?;
+        st.serialize_field(
+            "keys",
+            &KeysRef {
+                store: self.store,
+                upto,
+                count,
+            },
+        )?;
         st.end()
+    }
+}
+
+/// Chunked images (snapshot data format 2), encoded a few thousand keys at a
+/// time so the shard core can serve requests in between:
+///
+/// ```text
+/// "CSI2" | revision i64 LE
+/// chunks: bytes u32 LE | keys u32 LE | keys × postcard((key, Vec<VersionImage>))
+/// end: 0u32 | 0u32
+/// compacted i64 LE (as of the last chunk: versions a compaction dropped while
+///                   chunks were taken are not needed at or above it)
+/// ```
+pub mod chunked {
+    use super::*;
+
+    pub const MAGIC: &[u8; 4] = b"CSI2";
+
+    /// Starts an image of the state at `revision`.
+    pub fn begin(out: &mut Vec<u8>, revision: i64) {
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&revision.to_le_bytes());
+    }
+
+    /// Appends a chunk of up to `max_keys` keys after `after`, with their
+    /// versions at or below `upto`. Returns the last key taken, or None when
+    /// no key is left (nothing appended).
+    pub fn chunk(
+        store: &Store,
+        after: Option<&[u8]>,
+        upto: i64,
+        max_keys: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, postcard::Error> {
+        let lower = match after {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Unbounded,
+        };
+        let header_at = out.len();
+        out.extend_from_slice(&[0u8; 8]);
+        let (mut taken, mut last) = (0u32, None);
+        for (k, h) in store
+            .keys
+            .range::<[u8], _>((lower, Bound::Unbounded))
+            .take(max_keys)
+        {
+            last = Some(k);
+            let n = h.partition_point(|v| v.mod_revision <= upto);
+            if n > 0 {
+                let entry = postcard::to_stdvec(&(BytesRef(k), VersionsRef(&h[..n])))?;
+                out.extend_from_slice(&entry);
+                taken += 1;
+            }
+        }
+        let Some(last) = last else {
+            out.truncate(header_at);
+            return Ok(None);
+        };
+        if taken == 0 {
+            // Only keys newer than `upto` here: no chunk (an empty one would
+            // read as the end), but the scan goes on after `last`.
+            out.truncate(header_at);
+            return Ok(Some(last.to_vec()));
+        }
+        let bytes = (out.len() - header_at - 8) as u32;
+        out[header_at..header_at + 4].copy_from_slice(&bytes.to_le_bytes());
+        out[header_at + 4..header_at + 8].copy_from_slice(&taken.to_le_bytes());
+        Ok(Some(last.to_vec()))
+    }
+
+    /// Ends the image with the store's compaction point now.
+    pub fn end(store: &Store, out: &mut Vec<u8>) {
+        out.extend_from_slice(&[0u8; 8]);
+        out.extend_from_slice(&store.compacted.to_le_bytes());
+    }
+
+    /// True if `data` is a chunked image.
+    pub fn is_chunked(data: &[u8]) -> bool {
+        data.starts_with(MAGIC)
+    }
+
+    /// Reads a chunked image back.
+    pub fn decode(data: &[u8]) -> Result<StoreImage, String> {
+        let bad = |why: &str| format!("chunked store image: {why}");
+        let take = |at: usize, n: usize| data.get(at..at + n).ok_or_else(|| bad("truncated"));
+        if !is_chunked(data) {
+            return Err(bad("bad magic"));
+        }
+        let revision = i64::from_le_bytes(take(4, 8)?.try_into().expect("8 bytes"));
+        let mut at = 12;
+        let mut keys = Vec::new();
+        loop {
+            let bytes = u32::from_le_bytes(take(at, 4)?.try_into().expect("4")) as usize;
+            let count = u32::from_le_bytes(take(at + 4, 4)?.try_into().expect("4"));
+            at += 8;
+            if bytes == 0 && count == 0 {
+                break;
+            }
+            let mut rest = take(at, bytes)?;
+            for _ in 0..count {
+                let (entry, tail): ((Vec<u8>, Vec<VersionImage>), &[u8]) =
+                    postcard::take_from_bytes(rest).map_err(|e| bad(&e.to_string()))?;
+                keys.push(entry);
+                rest = tail;
+            }
+            if !rest.is_empty() {
+                return Err(bad("chunk longer than its keys"));
+            }
+            at += bytes;
+        }
+        let compacted = i64::from_le_bytes(take(at, 8)?.try_into().expect("8 bytes"));
+        if at + 8 != data.len() {
+            return Err(bad("trailing bytes"));
+        }
+        Ok(StoreImage {
+            revision,
+            compacted,
+            keys,
+        })
     }
 }
 
@@ -651,6 +799,26 @@ fn to_kv(key: &[u8], v: &Version) -> KeyValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_borrowed_image_encodes_exactly_as_the_copied_one() {
+        let mut s = Store::new();
+        let put = |k: &str, v: &str| Change::Put {
+            key: k.into(),
+            value: v.into(),
+            lease: 0,
+        };
+        s.apply(2, &[put("a", "1"), put("b", "2")]);
+        s.apply(3, &[put("a", "3")]);
+        s.apply(4, &[Change::Delete { key: "b".into() }]);
+        s.apply(6, &[put("c", "4"), put("a", "5")]);
+        s.compact(3).unwrap();
+        for upto in [3, 4, 5, 6, 9] {
+            let copied = postcard::to_stdvec(&s.export_at(upto)).unwrap();
+            let borrowed = postcard::to_stdvec(&s.image_at(upto)).unwrap();
+            assert_eq!(borrowed, copied, "at {upto}");
+        }
+    }
 
     fn put(k: &str, v: &str) -> Change {
         Change::Put {

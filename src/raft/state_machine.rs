@@ -15,11 +15,13 @@
 
 use super::parts::{Decision, PartBook};
 use super::types::{ShardCommand, ShardRaft};
+use crate::mvcc::store::chunked;
 use crate::mvcc::{Store, StoreImage};
 use futures::{Stream, TryStreamExt};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::type_config::TypeConfigExt;
 use openraft::EntryPayload;
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -137,15 +139,47 @@ pub(crate) fn write_durably(dir: &Path, name: &str, parts: &[&[u8]]) -> io::Resu
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Keys encoded per step of a snapshot build.
+const SNAPSHOT_CHUNK_KEYS: usize = 4096;
+
+/// Resolves on its second poll: lets the executor run other tasks.
+struct YieldNow(bool);
+
+impl std::future::Future for YieldNow {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
+/// Writes the snapshot file durably, then returns freed heap to the OS (the
+/// encoding buffers are as large as the store).
+fn write_snapshot_file(
+    dir: &Path,
+    meta: &SnapshotMetaOf<ShardRaft>,
+    data: &[u8],
+) -> io::Result<()> {
+    let (header, prefix) = encode_snapshot_file(meta, data)?;
+    write_durably(dir, SNAPSHOT_FILE, &[&header, &prefix, data])?;
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    Ok(())
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct SnapshotImage {
     store: StoreImage,
-}
-
-/// [`SnapshotImage`] borrowing the store: the same bytes, no copy first.
-#[derive(serde::Serialize)]
-struct SnapshotImageRef<'a> {
-    store: crate::mvcc::store::StoreImageRef<'a>,
 }
 
 impl ShardStateMachine {
@@ -196,10 +230,16 @@ impl ShardStateMachine {
 
     /// Replaces the state with a snapshot's.
     fn load(&self, meta: &SnapshotMetaOf<ShardRaft>, snapshot: Vec<u8>) -> io::Result<()> {
-        let image: SnapshotImage = postcard::from_bytes(&snapshot)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let revision = image.store.revision;
-        *self.store.borrow_mut() = Store::import(image.store);
+        let image = if chunked::is_chunked(&snapshot) {
+            chunked::decode(&snapshot).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+        } else {
+            // Format 1: one postcard image (written by earlier versions).
+            postcard::from_bytes::<SnapshotImage>(&snapshot)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+                .store
+        };
+        let revision = image.revision;
+        *self.store.borrow_mut() = Store::import(image);
         let mut a = self.applied.borrow_mut();
         a.log_id = meta.last_log_id;
         a.membership = meta.last_membership.clone();
@@ -214,18 +254,7 @@ impl ShardStateMachine {
     /// the store already holds that state), else in memory.
     fn keep(&self, meta: &SnapshotMetaOf<ShardRaft>, data: &[u8]) -> io::Result<()> {
         match &self.dir {
-            Some(dir) => {
-                let (header, prefix) = encode_snapshot_file(meta, data)?;
-                write_durably(dir, SNAPSHOT_FILE, &[&header, &prefix, data])?;
-                // Give the freed encoding buffers (as large as the store) back
-                // to the OS instead of keeping them in the allocator.
-                #[cfg(all(target_os = "linux", target_env = "gnu"))]
-                // SAFETY: malloc_trim only releases free heap memory.
-                unsafe {
-                    libc::malloc_trim(0);
-                }
-                Ok(())
-            }
+            Some(dir) => write_snapshot_file(dir, meta, data),
             None => {
                 self.applied.borrow_mut().snapshot = Some((meta.clone(), data.to_vec()));
                 Ok(())
@@ -306,19 +335,47 @@ impl RaftSnapshotBuilder<ShardRaft> for ShardStateMachine {
             let a = self.applied.borrow();
             (a.log_id, a.membership.clone(), a.revision)
         };
-        let data = {
-            let store = self.store.borrow();
-            let image = SnapshotImageRef {
-                store: store.image_at(revision),
-            };
-            postcard::to_stdvec(&image).map_err(io::Error::other)?
-        };
+        // Encoded a chunk of keys at a time, yielding in between: the shard
+        // keeps serving while a large store is encoded. Versions above
+        // `revision` (written meanwhile) are left out; see `chunked`.
+        let mut data = Vec::new();
+        chunked::begin(&mut data, revision);
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let last = chunked::chunk(
+                &self.store.borrow(),
+                after.as_deref(),
+                revision,
+                SNAPSHOT_CHUNK_KEYS,
+                &mut data,
+            )
+            .map_err(io::Error::other)?;
+            match last {
+                Some(k) => after = Some(k),
+                None => break,
+            }
+            YieldNow(false).await;
+        }
+        chunked::end(&self.store.borrow(), &mut data);
         let meta = SnapshotMetaOf::<ShardRaft> {
             last_log_id: log_id,
             last_membership: membership,
         };
-        // Durable before openraft may purge the log behind it.
-        self.keep(&meta, &data)?;
+        // Durable before openraft may purge the log behind it; the file is
+        // written on a blocking thread, off the shard core.
+        let data = match &self.dir {
+            Some(dir) => {
+                let (dir, m) = (dir.as_ref().clone(), meta.clone());
+                ShardRaft::spawn_blocking(move || {
+                    write_snapshot_file(&dir, &m, &data).map(|()| data)
+                })
+                .await??
+            }
+            None => {
+                self.keep(&meta, &data)?;
+                data
+            }
+        };
         Ok(SnapshotOf::<ShardRaft, Vec<u8>> {
             meta,
             snapshot: data,
@@ -404,25 +461,66 @@ mod tests {
     }
 
     #[test]
-    fn the_borrowed_image_encodes_exactly_as_the_copied_one() {
+    fn a_chunked_image_taken_while_the_store_changes_is_the_state_at_its_revision() {
         let mut s = Store::new();
-        s.apply(2, &[put("a", "1"), put("b", "2")]);
-        s.apply(3, &[put("a", "3")]);
-        s.apply(4, &[Change::Delete { key: "b".into() }]);
-        s.apply(6, &[put("c", "4"), put("a", "5")]);
-        s.compact(3).unwrap();
-        for upto in [3, 4, 5, 6, 9] {
-            let copied = postcard::to_stdvec(&SnapshotImage {
-                store: s.export_at(upto),
-            })
-            .unwrap();
-            let borrowed = postcard::to_stdvec(&SnapshotImageRef {
-                store: s.image_at(upto),
-            })
-            .unwrap();
-            assert_eq!(borrowed, copied, "at {upto}");
-            let back: SnapshotImage = postcard::from_bytes(&borrowed).unwrap();
-            assert_eq!(back.store, s.export_at(upto));
+        for i in 0..50 {
+            s.apply(i + 2, &[put(&format!("k{i:03}"), "v")]);
+        }
+        s.apply(60, &[Change::Delete { key: "k010".into() }]);
+        let at = s.revision();
+        let want = s.export_at(at);
+        let mut data = Vec::new();
+        chunked::begin(&mut data, at);
+        let mut after: Option<Vec<u8>> = None;
+        let mut rev = at;
+        while let Some(k) = chunked::chunk(&s, after.as_deref(), at, 7, &mut data).unwrap() {
+            after = Some(k);
+            // Between chunks: new keys before and after the cursor, and
+            // changes to existing ones, all above `at`.
+            rev += 1;
+            s.apply(
+                rev,
+                &[
+                    put("a-new", "x"),
+                    put("k049", "changed"),
+                    put(&format!("z{rev}"), "x"),
+                ],
+            );
+        }
+        chunked::end(&s, &mut data);
+        assert_eq!(chunked::decode(&data).unwrap(), want);
+        assert!(
+            chunked::decode(&data[..data.len() - 1]).is_err(),
+            "truncated"
+        );
+    }
+
+    #[test]
+    fn a_compaction_between_chunks_keeps_the_image_readable_at_its_compaction_point() {
+        let mut s = Store::new();
+        for i in 0..20 {
+            s.apply(2 * i + 2, &[put(&format!("k{i:02}"), "1")]);
+            s.apply(2 * i + 3, &[put(&format!("k{i:02}"), "2")]);
+        }
+        let at = s.revision();
+        let mut data = Vec::new();
+        chunked::begin(&mut data, at);
+        let first = chunked::chunk(&s, None, at, 5, &mut data).unwrap();
+        s.compact(30).unwrap();
+        let mut after = first;
+        while let Some(k) = chunked::chunk(&s, after.as_deref(), at, 5, &mut data).unwrap() {
+            after = Some(k);
+        }
+        chunked::end(&s, &mut data);
+        let image = chunked::decode(&data).unwrap();
+        assert_eq!(image.compacted, 30);
+        let restored = Store::import(image);
+        for read_at in [30, 35, at] {
+            assert_eq!(
+                restored.hash_kv(read_at).unwrap(),
+                s.hash_kv(read_at).unwrap(),
+                "same state at {read_at}"
+            );
         }
     }
 

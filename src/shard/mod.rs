@@ -78,10 +78,11 @@ pub enum ShardMsg {
     Members {
         reply: oneshot::Sender<Option<Vec<MemberRecord>>>,
     },
-    /// The shard's histories up to `upto` (Maintenance.Snapshot).
+    /// The shard's histories up to `upto`, postcard-encoded as a
+    /// [`StoreImage`] (Maintenance.Snapshot).
     Image {
         upto: i64,
-        reply: oneshot::Sender<StoreImage>,
+        reply: oneshot::Sender<Result<Vec<u8>, EtcdError>>,
     },
     /// Take a snapshot now, so the WAL behind it is reclaimed (Defragment).
     Snapshot {
@@ -437,7 +438,11 @@ async fn run(
                 }
             }
             ShardMsg::Image { upto, reply } => {
-                let _ = reply.send(store.borrow().export_at(upto));
+                let encoded = postcard::to_stdvec(&store.borrow().image_at(upto));
+                let _ = reply.send(encoded.map_err(|e| {
+                    eprintln!("cairn: shard: encoding a snapshot image: {e}");
+                    EtcdError::Stopped
+                }));
             }
             ShardMsg::Snapshot { reply } => {
                 let _ = reply.send(snapshot_now(&raft).await);
