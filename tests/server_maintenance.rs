@@ -43,6 +43,13 @@ fn the_quota_raises_nospace_which_refuses_puts_until_disarmed() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("database space exceeded"));
     let txn = etcdctl(&e, &["txn"], Some("\nput small x\n\n\n"));
     assert!(String::from_utf8_lossy(&txn.stderr).contains("database space exceeded"));
+    // As etcd: a txn without puts is refused too while the store is at the quota.
+    let txn = etcdctl(&e, &["txn"], Some("\ndel k002\n\n\n"));
+    assert!(String::from_utf8_lossy(&txn.stderr).contains("database space exceeded"));
+    assert_eq!(
+        ok(&e, &["get", "k002", "--print-value-only"]),
+        format!("{value}\n")
+    );
     assert!(ok(&e, &["alarm", "list"]).contains("alarm:NOSPACE"));
     let st = status(&e);
     assert!(st["dbSize"].as_i64().unwrap() > 30_000, "{st}");

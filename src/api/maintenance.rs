@@ -9,9 +9,10 @@
 //!   version not compacted away) is what `Status.dbSize` reports and
 //!   `--quota-backend-bytes` limits (0: etcd's default, 2 GiB). A put or a
 //!   txn that would take the size to the quota raises the NOSPACE alarm and
-//!   fails with etcd's "database space exceeded"; while NOSPACE is raised,
-//!   every put and txn with a put fails the same way, reads and deletes work.
-//!   Compact, then `etcdctl alarm disarm`, as with etcd.
+//!   fails with etcd's "database space exceeded" (a txn without puts too,
+//!   while the size is at the quota); while NOSPACE is raised, every put and
+//!   txn with a put fails the same way; reads and DeleteRange work. Compact,
+//!   then `etcdctl alarm disarm`, as with etcd.
 //! - `Defragment`: cairn's store is in memory and compaction frees its space
 //!   at once; defragment makes every shard write a fresh snapshot so the WAL
 //!   behind it is reclaimed on disk.
@@ -149,13 +150,13 @@ impl Member {
         self.shards.iter().map(|s| s.bytes()).sum()
     }
 
-    /// The space quota check before a write that puts `cost` bytes (0: a
-    /// write without puts, which is never refused).
+    /// The space quota check before a Put or a Txn that puts `cost` bytes,
+    /// as etcd's: while NOSPACE is raised, anything that puts is refused; a
+    /// request is also refused (raising NOSPACE) when the size plus its cost
+    /// reaches the quota — a txn without puts too, as long as the store is
+    /// that large. DeleteRange is never checked.
     pub fn check_quota(&self, cost: u64) -> Result<(), Status> {
-        if cost == 0 {
-            return Ok(());
-        }
-        if self.alarms.nospace() {
+        if cost > 0 && self.alarms.nospace() {
             return Err(EtcdError::NoSpace.status());
         }
         if self.db_size() + cost >= self.quota_bytes {
