@@ -122,19 +122,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
         started.into_iter().map(|s| s.serve(seq.clone())).unzip();
 
     let member = Arc::new(Member {
-        name: cfg.name.clone(),
         member_id,
         cluster_id: cfg.cluster_id(),
-        peer_urls: cfg
-            .initial_advertise_peer_urls
-            .split(',')
-            .map(String::from)
-            .collect(),
-        client_urls: cfg
-            .advertise_client_urls
-            .split(',')
-            .map(String::from)
-            .collect(),
         shards: handles.clone(),
         seq,
         max_txn_ops: cfg.max_txn_ops,

@@ -5,7 +5,7 @@
 //! included.
 
 use cairn::mvcc::txn::{
-    stamp, Compare, CompareResult, CompareTarget, DeleteRangeRequest, Eval, PutRequest,
+    no_leases, stamp, Compare, CompareResult, CompareTarget, DeleteRangeRequest, Eval, PutRequest,
     RangeRequest, RequestOp, ResponseOp, TxnRequest,
 };
 use cairn::mvcc::{KeyValue, MvccError, RangeEnd, Store};
@@ -128,10 +128,6 @@ fn end_of(key_byte: u8, end: Option<u8>) -> (Vec<u8>, RangeEnd) {
             (key(e), RangeEnd::Until(key(e)))
         }
     }
-}
-
-fn no_leases(_: i64) -> bool {
-    false
 }
 
 /// Applies an evaluated request to both sides; returns the revision used.

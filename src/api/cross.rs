@@ -20,7 +20,7 @@
 
 use super::kv::{shard_of, Member};
 use super::EtcdError;
-use crate::mvcc::txn::{self as m, Eval};
+use crate::mvcc::txn::{self as m, no_leases, Eval};
 use crate::mvcc::{Change, RangeEnd, Store, StoreImage};
 use crate::shard::{LatchCtl, ShardMsg, WriteOutcome};
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,11 +29,14 @@ use tokio::sync::oneshot;
 use tonic::Status;
 
 /// The shards that own any key in `touched` (key, range_end pairs).
-pub fn shards_touched(touched: &[(Vec<u8>, Vec<u8>)], shards: usize) -> BTreeSet<usize> {
+pub fn shards_touched<K: AsRef<[u8]>, E: AsRef<[u8]>>(
+    touched: &[(K, E)],
+    shards: usize,
+) -> BTreeSet<usize> {
     let mut out = BTreeSet::new();
     for (key, range_end) in touched {
-        if range_end.is_empty() {
-            out.insert(shard_of(key, shards));
+        if range_end.as_ref().is_empty() {
+            out.insert(shard_of(key.as_ref(), shards));
         } else {
             return (0..shards).collect();
         }
@@ -48,10 +51,6 @@ fn split(changes: Vec<Change>, shards: usize) -> BTreeMap<usize, Vec<Change>> {
         parts.entry(shard_of(c.key(), shards)).or_default().push(c);
     }
     parts
-}
-
-fn no_leases(_: i64) -> bool {
-    false
 }
 
 impl Member {

@@ -14,7 +14,6 @@ use crate::sequencer::SharedSequencer;
 use crate::shard::{ShardHandle, ShardMsg, ShardStatus, WriteOutcome};
 use cairn_proto::etcdserverpb as pb;
 use prost::Message;
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
@@ -23,12 +22,10 @@ use tonic::{Request, Response, Status};
 pub const ETCD_API_VERSION: &str = "3.4.0";
 
 /// A running member, shared by the front threads.
+/// (Its name and URLs are in the meta group: see `ClusterService`.)
 pub struct Member {
-    pub name: String,
     pub member_id: u64,
     pub cluster_id: u64,
-    pub peer_urls: Vec<String>,
-    pub client_urls: Vec<String>,
     pub shards: Vec<ShardHandle>,
     pub seq: Arc<SharedSequencer>,
     pub max_txn_ops: usize,
@@ -66,18 +63,8 @@ impl Member {
     }
 
     /// The shards a request touches: None = all of them.
-    fn route(&self, keys: &[(&[u8], &[u8])]) -> Option<usize> {
-        let n = self.shards.len();
-        if n == 1 {
-            return Some(0);
-        }
-        let mut owners = BTreeSet::new();
-        for (key, range_end) in keys {
-            if !range_end.is_empty() {
-                return None;
-            }
-            owners.insert(shard_of(key, n));
-        }
+    fn route<K: AsRef<[u8]>, E: AsRef<[u8]>>(&self, keys: &[(K, E)]) -> Option<usize> {
+        let owners = super::cross::shards_touched(keys, self.shards.len());
         match owners.len() {
             0 | 1 => owners.first().copied().or(Some(0)),
             _ => None,
@@ -306,11 +293,7 @@ impl pb::kv_server::Kv for KvService {
         let t = convert::txn_request(&r)?;
         let mut keys = Vec::new();
         txn_keys(&t, &mut keys);
-        let refs: Vec<(&[u8], &[u8])> = keys
-            .iter()
-            .map(|(k, e)| (k.as_slice(), e.as_slice()))
-            .collect();
-        let out = match self.0.route(&refs) {
+        let out = match self.0.route(&keys) {
             Some(shard) => self.0.write(shard, m::RequestOp::Txn(t)).await?,
             None => self.0.write_across(m::RequestOp::Txn(t), keys).await?,
         };

@@ -32,6 +32,7 @@
 use super::kv::{Member, ETCD_API_VERSION};
 use super::EtcdError;
 use crate::mvcc::StoreImage;
+use crate::raft::state_machine::write_durably;
 use crate::shard::ShardMsg;
 use cairn_proto::etcdserverpb as pb;
 use pb::alarm_request::AlarmAction;
@@ -54,7 +55,8 @@ const ALARMS_FILE: &str = "alarms";
 
 /// The member's raised alarms, kept durably in the data dir.
 pub struct Alarms {
-    path: PathBuf,
+    /// The data dir, which holds the alarms file.
+    dir: PathBuf,
     active: Mutex<BTreeSet<(u64, i32)>>,
     /// Whether NOSPACE is raised (read on every put).
     nospace: AtomicBool,
@@ -84,11 +86,10 @@ impl Alarms {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(format!("{}: {e}", path.display())),
         }
-        let nospace = active.iter().any(|(_, a)| *a == AlarmType::Nospace as i32);
         Ok(Self {
-            path,
+            dir: dir.to_path_buf(),
+            nospace: AtomicBool::new(has_nospace(&active)),
             active: Mutex::new(active),
-            nospace: AtomicBool::new(nospace),
         })
     }
 
@@ -120,28 +121,16 @@ impl Alarms {
                 format!("{m:x} {name}\n")
             })
             .collect();
-        write_durably(&self.path, text.as_bytes())
+        write_durably(&self.dir, ALARMS_FILE, &[text.as_bytes()])
             .map_err(|e| Status::internal(format!("keeping alarms: {e}")))?;
-        self.nospace.store(
-            next.iter().any(|(_, a)| *a == AlarmType::Nospace as i32),
-            Ordering::Relaxed,
-        );
+        self.nospace.store(has_nospace(&next), Ordering::Relaxed);
         *active = next;
         Ok(())
     }
 }
 
-fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+fn has_nospace(alarms: &BTreeSet<(u64, i32)>) -> bool {
+    alarms.iter().any(|(_, a)| *a == AlarmType::Nospace as i32)
 }
 
 impl Member {

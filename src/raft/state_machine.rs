@@ -23,7 +23,7 @@ use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::type_config::TypeConfigExt;
 use openraft::EntryPayload;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -50,8 +50,6 @@ pub struct ShardStateMachine {
     /// Decides cross-shard parts (None: parts apply at once, for tests of a
     /// lone shard).
     parts: Option<(Arc<PartBook>, u32)>,
-    /// The revision of the part apply is waiting on, if any.
-    holding: Rc<Cell<Option<i64>>>,
 }
 
 /// What a snapshot file holds: openraft's snapshot meta (`M`) and the image.
@@ -239,7 +237,6 @@ impl ShardStateMachine {
             applied: Rc::default(),
             dir: None,
             parts: None,
-            holding: Rc::default(),
         }
     }
 
@@ -247,12 +244,6 @@ impl ShardStateMachine {
     pub fn with_parts(mut self, book: Arc<PartBook>, shard: u32) -> Self {
         self.parts = Some((book, shard));
         self
-    }
-
-    /// The revision of the cross-shard part that apply is holding (waiting
-    /// for the other participants' logs), if any.
-    pub fn holding(&self) -> Option<i64> {
-        self.holding.get()
     }
 
     /// A state machine keeping snapshots in `dir`, starting from the one
@@ -264,7 +255,6 @@ impl ShardStateMachine {
             applied: Rc::default(),
             dir: Some(Rc::new(dir)),
             parts: None,
-            holding: Rc::default(),
         };
         match std::fs::read(&path) {
             Ok(bytes) => {
@@ -355,11 +345,8 @@ impl ShardStateMachine {
                 let decision = if *revision <= self.store.borrow().revision() {
                     None
                 } else if let Some((book, shard)) = &self.parts {
-                    self.holding.set(Some(*revision));
                     let store = self.store.borrow().revision();
-                    let d = book.hold(*shard, *revision, participants, store).await;
-                    self.holding.set(None);
-                    Some(d)
+                    Some(book.hold(*shard, *revision, participants, store).await)
                 } else {
                     Some(Decision::Apply)
                 };

@@ -10,7 +10,9 @@
 //! names the revision its evaluation saw, and the front waits for C to reach it.
 
 use crate::api::EtcdError;
-use crate::mvcc::txn::{stamp, Eval, RangeRequest, RangeResponse, RequestOp, ResponseOp};
+use crate::mvcc::txn::{
+    no_leases, stamp, Eval, RangeRequest, RangeResponse, RequestOp, ResponseOp,
+};
 use crate::mvcc::{Change, RangeEnd, Store, StoreImage};
 use crate::raft::log_store::WalLogStore;
 use crate::raft::meta::{MemberRecord, MetaCommand, MetaRaft, MetaStateMachine, META_GROUP};
@@ -463,10 +465,6 @@ async fn run(
         publish_bytes();
     }
     Ok(())
-}
-
-fn no_leases(_: i64) -> bool {
-    false
 }
 
 /// Makes this member the group's only voter (the first time) and waits until
