@@ -49,15 +49,7 @@ impl RaftThread {
                     .await
                     .expect("open");
                 let wal = Rc::new(wal);
-                {
-                    let wal = wal.clone();
-                    glommio::spawn_local(async move {
-                        while wal.maintain().await.is_ok() {
-                            glommio::timer::sleep(Duration::from_millis(50)).await;
-                        }
-                    })
-                    .detach();
-                }
+                cairn::shard::spawn_wal_upkeep(wal.clone());
                 let store = Rc::new(RefCell::new(Store::new()));
                 let sm = ShardStateMachine::new(store);
                 // The shard's own Raft settings (`--snapshot-count` default).

@@ -270,6 +270,17 @@ fn start(cfg: ShardConfig) -> Result<StartedShard, String> {
     })
 }
 
+/// Runs the WAL's upkeep off the write path every 50 ms (reclaim segments,
+/// prepare the next one) until the WAL fails.
+pub fn spawn_wal_upkeep(wal: Rc<Wal<DmaStorage>>) {
+    glommio::spawn_local(async move {
+        while wal.maintain().await.is_ok() {
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .detach();
+}
+
 /// The Raft settings of a shard group (`--snapshot-count` entries per snapshot).
 pub fn raft_config(snapshot_count: u64) -> Result<openraft::Config, String> {
     openraft::Config {
@@ -311,16 +322,7 @@ async fn run(
         .map_err(|x| e("opening the WAL")(&x))?;
     let wal = Rc::new(wal);
     let _ = gauges.wal_fsync.set(wal.fsync_histogram());
-    {
-        // Upkeep off the write path: reclaim segments, prepare the next one.
-        let wal = wal.clone();
-        glommio::spawn_local(async move {
-            while wal.maintain().await.is_ok() {
-                glommio::timer::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .detach();
-    }
+    spawn_wal_upkeep(wal.clone());
     let store = Rc::new(RefCell::new(Store::new()));
     let sm = ShardStateMachine::open(store.clone(), cfg.dir.join("snapshots"))
         .map_err(|x| e("loading the snapshot")(&x))?
