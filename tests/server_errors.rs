@@ -8,7 +8,7 @@ use cairn_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUni
 use cairn_proto::etcdserverpb::kv_client::KvClient;
 use cairn_proto::etcdserverpb::request_op::Request;
 use cairn_proto::etcdserverpb::*;
-use common::{Cairn, Etcd};
+use common::Cairn;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -190,7 +190,7 @@ async fn run(url: String) -> (Vec<(&'static str, tonic::Status)>, i64, i64) {
 fn bad_requests_get_etcds_errors_and_change_nothing() {
     let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let cairn = Cairn::start(base.path(), 2);
-    let etcd = Etcd::start();
+    let etcd = common::etcd();
     let rt = common::rt();
     let (ours, before, after) = rt.block_on(run(cairn.url()));
     assert_eq!(before, after, "no bad request consumed a revision");

@@ -65,7 +65,7 @@ fn norm(v: &mut Value) {
 
 #[test]
 fn the_kv_gateway_answers_like_etcds() {
-    let etcd = common::Etcd::start();
+    let etcd = common::etcd();
     let etcd_endpoint = etcd.url.trim_start_matches("http://").to_string();
     let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let c = Cairn::start(base.path(), 2);

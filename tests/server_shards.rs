@@ -257,7 +257,7 @@ fn header_revision(answer: &str) -> Option<i64> {
 fn one_and_three_shards_answer_exactly_like_etcd() {
     let seed = seed();
     let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let etcd = common::Etcd::start();
+    let etcd = common::etcd();
     let one = Cairn::start(base.path(), 1);
     let three = Cairn::start(base.path(), 3);
     let rt = common::rt();

@@ -4,18 +4,11 @@
 
 use cairn_proto::etcdserverpb::kv_client::KvClient;
 use cairn_proto::etcdserverpb::RangeRequest;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use cairn_tools::etcd::{free_port, Etcd};
 
 /// A running cairn member.
 pub struct Cairn {
@@ -216,54 +209,10 @@ pub fn ok(endpoint: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// A real etcd 3.4 (Debian's etcd-server), for side-by-side checks.
-pub struct Etcd {
-    child: Child,
-    pub url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Etcd {
-    pub fn start() -> Etcd {
-        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        let (client, peer) = (free_port(), free_port());
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .args(["--name", "ref", "--data-dir"])
-            .arg(dir.path().join("etcd"))
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
-            .args(["--initial-cluster", &format!("ref={peer_url}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("`etcd` not found: run tools/test.sh, which installs Debian's etcd-server");
-        let etcd = Etcd {
-            child,
-            url,
-            _dir: dir,
-        };
-        wait_serving(&etcd.url, Duration::from_secs(30), || {});
-        etcd
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A real etcd 3.4 (Debian's etcd-server) for side-by-side checks, with its
+/// data under this crate's target tmp dir.
+pub fn etcd() -> Etcd {
+    Etcd::start_in(Path::new(env!("CARGO_TARGET_TMPDIR")))
 }
 
 /// A random seed from `var` if set (to replay a failure), else from the

@@ -5,69 +5,12 @@
 
 use cairn_proto::etcdserverpb::kv_client::KvClient;
 use cairn_proto::etcdserverpb::RangeRequest;
+use cairn_tools::etcd::{free_port, Etcd};
 use cairn_tools::loadgen::keys::key_bytes;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// An etcd process, killed (by its PID) when dropped.
-struct Etcd {
-    child: Child,
-    client_url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use std::process::Command;
 
 fn start_etcd() -> Etcd {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let (client, peer) = (free_port(), free_port());
-    let client_url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new("etcd")
-        .args(["--name", "lg", "--data-dir"])
-        .arg(dir.path().join("etcd"))
-        .args([
-            "--listen-client-urls",
-            &client_url,
-            "--advertise-client-urls",
-            &client_url,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-        ])
-        .args(["--initial-cluster", &format!("lg={peer_url}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("`etcd` not found: run tools/test.sh, which installs Debian's etcd-server");
-    let etcd = Etcd {
-        child,
-        client_url,
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while rt().block_on(count(&etcd, b"\0", b"\0")).is_err() {
-        assert!(Instant::now() < deadline, "etcd did not start within 30 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    etcd
+    Etcd::start_in(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")))
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -78,7 +21,7 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 async fn count(etcd: &Etcd, key: &[u8], end: &[u8]) -> Result<i64, Box<dyn std::error::Error>> {
-    let mut kv = KvClient::connect(etcd.client_url.clone()).await?;
+    let mut kv = KvClient::connect(etcd.url.clone()).await?;
     let r = kv.range(RangeRequest {
         key: key.to_vec(),
         range_end: end.to_vec(),
@@ -89,7 +32,7 @@ async fn count(etcd: &Etcd, key: &[u8], end: &[u8]) -> Result<i64, Box<dyn std::
 }
 
 async fn version(etcd: &Etcd, key: Vec<u8>) -> i64 {
-    let mut kv = KvClient::connect(etcd.client_url.clone()).await.unwrap();
+    let mut kv = KvClient::connect(etcd.url.clone()).await.unwrap();
     let r = kv
         .range(RangeRequest {
             key,
@@ -104,7 +47,7 @@ async fn version(etcd: &Etcd, key: Vec<u8>) -> i64 {
 /// Runs cairn-bench and returns its last line as JSON.
 fn bench(etcd: &Etcd, args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_cairn-bench"))
-        .args(["--endpoints", &etcd.client_url, "--threads", "2"])
+        .args(["--endpoints", &etcd.url, "--threads", "2"])
         .args(args)
         .output()
         .unwrap();

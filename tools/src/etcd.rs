@@ -1,0 +1,101 @@
+//! A real etcd 3.4 (Debian's `etcd-server`, installed by `tools/test.sh`) for
+//! side-by-side tests: started on free loopback ports with a temp data dir,
+//! stopped by its PID when dropped.
+
+use cairn_proto::etcdserverpb::kv_client::KvClient;
+use cairn_proto::etcdserverpb::RangeRequest;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long etcd may take to answer after it starts.
+const START_MAX: Duration = Duration::from_secs(30);
+
+/// A free loopback TCP port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("a loopback port")
+        .local_addr()
+        .expect("its address")
+        .port()
+}
+
+/// A running etcd; killed by its PID when dropped.
+pub struct Etcd {
+    child: Child,
+    /// Its client URL (`http://127.0.0.1:<port>`).
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// Starts a single-member etcd with its data under `base` (not tmpfs)
+    /// and waits until it answers a KV Range.
+    ///
+    /// # Panics
+    /// If `etcd` is not installed or does not answer within 30 s.
+    pub fn start_in(base: &Path) -> Etcd {
+        let dir = tempfile::tempdir_in(base).expect("a temp dir for etcd");
+        let (client, peer) = (free_port(), free_port());
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", "ref", "--data-dir"])
+            .arg(dir.path().join("etcd"))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("ref={peer_url}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("`etcd` not found: run tools/test.sh, which installs Debian's etcd-server");
+        let etcd = Etcd {
+            child,
+            url,
+            _dir: dir,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let deadline = Instant::now() + START_MAX;
+        while !rt.block_on(answers(&etcd.url)) {
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not answer within {START_MAX:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        etcd
+    }
+}
+
+async fn answers(url: &str) -> bool {
+    let Ok(mut kv) = KvClient::connect(url.to_string()).await else {
+        return false;
+    };
+    kv.range(RangeRequest {
+        key: b"ready?".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .is_ok()
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
