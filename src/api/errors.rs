@@ -4,9 +4,24 @@
 
 use tonic::{Code, Status};
 
-/// An etcd API error. [`EtcdError::status`] gives the gRPC status clients see.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum EtcdError {
+/// Declares [`EtcdError`] and [`EtcdError::ALL`] from one list.
+macro_rules! etcd_errors {
+    ($($variant:ident,)*) => {
+        /// An etcd API error. [`EtcdError::status`] gives the gRPC status clients see.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum EtcdError {
+            $($variant,)*
+        }
+
+        impl EtcdError {
+            /// Every error, for tables and tests.
+            pub const ALL: [EtcdError; [$(EtcdError::$variant,)*].len()] =
+                [$(EtcdError::$variant,)*];
+        }
+    };
+}
+
+etcd_errors! {
     EmptyKey,
     KeyNotFound,
     ValueProvided,
@@ -55,58 +70,6 @@ pub enum EtcdError {
 }
 
 impl EtcdError {
-    /// Every error, for tables and tests.
-    pub const ALL: [EtcdError; 45] = {
-        use EtcdError::*;
-        [
-            EmptyKey,
-            KeyNotFound,
-            ValueProvided,
-            LeaseProvided,
-            TooManyOps,
-            DuplicateKey,
-            Compacted,
-            FutureRev,
-            NoSpace,
-            LeaseNotFound,
-            LeaseExist,
-            LeaseTtlTooLarge,
-            MemberExist,
-            PeerUrlExist,
-            MemberNotEnoughStarted,
-            MemberBadUrls,
-            MemberNotFound,
-            RequestTooLarge,
-            TooManyRequests,
-            RootUserNotExist,
-            RootRoleNotExist,
-            UserAlreadyExist,
-            UserEmpty,
-            UserNotFound,
-            RoleAlreadyExist,
-            RoleNotFound,
-            RoleEmpty,
-            AuthFailed,
-            PermissionDenied,
-            RoleNotGranted,
-            PermissionNotGranted,
-            AuthNotEnabled,
-            InvalidAuthToken,
-            InvalidAuthMgmt,
-            NoLeader,
-            NotLeader,
-            LeaderChanged,
-            NotCapable,
-            Stopped,
-            Timeout,
-            TimeoutDueToLeaderFail,
-            TimeoutDueToConnectionLost,
-            Unhealthy,
-            Corrupt,
-            BadLeaderTransferee,
-        ]
-    };
-
     /// The gRPC code and the exact message etcd 3.4 sends.
     pub fn code_and_message(self) -> (Code, &'static str) {
         use Code::*;
