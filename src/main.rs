@@ -3,6 +3,12 @@
 use clap::Parser;
 use std::process::ExitCode;
 
+// glibc's malloc showed as ~16% of the server's CPU under load (arena locks
+// between the front threads and the shard cores, consolidation); mimalloc's
+// per-thread heaps avoid both. Measured in bench/RESULTS.md.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// `cairn check-host [--data-dir DIR]`: checks this host (LINUX_REQUIREMENTS.md).
 fn check_host(args: &[String]) -> ExitCode {
     let dir = match args {

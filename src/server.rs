@@ -61,6 +61,31 @@ fn shard_count(dir: &Path, cfg: &Config) -> Result<usize, String> {
     }
 }
 
+/// The CPUs this process may run on (its affinity mask, as `taskset` or a
+/// cpuset leaves it), in order; shard `i` is pinned to the `i`-th of them
+/// (wrapping), so a member started under `taskset -c 2,3` stays on 2 and 3.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity
+    // writes at most size_of::<cpu_set_t>() bytes into it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let ok =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) }
+            == 0;
+    let cpus: Vec<usize> = if ok {
+        // SAFETY: CPU_ISSET reads the set filled in above; i < CPU_SETSIZE.
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&i| unsafe { libc::CPU_ISSET(i, &set) })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if cpus.is_empty() {
+        (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+    } else {
+        cpus
+    }
+}
+
 fn split_urls(urls: &str) -> Vec<String> {
     urls.split(',').map(String::from).collect()
 }
@@ -80,7 +105,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let dir = cfg.data_dir();
     std::fs::create_dir_all(&dir).map_err(|e| format!("--data-dir {}: {e}", dir.display()))?;
     let shards = shard_count(&dir, &cfg)?;
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = allowed_cpus();
     let member_id = cfg.member_id();
     let peer_url = cfg
         .initial_advertise_peer_urls
@@ -94,7 +119,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let cfgs = (0..shards)
         .map(|id| ShardConfig {
             id,
-            cpu: Some(id % cpus),
+            cpu: Some(cpus[id % cpus.len()]),
             dir: dir.join(format!("shard-{id}")),
             member_id,
             peer_url: peer_url.clone(),

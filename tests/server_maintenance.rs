@@ -1,7 +1,8 @@
 //! Maintenance with the real etcdctl: the space quota and the NOSPACE alarm
 //! (refused puts, working reads and deletes, kept across a restart, disarmed
 //! after compaction), `endpoint status` db size, `snapshot save` (read back
-//! and checked against the keys), and `defrag` (a fresh snapshot per shard).
+//! and checked against the keys), `defrag` (a fresh snapshot per shard), and
+//! shard placement under a CPU mask (`taskset`).
 
 mod common;
 
@@ -209,4 +210,76 @@ fn bad_auto_compaction_flags_are_refused() {
         ],
     );
     assert!(err.contains("--auto-compaction-retention"), "{err}");
+}
+
+/// The CPUs this test process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: zeroed cpu_set_t is an empty set; the call fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) },
+        0
+    );
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&i| unsafe { libc::CPU_ISSET(i, &set) })
+        .collect()
+}
+
+#[test]
+fn shards_default_to_and_stay_on_the_cpus_cairn_may_use() {
+    use std::os::unix::process::CommandExt;
+    // As `taskset -c <cpu> cairn`: one CPU allowed, no --shards flag.
+    let cpu = *allowed_cpus().last().expect("some CPU");
+    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = base.path().join("m");
+    let port = common::free_port();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"));
+    cmd.arg("--data-dir")
+        .arg(&dir)
+        .args(["--listen-client-urls", &format!("http://127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::null());
+    // SAFETY: pre_exec runs in the forked child before exec; it only calls
+    // sched_setaffinity on a set built beforehand.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id();
+    common::wait_serving(
+        &format!("http://127.0.0.1:{port}"),
+        std::time::Duration::from_secs(60),
+        || assert!(child.try_wait().unwrap().is_none(), "cairn exited"),
+    );
+    let meta = std::fs::read_to_string(dir.join("cairn.meta")).unwrap();
+    let mut shard_threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if comm.starts_with("shard-") {
+            let status = std::fs::read_to_string(task.join("status")).unwrap();
+            let allowed = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap()
+                .trim()
+                .to_string();
+            shard_threads.push((comm.trim().to_string(), allowed));
+        }
+    }
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    assert!(meta.contains("shards=1\n"), "{meta}");
+    // glommio's helper threads carry the executor's name too.
+    assert!(!shard_threads.is_empty());
+    assert!(
+        shard_threads.iter().all(|(_, on)| *on == cpu.to_string()),
+        "{shard_threads:?} not all on CPU {cpu}"
+    );
 }

@@ -207,21 +207,16 @@ fn write_direct(path: &Path, parts: &[&[u8]], total: usize) -> io::Result<()> {
 /// Keys encoded per step of a snapshot build.
 const SNAPSHOT_CHUNK_KEYS: usize = 4096;
 
-/// Writes the snapshot file durably, then returns freed heap to the OS (the
-/// encoding buffers are as large as the store).
+/// Writes the snapshot file durably. (Its encoding buffers are as large as
+/// the store; mimalloc, the server's allocator, hands such large blocks back
+/// to the OS when they are freed.)
 fn write_snapshot_file(
     dir: &Path,
     meta: &SnapshotMetaOf<ShardRaft>,
     data: &[u8],
 ) -> io::Result<()> {
     let (header, prefix) = encode_snapshot_file(meta, data)?;
-    write_durably(dir, SNAPSHOT_FILE, &[&header, &prefix, data])?;
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free heap memory.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-    Ok(())
+    write_durably(dir, SNAPSHOT_FILE, &[&header, &prefix, data])
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
