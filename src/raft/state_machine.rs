@@ -16,7 +16,7 @@
 use super::parts::{Decision, PartBook};
 use super::types::{ShardCommand, ShardRaft};
 use crate::mvcc::store::chunked;
-use crate::mvcc::{Store, StoreImage};
+use crate::mvcc::{Change, Store, StoreImage};
 use futures::{Stream, TryStreamExt};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::entry::RaftEntry;
@@ -307,16 +307,30 @@ impl ShardStateMachine {
         }
     }
 
+    /// One request's changes; a write leader applied them already when it
+    /// stamped them (so did a snapshot that holds them).
+    fn apply_write(&self, revision: i64, changes: &[Change]) {
+        let mut store = self.store.borrow_mut();
+        if revision > store.revision() {
+            store.apply(revision, changes);
+        }
+        let mut a = self.applied.borrow_mut();
+        a.revision = a.revision.max(revision);
+    }
+
     async fn apply_one(&self, command: &ShardCommand) {
         match command {
             ShardCommand::Write { revision, changes } => {
-                let mut store = self.store.borrow_mut();
-                if *revision > store.revision() {
-                    store.apply(*revision, changes);
-                }
-                let mut a = self.applied.borrow_mut();
-                a.revision = a.revision.max(*revision);
+                self.apply_write(*revision, changes);
                 self.reached(*revision);
+            }
+            ShardCommand::Writes { writes } => {
+                for (revision, changes) in writes {
+                    self.apply_write(*revision, changes);
+                }
+                if let Some((last, _)) = writes.last() {
+                    self.reached(*last);
+                }
             }
             ShardCommand::Compact { revision } => {
                 let mut store = self.store.borrow_mut();
@@ -484,13 +498,45 @@ impl RaftStateMachine<ShardRaft> for ShardStateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mvcc::Change;
 
     fn put(k: &str, v: &str) -> Change {
         Change::Put {
             key: k.into(),
             value: v.into(),
             lease: 0,
+        }
+    }
+
+    #[test]
+    fn a_batch_of_writes_applies_each_at_its_revision_once() {
+        // The leader applied the first two when it stamped them; replay (a
+        // follower, or a restart) applies the rest, each at its own revision.
+        let store = Rc::new(RefCell::new(Store::new()));
+        store.borrow_mut().apply(2, &[put("a", "1")]);
+        store.borrow_mut().apply(3, &[put("b", "1")]);
+        let sm = ShardStateMachine::new(store.clone());
+        let batch = ShardCommand::Writes {
+            writes: vec![
+                (2, vec![put("a", "1")]),
+                (3, vec![put("b", "1")]),
+                (4, vec![put("a", "2"), put("c", "1")]),
+                (5, vec![Change::Delete { key: "b".into() }]),
+            ],
+        };
+        // Through the log's encoding, as replay reads it.
+        let bytes = postcard::to_stdvec(&batch).unwrap();
+        let batch: ShardCommand = postcard::from_bytes(&bytes).unwrap();
+        futures::executor::block_on(sm.apply_one(&batch));
+        assert_eq!(sm.applied_revision(), 5);
+        let s = store.borrow();
+        assert_eq!(s.revision(), 5);
+        let mut want = Store::new();
+        want.apply(2, &[put("a", "1")]);
+        want.apply(3, &[put("b", "1")]);
+        want.apply(4, &[put("a", "2"), put("c", "1")]);
+        want.apply(5, &[Change::Delete { key: "b".into() }]);
+        for at in 2..=5 {
+            assert_eq!(s.hash_kv(at).unwrap(), want.hash_kv(at).unwrap(), "at {at}");
         }
     }
 

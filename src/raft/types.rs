@@ -27,6 +27,9 @@ pub enum ShardCommand {
     /// it starts: parts left incomplete by a crash are dropped in every later
     /// replay).
     Tick { closed: i64 },
+    /// Several requests' changes, each at its own revision (ascending): the
+    /// writes a shard took off its queue together, in one log entry.
+    Writes { writes: Vec<(i64, Vec<Change>)> },
 }
 
 impl std::fmt::Display for ShardCommand {
@@ -46,6 +49,12 @@ impl std::fmt::Display for ShardCommand {
                 changes.len()
             ),
             ShardCommand::Tick { closed } => write!(f, "tick(closed {closed})"),
+            ShardCommand::Writes { writes } => match (writes.first(), writes.last()) {
+                (Some((first, _)), Some((last, _))) => {
+                    write!(f, "writes@{first}..={last}({} requests)", writes.len())
+                }
+                _ => write!(f, "writes(none)"),
+            },
         }
     }
 }

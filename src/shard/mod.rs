@@ -40,6 +40,10 @@ pub const SHARD_QUEUE_MAX: usize = 4096;
 /// Bound on writes proposed but not yet answered per shard; the shard stops
 /// taking requests while it is reached.
 pub const SHARD_INFLIGHT_WRITES_MAX: u64 = 16384;
+/// Most writes taken off the queue together into one log entry: the writes
+/// that queued while the shard was busy share the entry's costs (openraft's
+/// bookkeeping, the WAL record, the commit wake-up).
+pub const SHARD_WRITE_BATCH_MAX: usize = 256;
 
 /// What a write produced.
 #[derive(Debug)]
@@ -389,14 +393,36 @@ async fn run(
             .store(store.borrow().bytes(), std::sync::atomic::Ordering::Relaxed);
     };
     publish_bytes();
-    while let Ok(msg) = rx.recv_async().await {
+    // A message taken off the queue while gathering a batch of writes.
+    let mut next: Option<ShardMsg> = None;
+    loop {
+        let msg = match next.take() {
+            Some(msg) => msg,
+            None => match rx.recv_async().await {
+                Ok(msg) => msg,
+                Err(_) => break,
+            },
+        };
         match msg {
             ShardMsg::Write { op, reply } => {
-                // Acquired before proposing, released with the answer.
-                match inflight.acquire_static_permit(1).await {
-                    Ok(permit) => write(&raft, &store, &seq, op, reply, permit).await,
+                let mut batch = vec![(op, reply)];
+                while batch.len() < SHARD_WRITE_BATCH_MAX {
+                    match rx.try_recv() {
+                        Ok(ShardMsg::Write { op, reply }) => batch.push((op, reply)),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                // Acquired before proposing, released with the answers.
+                match inflight.acquire_static_permit(batch.len() as u64).await {
+                    Ok(permit) => write(&raft, &store, &seq, batch, permit).await,
                     Err(_) => {
-                        let _ = reply.send(Err(EtcdError::Stopped));
+                        for (_, reply) in batch {
+                            let _ = reply.send(Err(EtcdError::Stopped));
+                        }
                     }
                 }
             }
@@ -617,54 +643,70 @@ async fn latched(
     }
 }
 
-/// Evaluates, stamps, applies speculatively and proposes one write.
+type WriteReply = oneshot::Sender<Result<WriteOutcome, EtcdError>>;
+
+/// Evaluates, stamps and applies speculatively each of `batch` in order, then
+/// proposes the ones that changed something as one log entry; each is
+/// answered once that entry commits.
 async fn write(
     raft: &Raft<ShardRaft, ShardStateMachine>,
     store: &Rc<RefCell<Store>>,
     seq: &Arc<SharedSequencer>,
-    op: RequestOp,
-    reply: oneshot::Sender<Result<WriteOutcome, EtcdError>>,
+    batch: Vec<(RequestOp, WriteReply)>,
     permit: glommio::sync::StaticPermit,
 ) {
-    let evaluated = {
-        let s = store.borrow();
-        // The member's newest revision: reads of this shard's keys at any
-        // revision up to it are valid (it holds all of its own).
-        let current = seq.last_stamped();
-        let mut eval = Eval::new(&s, &no_leases).current_revision(current);
-        // A read at an older revision of the member is answered once C covers
-        // it (a range in a branch not taken may name a future one: ignored).
-        let view = s.revision().max(op.max_revision().min(current));
-        eval.op(&op).map(|resp| (resp, eval.into_changes(), view))
-    };
-    let (mut response, changes, view) = match evaluated {
-        Ok(x) => x,
-        Err(err) => {
-            let _ = reply.send(Err(err.into()));
-            return;
-        }
-    };
-    if changes.is_empty() {
-        let _ = reply.send(Ok(WriteOutcome {
-            response,
-            revision: None,
-            view,
-        }));
-        return;
-    }
+    let mut writes = Vec::with_capacity(batch.len());
+    let mut answers = Vec::with_capacity(batch.len());
     // Stamp, apply and queue in one step, with no await in between: the log
     // holds this shard's writes in revision order.
-    let revision = seq.stamp();
-    store.borrow_mut().apply(revision, &changes);
-    stamp(&mut response, revision);
+    for (op, reply) in batch {
+        let evaluated = {
+            let s = store.borrow();
+            // The member's newest revision: reads of this shard's keys at any
+            // revision up to it are valid (it holds all of its own).
+            let current = seq.last_stamped();
+            let mut eval = Eval::new(&s, &no_leases).current_revision(current);
+            // A read at an older revision of the member is answered once C
+            // covers it (a range in a branch not taken may name a future one:
+            // ignored).
+            let view = s.revision().max(op.max_revision().min(current));
+            eval.op(&op).map(|resp| (resp, eval.into_changes(), view))
+        };
+        match evaluated {
+            Err(err) => {
+                let _ = reply.send(Err(err.into()));
+            }
+            Ok((response, changes, view)) if changes.is_empty() => {
+                let _ = reply.send(Ok(WriteOutcome {
+                    response,
+                    revision: None,
+                    view,
+                }));
+            }
+            Ok((mut response, changes, _)) => {
+                let revision = seq.stamp();
+                store.borrow_mut().apply(revision, &changes);
+                stamp(&mut response, revision);
+                writes.push((revision, changes));
+                answers.push((revision, response, reply));
+            }
+        }
+    }
+    let command = match writes.len() {
+        0 => return,
+        1 => {
+            let (revision, changes) = writes.pop().expect("one");
+            ShardCommand::Write { revision, changes }
+        }
+        _ => ShardCommand::Writes { writes },
+    };
     let (responder, committed, applied) = ProgressResponder::new();
-    if let Err(e) = raft
-        .client_write_ff(ShardCommand::Write { revision, changes }, Some(responder))
-        .await
-    {
+    if let Err(e) = raft.client_write_ff(command, Some(responder)).await {
         eprintln!("cairn: shard: raft refused a write: {e}");
-        // Raft is shutting down; the member stops, and this revision never commits.
-        let _ = reply.send(Err(EtcdError::Stopped));
+        // Raft is shutting down; the member stops, and these revisions never commit.
+        for (_, _, reply) in answers {
+            let _ = reply.send(Err(EtcdError::Stopped));
+        }
         return;
     }
     let seq = seq.clone();
@@ -672,18 +714,23 @@ async fn write(
         let _permit = permit;
         match committed.await {
             Ok(_) => {
-                seq.commit(revision);
-                let _ = reply.send(Ok(WriteOutcome {
-                    response,
-                    revision: Some(revision),
-                    view: revision,
-                }));
+                for (revision, response, reply) in answers {
+                    seq.commit(revision);
+                    let _ = reply.send(Ok(WriteOutcome {
+                        response,
+                        revision: Some(revision),
+                        view: revision,
+                    }));
+                }
                 // Keep the receiver until openraft reports the entry applied.
                 let _ = applied.await;
             }
             Err(e) => {
-                eprintln!("cairn: shard: write {revision} was not committed: {e:?}");
-                let _ = reply.send(Err(EtcdError::Stopped));
+                let revisions = answers.first().map(|a| a.0)..=answers.last().map(|a| a.0);
+                eprintln!("cairn: shard: writes {revisions:?} were not committed: {e:?}");
+                for (_, _, reply) in answers {
+                    let _ = reply.send(Err(EtcdError::Stopped));
+                }
             }
         }
     })
