@@ -285,15 +285,18 @@ pub fn spawn_wal_upkeep(wal: Rc<Wal<DmaStorage>>) {
     .detach();
 }
 
-/// The Raft settings of a shard group (`--snapshot-count` entries per snapshot).
+/// The Raft settings of a shard group. `--snapshot-count` counts writes, as
+/// etcd's does (one request per entry there); the shard triggers those
+/// snapshots itself since an entry may carry many writes. The policy here is
+/// the backstop for entries that carry none.
 pub fn raft_config(snapshot_count: u64) -> Result<openraft::Config, String> {
     openraft::Config {
         cluster_name: "cairn".into(),
         heartbeat_interval: 100,
         election_timeout_min: 300,
         election_timeout_max: 600,
-        // A snapshot every `--snapshot-count` entries; the log behind it is
-        // purged (keeping a tail for slow followers), and the WAL reclaims it.
+        // The log behind a snapshot is purged (keeping a tail for slow
+        // followers), and the WAL reclaims it.
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_count),
         max_in_snapshot_log_to_keep: snapshot_count.min(1000),
         ..Default::default()
@@ -395,6 +398,8 @@ async fn run(
     publish_bytes();
     // A message taken off the queue while gathering a batch of writes.
     let mut next: Option<ShardMsg> = None;
+    // Writes proposed since the last snapshot this loop asked for.
+    let mut since_snapshot: u64 = 0;
     loop {
         let msg = match next.take() {
             Some(msg) => msg,
@@ -418,7 +423,14 @@ async fn run(
                 }
                 // Acquired before proposing, released with the answers.
                 match inflight.acquire_static_permit(batch.len() as u64).await {
-                    Ok(permit) => write(&raft, &store, &seq, batch, permit).await,
+                    Ok(permit) => {
+                        since_snapshot += write(&raft, &store, &seq, batch, permit).await;
+                        if since_snapshot >= cfg.snapshot_count {
+                            since_snapshot = 0;
+                            // Built from what is applied by then; not awaited.
+                            let _ = raft.trigger().snapshot().await;
+                        }
+                    }
                     Err(_) => {
                         for (_, reply) in batch {
                             let _ = reply.send(Err(EtcdError::Stopped));
@@ -647,14 +659,14 @@ type WriteReply = oneshot::Sender<Result<WriteOutcome, EtcdError>>;
 
 /// Evaluates, stamps and applies speculatively each of `batch` in order, then
 /// proposes the ones that changed something as one log entry; each is
-/// answered once that entry commits.
+/// answered once that entry commits. Returns how many were proposed.
 async fn write(
     raft: &Raft<ShardRaft, ShardStateMachine>,
     store: &Rc<RefCell<Store>>,
     seq: &Arc<SharedSequencer>,
     batch: Vec<(RequestOp, WriteReply)>,
     permit: glommio::sync::StaticPermit,
-) {
+) -> u64 {
     let mut writes = Vec::with_capacity(batch.len());
     let mut answers = Vec::with_capacity(batch.len());
     // Stamp, apply and queue in one step, with no await in between: the log
@@ -692,8 +704,9 @@ async fn write(
             }
         }
     }
+    let proposed = writes.len() as u64;
     let command = match writes.len() {
-        0 => return,
+        0 => return 0,
         1 => {
             let (revision, changes) = writes.pop().expect("one");
             ShardCommand::Write { revision, changes }
@@ -707,7 +720,7 @@ async fn write(
         for (_, _, reply) in answers {
             let _ = reply.send(Err(EtcdError::Stopped));
         }
-        return;
+        return 0;
     }
     let seq = seq.clone();
     glommio::spawn_local(async move {
@@ -735,4 +748,5 @@ async fn write(
         }
     })
     .detach();
+    proposed
 }
