@@ -7,7 +7,9 @@
 # not tmpfs: no O_DIRECT there). RUNS (default 3) rounds, each round running
 # every case once, interleaved, so slow phases of a shared machine hit all
 # cases alike. Prints a markdown table of medians, spread (min..max) and the
-# three target ratios of the WAL issue. Needs fio (installed if missing) and python3.
+# three target ratios of the WAL issue, for the default `--io ring` (io_uring)
+# and for `--io blocking` (pwrite + fdatasync on the executor thread).
+# Needs fio (installed if missing) and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${1:-$PWD/target/walbench-data}
@@ -29,11 +31,15 @@ for run in $(seq 1 "$RUNS"); do
   echo "round $run/$RUNS" >&2
   $WB --dir "$DIR/wal" --mode each --writers 1 --record-bytes 4096 --seconds "$SECS" | tail -1 > "$OUT/each-1x4k.$run.json"
   $WB --dir "$DIR/wal" --mode raw --writers 1 --record-bytes 4096 --seconds "$SECS" | tail -1 > "$OUT/raw-1x4k.$run.json"
+  $WB --dir "$DIR/wal" --mode each --writers 1 --record-bytes 4096 --seconds "$SECS" --io blocking | tail -1 > "$OUT/each-1x4k-blocking.$run.json"
   fio --name=fsync4k --directory="$DIR" --filename=fio-4k --rw=write --bs=4k --direct=1 --fdatasync=1 \
       --size=64M --runtime="$SECS" --time_based --cpus_allowed="$CPU" --output-format=json > "$OUT/fio-4k-fdatasync.$run.json"
   $WB --dir "$DIR/wal" --mode group --writers 64 --record-bytes 256 --seconds "$SECS" | tail -1 > "$OUT/group-64x256.$run.json"
   $WB --dir "$DIR/wal" --mode each --writers 64 --record-bytes 256 --seconds "$SECS" | tail -1 > "$OUT/each-64x256.$run.json"
+  $WB --dir "$DIR/wal" --mode group --writers 64 --record-bytes 256 --seconds "$SECS" --io blocking | tail -1 > "$OUT/group-64x256-blocking.$run.json"
+  $WB --dir "$DIR/wal" --mode each --writers 64 --record-bytes 256 --seconds "$SECS" --io blocking | tail -1 > "$OUT/each-64x256-blocking.$run.json"
   $WB --dir "$DIR/wal" --mode group --writers 16 --record-bytes 65536 --seconds "$SECS" | tail -1 > "$OUT/group-16x64k.$run.json"
+  $WB --dir "$DIR/wal" --mode group --writers 16 --record-bytes 65536 --seconds "$SECS" --io blocking | tail -1 > "$OUT/group-16x64k-blocking.$run.json"
   fio --name=seq1m --directory="$DIR" --filename=fio-1m --rw=write --bs=1m --direct=1 --ioengine=io_uring \
       --end_fsync=1 --size=2G --cpus_allowed="$CPU" --output-format=json > "$OUT/fio-1m-seq.$run.json"
 done
@@ -52,9 +58,13 @@ rows = {
   "walbench each 1×4 KiB appends/s": wal("each-1x4k", "appends_per_sec"),
   "fio 4 KiB O_DIRECT + fdatasync IOPS": fio("fio-4k-fdatasync", "iops"),
   "walbench raw (bare glommio DmaFile) 4 KiB write+fdatasync/s": wal("raw-1x4k", "appends_per_sec"),
+  "walbench each 1×4 KiB, --io blocking, appends/s": wal("each-1x4k-blocking", "appends_per_sec"),
   "walbench group 64×256 B appends/s": wal("group-64x256", "appends_per_sec"),
   "walbench each 64×256 B appends/s": wal("each-64x256", "appends_per_sec"),
+  "walbench group 64×256 B, --io blocking, appends/s": wal("group-64x256-blocking", "appends_per_sec"),
+  "walbench each 64×256 B, --io blocking, appends/s": wal("each-64x256-blocking", "appends_per_sec"),
   "walbench group 16×64 KiB MB/s": wal("group-16x64k", "mb_per_sec"),
+  "walbench group 16×64 KiB, --io blocking, MB/s": wal("group-16x64k-blocking", "mb_per_sec"),
   "fio 1 MiB O_DIRECT io_uring MB/s": [b / 1e6 for b in fio("fio-1m-seq", "bw_bytes")],
   "walbench group 64×256 B p99 µs": wal("group-64x256", "p99_us"),
   "walbench each 1×4 KiB p99 µs": wal("each-1x4k", "p99_us"),
@@ -75,6 +85,9 @@ for name, a, b, goal in [
     ("group 64×256 B vs each 64×256 B", "walbench group 64×256 B appends/s", "walbench each 64×256 B appends/s", "≥ 20×"),
     ("group 16×64 KiB vs fio 1 MiB seq", "walbench group 16×64 KiB MB/s", "fio 1 MiB O_DIRECT io_uring MB/s", "≥ 0.70"),
     ("each 1×4 KiB vs fio 4 KiB fdatasync", "walbench each 1×4 KiB appends/s", "fio 4 KiB O_DIRECT + fdatasync IOPS", "≥ 0.80"),
+    ("`--io blocking`: group 64×256 B vs each 64×256 B", "walbench group 64×256 B, --io blocking, appends/s", "walbench each 64×256 B, --io blocking, appends/s", "≥ 20×"),
+    ("`--io blocking`: group 16×64 KiB vs fio 1 MiB seq", "walbench group 16×64 KiB, --io blocking, MB/s", "fio 1 MiB O_DIRECT io_uring MB/s", "≥ 0.70"),
+    ("`--io blocking`: each 1×4 KiB vs fio 4 KiB fdatasync", "walbench each 1×4 KiB, --io blocking, appends/s", "fio 4 KiB O_DIRECT + fdatasync IOPS", "≥ 0.80"),
     ("(context) raw glommio 4 KiB vs fio 4 KiB fdatasync", "walbench raw (bare glommio DmaFile) 4 KiB write+fdatasync/s", "fio 4 KiB O_DIRECT + fdatasync IOPS", "—"),
     ("(context) each 1×4 KiB vs raw glommio 4 KiB", "walbench each 1×4 KiB appends/s", "walbench raw (bare glommio DmaFile) 4 KiB write+fdatasync/s", "—"),
 ]:

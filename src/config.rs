@@ -92,6 +92,11 @@ pub struct Config {
     pub trusted_ca_file: Option<PathBuf>,
     #[arg(long, env = "ETCD_CLIENT_CERT_AUTH")]
     pub client_cert_auth: bool,
+    /// How each shard's WAL writes and syncs (cairn's own): `ring`
+    /// (io_uring; the core stays free while the disk works) or `blocking`
+    /// (pwrite(2) + fdatasync(2) on the shard core, as etcd's WAL does).
+    #[arg(long, env = "CAIRN_WAL_IO", value_enum, default_value = "ring")]
+    pub wal_io: WalIo,
     /// WAL segment size in bytes (cairn's own; a multiple of 4096, >= 64 KiB).
     #[arg(long, env = "CAIRN_WAL_SEGMENT_BYTES", default_value_t = 64 << 20)]
     pub wal_segment_bytes: u64,
@@ -219,6 +224,13 @@ fn parse_urls(flag: &str, urls: &str) -> Result<Vec<SocketAddr>, String> {
     Ok(out)
 }
 
+/// `--wal-io`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WalIo {
+    Ring,
+    Blocking,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +257,9 @@ mod tests {
             std::thread::available_parallelism().unwrap().get(),
             "one shard per online CPU"
         );
+        assert_eq!(c.wal_io, WalIo::Ring);
+        assert_eq!(parse(&["--wal-io", "blocking"]).wal_io, WalIo::Blocking);
+        assert!(Config::try_parse_from(["cairn", "--wal-io", "sometimes"]).is_err());
         assert!(c.validate().is_ok());
     }
 

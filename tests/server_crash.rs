@@ -63,21 +63,12 @@ fn writers(url: String, round: usize, acked: Acked) -> std::thread::JoinHandle<(
     })
 }
 
-#[test]
-fn every_acknowledged_write_survives_sigkill() {
-    let seed = common::seed("CAIRN_CRASH_SEED");
-    let mut rng = seed | 1;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
-    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let mut c = Cairn::start(base.path(), 2);
+/// SIGKILLs `c` after a random 0.2–1 s of writing, `rounds` times, and checks
+/// after each restart that every acknowledged write is there.
+fn crash_rounds(c: &mut Cairn, rounds: usize, next: &mut impl FnMut() -> u64) {
     let acked: Acked = Arc::default();
     let rt = common::rt();
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         let w = writers(c.url(), round, acked.clone());
         std::thread::sleep(Duration::from_millis(200 + next() % 800));
         c.crash();
@@ -139,4 +130,29 @@ fn every_acknowledged_write_survives_sigkill() {
         });
         println!("round {round}: {} acknowledged writes verified", all.len());
     }
+}
+
+fn rng(var: &str) -> impl FnMut() -> u64 {
+    let mut rng = common::seed(var) | 1;
+    move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    }
+}
+
+#[test]
+fn every_acknowledged_write_survives_sigkill() {
+    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut c = Cairn::start(base.path(), 2);
+    crash_rounds(&mut c, ROUNDS, &mut rng("CAIRN_CRASH_SEED"));
+}
+
+#[test]
+fn with_blocking_wal_io_every_acknowledged_write_survives_sigkill() {
+    // --wal-io blocking: pwrite + fdatasync on the shard core.
+    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut c = Cairn::start_with(base.path(), 1, &["--wal-io", "blocking"]);
+    crash_rounds(&mut c, 2, &mut rng("CAIRN_CRASH_SEED"));
 }

@@ -192,6 +192,7 @@ pub struct ShardConfig {
     pub wal_segment_bytes: u64,
     /// `--unsafe-no-fsync`: the WAL never fsyncs.
     pub unsafe_no_fsync: bool,
+    pub wal_io: cairn_wal::storage::WalIo,
     /// Decides cross-shard parts found in the log, shared by the member's shards.
     pub parts: Arc<PartBook>,
 }
@@ -316,6 +317,7 @@ async fn run(
         move |err: &dyn std::fmt::Display| format!("shard {}: {what}: {err}", cfg.id)
     };
     let mut storage = DmaStorage::new(cfg.dir.join("wal")).map_err(|x| e("wal dir")(&x))?;
+    storage = storage.io(cfg.wal_io);
     if cfg.unsafe_no_fsync {
         storage = storage.unsafe_no_fsync();
     }

@@ -639,6 +639,7 @@ impl<S: Storage> Wal<S> {
     /// Waits until every record up to `lsn` is durable, flushing as needed.
     pub async fn sync(&self, lsn: u64) -> Result<()> {
         let lsn = lsn.min(self.last_lsn());
+        let mut yielded = false;
         loop {
             let epoch = {
                 let inner = self.inner.borrow();
@@ -655,14 +656,16 @@ impl<S: Storage> Wal<S> {
                 }
             };
             match epoch {
-                None => {
+                None if !yielded => {
                     // Let tasks that are ready to run (appenders woken by the
                     // last flush) append first, so they join this batch. One
-                    // trip through the run queue, not a timer.
+                    // trip through the run queue, not a timer. Then look
+                    // again: one of them may have flushed our record.
                     crate::yield_once::yield_now().await;
-                    if self.inner.borrow().flushing {
-                        continue;
-                    }
+                    yielded = true;
+                }
+                None => {
+                    yielded = false;
                     self.flush_once().await?
                 }
                 Some(epoch) => FlushDone { wal: self, epoch }.await,

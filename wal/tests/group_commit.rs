@@ -12,8 +12,20 @@ use std::rc::Rc;
 
 #[test]
 fn concurrent_appenders_share_fsyncs() {
+    concurrent_appenders_share_fsyncs_when(true);
+}
+
+/// A backend whose write and sync complete without suspending (the DMA
+/// backend's blocking IO): the appenders woken by a flush must still form
+/// the next batch, not flush one record each.
+#[test]
+fn concurrent_appenders_share_fsyncs_when_io_never_suspends() {
+    concurrent_appenders_share_fsyncs_when(false);
+}
+
+fn concurrent_appenders_share_fsyncs_when(sync_suspends: bool) {
     let storage = MemStorage::new();
-    storage.set_yield_on_sync(true);
+    storage.set_yield_on_sync(sync_suspends);
     let (wal, _) = block_on(Wal::open(storage.clone(), Config::default())).unwrap();
     let wal = Rc::new(wal);
     let writers = 64u64;

@@ -16,7 +16,7 @@
 //! steady state. The last line printed is one JSON object.
 
 use anyhow::{bail, Context, Result};
-use cairn_wal::storage::{DmaStorage, StdStorage, Storage};
+use cairn_wal::storage::{DmaStorage, StdStorage, Storage, WalIo};
 use cairn_wal::{Config, Wal};
 use clap::{Parser, ValueEnum};
 use glommio::{LocalExecutorBuilder, Placement};
@@ -30,6 +30,12 @@ enum Mode {
     Group,
     Each,
     Raw,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum IoArg {
+    Ring,
+    Blocking,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -69,6 +75,10 @@ struct Args {
     /// CPU to pin the executor to (compare with fio pinned to the same CPU).
     #[arg(long, default_value_t = 0)]
     cpu: usize,
+    /// How the DMA backend writes and syncs: `ring` (io_uring) or
+    /// `blocking` (pwrite(2) + fdatasync(2) on the executor thread).
+    #[arg(long, value_enum, default_value = "ring")]
+    io: IoArg,
     /// Entries each writer keeps before purging (segments then recycle).
     #[arg(long, default_value_t = 256)]
     keep_entries: u64,
@@ -103,7 +113,13 @@ fn main() -> Result<()> {
         .io_memory(1 << 20)
         .spawn(move || async move {
             match args.backend {
-                Backend::Dma => run(DmaStorage::new(&args.dir)?, &args).await,
+                Backend::Dma => {
+                    let io = match args.io {
+                        IoArg::Ring => WalIo::Ring,
+                        IoArg::Blocking => WalIo::Blocking,
+                    };
+                    run(DmaStorage::new(&args.dir)?.io(io), &args).await
+                }
                 Backend::Std => run(StdStorage::new(&args.dir)?, &args).await,
             }
         })

@@ -28,6 +28,24 @@ pub struct DmaStorage {
     probed: std::cell::Cell<bool>,
     /// Skip fdatasync (unsafe: nothing is durable; for tests and benchmarks).
     no_fsync: bool,
+    io: WalIo,
+}
+
+/// How segment writes and syncs are issued. Files are O_DIRECT either way,
+/// and reads always go through io_uring.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WalIo {
+    /// io_uring ops: the core stays free while the disk works. The kernel
+    /// cannot fsync without blocking, so it hands each fsync to an io-wq
+    /// worker thread: a thread wake-up and a completion round trip per sync.
+    #[default]
+    Ring,
+    /// `pwrite(2)` and `fdatasync(2)` called on the core itself, as etcd's
+    /// WAL does from its goroutine: the core (and every task on it) waits for
+    /// the disk, with no ring round trips and no thread hand-off. Appends made
+    /// while it waited cannot exist; the next batch holds what the woken
+    /// appenders add before the next flush.
+    Blocking,
 }
 
 const PROBE_FILE: &str = "iopoll-probe.tmp";
@@ -41,7 +59,14 @@ impl DmaStorage {
             dir,
             probed: std::cell::Cell::new(false),
             no_fsync: false,
+            io: WalIo::default(),
         })
+    }
+
+    /// Chooses how writes and syncs are issued.
+    pub fn io(mut self, io: WalIo) -> Self {
+        self.io = io;
+        self
     }
 
     /// Makes `sync` a no-op: acknowledged writes are then lost on a power
@@ -147,10 +172,22 @@ impl Storage for DmaStorage {
             let rest = &data[done..];
             let mut buf = file.alloc_dma_buffer(rest.len());
             buf.as_bytes_mut().copy_from_slice(rest);
-            let n = file
-                .write_at(buf, offset + done as u64)
-                .await
-                .map_err(to_io)?;
+            let at = offset + done as u64;
+            let n = match self.io {
+                WalIo::Ring => file.write_at(buf, at).await.map_err(to_io)?,
+                WalIo::Blocking => {
+                    use std::os::fd::AsRawFd;
+                    let at = libc::off_t::try_from(at)
+                        .map_err(|_| io::Error::other("offset past off_t"))?;
+                    // SAFETY: `buf` is a live, page-aligned allocation of at
+                    // least `rest.len()` bytes (O_DIRECT needs the alignment);
+                    // the fd belongs to `file`, open for the whole call.
+                    let n = unsafe {
+                        libc::pwrite(file.as_raw_fd(), buf.as_ptr().cast(), rest.len(), at)
+                    };
+                    usize::try_from(n).map_err(|_| io::Error::last_os_error())?
+                }
+            };
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::WriteZero,
@@ -166,7 +203,17 @@ impl Storage for DmaStorage {
         if self.no_fsync {
             return Ok(());
         }
-        file.fdatasync().await.map_err(to_io)
+        match self.io {
+            WalIo::Ring => file.fdatasync().await.map_err(to_io),
+            WalIo::Blocking => {
+                use std::os::fd::AsRawFd;
+                // SAFETY: the fd belongs to `file`, open for the whole call.
+                match unsafe { libc::fdatasync(file.as_raw_fd()) } {
+                    0 => Ok(()),
+                    _ => Err(io::Error::last_os_error()),
+                }
+            }
+        }
     }
 
     async fn rename(&self, from: &str, to: &str) -> io::Result<()> {

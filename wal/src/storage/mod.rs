@@ -26,7 +26,7 @@ mod mem;
 mod std_fs;
 
 #[cfg(feature = "dma")]
-pub use dma::DmaStorage;
+pub use dma::{DmaStorage, WalIo};
 pub use mem::{CrashMode, Faults, MemStorage};
 pub use std_fs::StdStorage;
 
