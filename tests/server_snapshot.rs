@@ -6,7 +6,7 @@
 mod common;
 
 use cairn_proto::etcdserverpb::kv_client::KvClient;
-use cairn_proto::etcdserverpb::{PutRequest, RangeRequest};
+use cairn_proto::etcdserverpb::{PutRequest, RangeRequest, RangeResponse};
 use common::Cairn;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,28 @@ fn wal_segments(c: &Cairn) -> usize {
             n.ends_with(".wal") && !n.starts_with("spare")
         })
         .count()
+}
+
+/// SIGKILL, restart, and read `[key, end)` back.
+fn crash_restart_and_read(
+    c: &mut Cairn,
+    rt: &tokio::runtime::Runtime,
+    key: &[u8],
+    end: &[u8],
+) -> RangeResponse {
+    c.crash();
+    c.restart();
+    rt.block_on(async {
+        let mut kv = KvClient::connect(c.url()).await.unwrap();
+        kv.range(RangeRequest {
+            key: key.to_vec(),
+            range_end: end.to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+    })
 }
 
 #[test]
@@ -69,19 +91,9 @@ fn snapshots_purge_the_log_and_restarts_recover_from_them() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    c.crash();
-    c.restart();
+    let all = crash_restart_and_read(&mut c, &rt, b"k", b"l");
     rt.block_on(async {
         let mut kv = KvClient::connect(c.url()).await.unwrap();
-        let all = kv
-            .range(RangeRequest {
-                key: b"k".to_vec(),
-                range_end: b"l".to_vec(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
         assert_eq!(all.count, PUTS as i64, "every key is back");
         assert_eq!(all.kvs[42].mod_revision, 44);
         assert_eq!(all.kvs[PUTS - 1].value, vec![b'v'; 1000]);
@@ -152,23 +164,10 @@ fn snapshot_count_counts_writes_even_when_entries_carry_several() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // Snapshot + the batched entries after it give back every write.
-    c.crash();
-    c.restart();
-    rt.block_on(async {
-        let mut kv = KvClient::connect(c.url()).await.unwrap();
-        let all = kv
-            .range(RangeRequest {
-                key: b"c".to_vec(),
-                range_end: b"d".to_vec(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(all.count, (CLIENTS * EACH) as i64);
-        let mut revs: Vec<i64> = all.kvs.iter().map(|kv| kv.mod_revision).collect();
-        revs.sort_unstable();
-        let want: Vec<i64> = (2..2 + (CLIENTS * EACH) as i64).collect();
-        assert_eq!(revs, want, "one revision per write, none lost or repeated");
-    });
+    let all = crash_restart_and_read(&mut c, &rt, b"c", b"d");
+    assert_eq!(all.count, (CLIENTS * EACH) as i64);
+    let mut revs: Vec<i64> = all.kvs.iter().map(|kv| kv.mod_revision).collect();
+    revs.sort_unstable();
+    let want: Vec<i64> = (2..2 + (CLIENTS * EACH) as i64).collect();
+    assert_eq!(revs, want, "one revision per write, none lost or repeated");
 }
