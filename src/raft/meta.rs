@@ -9,7 +9,7 @@
 //! the same checksummed file format as a shard's.
 
 use super::state_machine::{
-    decode_snapshot_file, encode_snapshot_file, write_durably, SNAPSHOT_FILE,
+    encode_snapshot_file, read_snapshot_file, write_durably, SNAPSHOT_FILE,
 };
 use crate::raft::GlommioRuntime;
 use futures::{Stream, TryStreamExt};
@@ -103,14 +103,8 @@ impl MetaStateMachine {
             applied: Rc::default(),
             dir: Rc::new(dir),
         };
-        let path = sm.dir.join(SNAPSHOT_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let (meta, data) = decode_snapshot_file(&path, &bytes)?;
-                sm.load(&meta, &data)?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+        if let Some((meta, data)) = read_snapshot_file(&sm.dir.join(SNAPSHOT_FILE))? {
+            sm.load(&meta, &data)?;
         }
         Ok(sm)
     }
@@ -205,14 +199,7 @@ impl RaftStateMachine<MetaRaft> for MetaStateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<SnapshotOf<MetaRaft, Vec<u8>>>, io::Error> {
-        let path = self.dir.join(SNAPSHOT_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let (meta, snapshot) = decode_snapshot_file(&path, &bytes)?;
-                Ok(Some(SnapshotOf::<MetaRaft, Vec<u8>> { meta, snapshot }))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        let kept = read_snapshot_file(&self.dir.join(SNAPSHOT_FILE))?;
+        Ok(kept.map(|(meta, snapshot)| SnapshotOf::<MetaRaft, Vec<u8>> { meta, snapshot }))
     }
 }

@@ -95,6 +95,17 @@ pub(crate) fn encode_snapshot_file<M: serde::Serialize>(
     Ok((header, prefix))
 }
 
+/// Reads and verifies the snapshot file at `path`; `None` if there is none.
+pub(crate) fn read_snapshot_file<M: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> io::Result<Option<(M, Vec<u8>)>> {
+    match std::fs::read(path) {
+        Ok(bytes) => decode_snapshot_file(path, &bytes).map(Some),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 pub(crate) fn decode_snapshot_file<M: serde::de::DeserializeOwned>(
     path: &Path,
     bytes: &[u8],
@@ -251,13 +262,8 @@ impl ShardStateMachine {
             dir: Some(Rc::new(dir)),
             parts: None,
         };
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let (meta, data) = decode_snapshot_file(&path, &bytes)?;
-                sm.load(&meta, data)?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+        if let Some((meta, data)) = read_snapshot_file(&path)? {
+            sm.load(&meta, data)?;
         }
         Ok(sm)
     }
@@ -481,14 +487,7 @@ impl RaftStateMachine<ShardRaft> for ShardStateMachine {
         &mut self,
     ) -> Result<Option<SnapshotOf<ShardRaft, Vec<u8>>>, io::Error> {
         let kept = match &self.dir {
-            Some(dir) => {
-                let path = dir.join(SNAPSHOT_FILE);
-                match std::fs::read(&path) {
-                    Ok(bytes) => Some(decode_snapshot_file(&path, &bytes)?),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                    Err(e) => return Err(e),
-                }
-            }
+            Some(dir) => read_snapshot_file(&dir.join(SNAPSHOT_FILE))?,
             None => self.applied.borrow().snapshot.clone(),
         };
         Ok(kept.map(|(meta, snapshot)| SnapshotOf::<ShardRaft, Vec<u8>> { meta, snapshot }))
