@@ -2,13 +2,11 @@
 //! ports, temp data dirs, stopped by PID (SIGTERM, or SIGKILL for crashes).
 #![allow(dead_code)]
 
-use cairn_proto::etcdserverpb::kv_client::KvClient;
-use cairn_proto::etcdserverpb::RangeRequest;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub use cairn_tools::etcd::{free_port, Etcd};
+pub use cairn_tools::etcd::{free_port, wait_serving, Etcd};
 
 /// A running cairn member.
 pub struct Cairn {
@@ -122,35 +120,6 @@ impl Cairn {
 impl Drop for Cairn {
     fn drop(&mut self) {
         self.signal(libc::SIGKILL);
-    }
-}
-
-/// Waits until `url` answers a KV Range; `check` runs between attempts (it
-/// may panic, e.g. when the process died).
-pub fn wait_serving(url: &str, limit: Duration, mut check: impl FnMut()) {
-    let deadline = Instant::now() + limit;
-    let rt = rt();
-    loop {
-        let ok = rt.block_on(async {
-            let Ok(mut kv) = KvClient::connect(url.to_string()).await else {
-                return false;
-            };
-            kv.range(RangeRequest {
-                key: b"ready?".to_vec(),
-                ..Default::default()
-            })
-            .await
-            .is_ok()
-        });
-        if ok {
-            return;
-        }
-        check();
-        assert!(
-            Instant::now() < deadline,
-            "{url} did not answer within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

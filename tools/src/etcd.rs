@@ -65,32 +65,44 @@ impl Etcd {
             url,
             _dir: dir,
         };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        let deadline = Instant::now() + START_MAX;
-        while !rt.block_on(answers(&etcd.url)) {
-            assert!(
-                Instant::now() < deadline,
-                "etcd did not answer within {START_MAX:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_serving(&etcd.url, START_MAX, || {});
         etcd
     }
 }
 
-async fn answers(url: &str) -> bool {
-    let Ok(mut kv) = KvClient::connect(url.to_string()).await else {
-        return false;
-    };
-    kv.range(RangeRequest {
-        key: b"ready?".to_vec(),
-        ..Default::default()
-    })
-    .await
-    .is_ok()
+/// Waits until `url` (an etcd v3 endpoint: etcd or cairn) answers a KV Range;
+/// `check` runs between attempts (it may panic, e.g. when the process died).
+///
+/// # Panics
+/// If nothing answers within `limit`.
+pub fn wait_serving(url: &str, limit: Duration, mut check: impl FnMut()) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let deadline = Instant::now() + limit;
+    loop {
+        let answered = rt.block_on(async {
+            let Ok(mut kv) = KvClient::connect(url.to_string()).await else {
+                return false;
+            };
+            kv.range(RangeRequest {
+                key: b"ready?".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .is_ok()
+        });
+        if answered {
+            return;
+        }
+        check();
+        assert!(
+            Instant::now() < deadline,
+            "{url} did not answer within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 impl Drop for Etcd {
