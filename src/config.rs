@@ -2,6 +2,7 @@
 //! `ETCD_<NAME>` environment variable. Bad values are refused at start with a
 //! message that names the flag.
 
+use cairn_wal::storage::WalIo;
 use clap::Parser;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -95,7 +96,7 @@ pub struct Config {
     /// How each shard's WAL writes and syncs (cairn's own): `ring`
     /// (io_uring; the core stays free while the disk works) or `blocking`
     /// (pwrite(2) + fdatasync(2) on the shard core, as etcd's WAL does).
-    #[arg(long, env = "CAIRN_WAL_IO", value_enum, default_value = "ring")]
+    #[arg(long, env = "CAIRN_WAL_IO", default_value = "ring")]
     pub wal_io: WalIo,
     /// WAL segment size in bytes (cairn's own; a multiple of 4096, >= 64 KiB).
     #[arg(long, env = "CAIRN_WAL_SEGMENT_BYTES", default_value_t = 64 << 20)]
@@ -222,13 +223,6 @@ fn parse_urls(flag: &str, urls: &str) -> Result<Vec<SocketAddr>, String> {
         return Err(format!("{flag}: no URL given"));
     }
     Ok(out)
-}
-
-/// `--wal-io`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum WalIo {
-    Ring,
-    Blocking,
 }
 
 #[cfg(test)]

@@ -133,10 +133,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             snapshot_count: cfg.snapshot_count,
             wal_segment_bytes: cfg.wal_segment_bytes,
             unsafe_no_fsync: cfg.unsafe_no_fsync,
-            wal_io: match cfg.wal_io {
-                crate::config::WalIo::Ring => cairn_wal::storage::WalIo::Ring,
-                crate::config::WalIo::Blocking => cairn_wal::storage::WalIo::Blocking,
-            },
+            wal_io: cfg.wal_io,
             parts: parts.clone(),
         })
         .collect();

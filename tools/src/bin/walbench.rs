@@ -33,12 +33,6 @@ enum Mode {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum IoArg {
-    Ring,
-    Blocking,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
 enum Backend {
     /// O_DIRECT through io_uring (what the server uses).
     Dma,
@@ -77,8 +71,8 @@ struct Args {
     cpu: usize,
     /// How the DMA backend writes and syncs: `ring` (io_uring) or
     /// `blocking` (pwrite(2) + fdatasync(2) on the executor thread).
-    #[arg(long, value_enum, default_value = "ring")]
-    io: IoArg,
+    #[arg(long, default_value = "ring")]
+    io: WalIo,
     /// Entries each writer keeps before purging (segments then recycle).
     #[arg(long, default_value_t = 256)]
     keep_entries: u64,
@@ -113,13 +107,7 @@ fn main() -> Result<()> {
         .io_memory(1 << 20)
         .spawn(move || async move {
             match args.backend {
-                Backend::Dma => {
-                    let io = match args.io {
-                        IoArg::Ring => WalIo::Ring,
-                        IoArg::Blocking => WalIo::Blocking,
-                    };
-                    run(DmaStorage::new(&args.dir)?.io(io), &args).await
-                }
+                Backend::Dma => run(DmaStorage::new(&args.dir)?.io(args.io), &args).await,
                 Backend::Std => run(StdStorage::new(&args.dir)?, &args).await,
             }
         })

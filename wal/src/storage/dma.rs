@@ -48,6 +48,18 @@ pub enum WalIo {
     Blocking,
 }
 
+/// `ring` or `blocking`, as the server's `--wal-io` and walbench's `--io` take it.
+impl std::str::FromStr for WalIo {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ring" => Ok(WalIo::Ring),
+            "blocking" => Ok(WalIo::Blocking),
+            _ => Err(format!("{s:?}: expected `ring` or `blocking`")),
+        }
+    }
+}
+
 const PROBE_FILE: &str = "iopoll-probe.tmp";
 
 impl DmaStorage {
