@@ -64,7 +64,7 @@ fn shard_count(dir: &Path, cfg: &Config) -> Result<usize, String> {
 /// The CPUs this process may run on (its affinity mask, as `taskset` or a
 /// cpuset leaves it), in order; shard `i` is pinned to the `i`-th of them
 /// (wrapping), so a member started under `taskset -c 2,3` stays on 2 and 3.
-fn allowed_cpus() -> Vec<usize> {
+pub fn allowed_cpus() -> Vec<usize> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity
     // writes at most size_of::<cpu_set_t>() bytes into it.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };

@@ -212,24 +212,11 @@ fn bad_auto_compaction_flags_are_refused() {
     assert!(err.contains("--auto-compaction-retention"), "{err}");
 }
 
-/// The CPUs this test process may run on.
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: zeroed cpu_set_t is an empty set; the call fills it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    assert_eq!(
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) },
-        0
-    );
-    (0..libc::CPU_SETSIZE as usize)
-        .filter(|&i| unsafe { libc::CPU_ISSET(i, &set) })
-        .collect()
-}
-
 #[test]
 fn shards_default_to_and_stay_on_the_cpus_cairn_may_use() {
     use std::os::unix::process::CommandExt;
     // As `taskset -c <cpu> cairn`: one CPU allowed, no --shards flag.
-    let cpu = *allowed_cpus().last().expect("some CPU");
+    let cpu = *cairn::server::allowed_cpus().last().expect("some CPU");
     let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let dir = base.path().join("m");
     let port = common::free_port();
