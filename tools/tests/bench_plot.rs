@@ -1,6 +1,21 @@
 //! bench-plot turns compare-etcd results into the two SVG plots.
 
+use std::path::Path;
 use std::process::Command;
+
+/// Runs bench-plot on `results`, drawing into `out`; true if it succeeded.
+fn plot(results: &Path, out: &Path) -> bool {
+    Command::new(env!("CARGO_BIN_EXE_bench-plot"))
+        .args([
+            "--results",
+            results.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap()
+        .success()
+}
 
 #[test]
 fn plots_are_drawn_from_the_rounds_medians() {
@@ -28,16 +43,7 @@ fn plots_are_drawn_from_the_rounds_medians() {
         }
     }
     let out = dir.path().join("plots");
-    let status = Command::new(env!("CARGO_BIN_EXE_bench-plot"))
-        .args([
-            "--results",
-            results.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    assert!(plot(&results, &out));
     let put = std::fs::read_to_string(out.join("put-throughput.svg")).unwrap();
     assert!(put.starts_with("<svg"));
     assert!(
@@ -52,14 +58,5 @@ fn plots_are_drawn_from_the_rounds_medians() {
     // An empty results directory is an error, not an empty plot.
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    let status = Command::new(env!("CARGO_BIN_EXE_bench-plot"))
-        .args([
-            "--results",
-            empty.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .status()
-        .unwrap();
-    assert!(!status.success());
+    assert!(!plot(&empty, &out));
 }
