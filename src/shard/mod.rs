@@ -55,11 +55,14 @@ pub struct WriteOutcome {
     pub view: i64,
 }
 
+/// Where a write's answer goes.
+pub type WriteReply = oneshot::Sender<Result<WriteOutcome, EtcdError>>;
+
 /// Requests to a shard core.
 pub enum ShardMsg {
     Write {
         op: RequestOp,
-        reply: oneshot::Sender<Result<WriteOutcome, EtcdError>>,
+        reply: WriteReply,
     },
     Range {
         req: RangeRequest,
@@ -316,8 +319,9 @@ async fn run(
         let what = what.to_string();
         move |err: &dyn std::fmt::Display| format!("shard {}: {what}: {err}", cfg.id)
     };
-    let mut storage = DmaStorage::new(cfg.dir.join("wal")).map_err(|x| e("wal dir")(&x))?;
-    storage = storage.io(cfg.wal_io);
+    let mut storage = DmaStorage::new(cfg.dir.join("wal"))
+        .map_err(|x| e("wal dir")(&x))?
+        .io(cfg.wal_io);
     if cfg.unsafe_no_fsync {
         storage = storage.unsafe_no_fsync();
     }
@@ -656,8 +660,6 @@ async fn latched(
         }
     }
 }
-
-type WriteReply = oneshot::Sender<Result<WriteOutcome, EtcdError>>;
 
 /// Evaluates, stamps and applies speculatively each of `batch` in order, then
 /// proposes the ones that changed something as one log entry; each is
