@@ -13,136 +13,97 @@ use cairn::raft::log_store::WalLogStore;
 use cairn::raft::network::SingleMemberNetwork;
 use cairn::raft::state_machine::ShardStateMachine;
 use cairn::raft::types::{ShardCommand, ShardRaft};
+use cairn_benches::{JobThread, Jobs};
 use cairn_wal::storage::DmaStorage;
 use cairn_wal::{Config, Wal};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use glommio::{LocalExecutorBuilder, Placement};
 use openraft::{BasicNode, Raft};
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::rc::Rc;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 struct Job {
     proposers: u64,
     writes: u64,
-    done: mpsc::Sender<Duration>,
 }
 
 /// A glommio thread that owns one Raft group and runs jobs.
-struct RaftThread {
-    jobs: Option<mpsc::Sender<Job>>,
-    handle: Option<glommio::ExecutorJoinHandle<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl RaftThread {
-    fn start() -> Self {
-        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
-        let path = dir.path().to_path_buf();
-        let (tx, rx) = mpsc::channel::<Job>();
-        let handle = LocalExecutorBuilder::new(Placement::Unbound)
-            .io_memory(cairn::raft::runtime::IO_MEMORY_BYTES)
-            .spawn(move || async move {
-                let (wal, _) = Wal::open(DmaStorage::new(&path).expect("dir"), Config::default())
-                    .await
-                    .expect("open");
-                let wal = Rc::new(wal);
-                cairn::shard::spawn_wal_upkeep(wal.clone());
-                let store = Rc::new(RefCell::new(Store::new()));
-                let sm = ShardStateMachine::new(store);
-                // The shard's own Raft settings (`--snapshot-count` default).
-                let config = cairn::shard::raft_config(100_000).expect("config");
-                let raft: Raft<ShardRaft, ShardStateMachine> = Raft::new(
-                    1,
-                    Arc::new(config),
-                    SingleMemberNetwork,
-                    WalLogStore::new(wal.clone(), 0),
-                    sm,
-                )
+fn raft_thread() -> JobThread<Job> {
+    JobThread::start(
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        cairn::raft::runtime::IO_MEMORY_BYTES,
+        |path, jobs: Jobs<Job>| async move {
+            let (wal, _) = Wal::open(DmaStorage::new(&path).expect("dir"), Config::default())
                 .await
-                .expect("raft");
-                raft.initialize(BTreeMap::from([(1, BasicNode::new("local"))]))
-                    .await
-                    .expect("initialize");
-                raft.wait(Some(Duration::from_secs(30)))
-                    .current_leader(1, "leader")
-                    .await
-                    .expect("leader");
-                let raft = Rc::new(raft);
-                let revision = Rc::new(Cell::new(1i64));
-                let value = vec![0x5Au8; 256];
-                while let Ok(job) = rx.recv() {
-                    let start = Instant::now();
-                    let mut tasks = Vec::new();
-                    for p in 0..job.proposers {
-                        let share =
-                            job.writes / job.proposers + u64::from(p < job.writes % job.proposers);
-                        let (raft, revision, value) =
-                            (raft.clone(), revision.clone(), value.clone());
-                        tasks.push(glommio::spawn_local(async move {
-                            for i in 0..share {
-                                // Stamped and proposed with no await in
-                                // between: the log is in revision order.
-                                let r = revision.get() + 1;
-                                revision.set(r);
-                                let key = format!("{:08}", (p * 7919 + i) % 100_000).into_bytes();
-                                let changes = vec![Change::Put {
-                                    key,
-                                    value: value.clone(),
-                                    lease: 0,
-                                }];
-                                raft.client_write(ShardCommand::Write {
-                                    revision: r,
-                                    changes,
-                                })
-                                .await
-                                .expect("client_write");
-                            }
-                        }));
-                    }
-                    for t in tasks {
-                        t.await;
-                    }
-                    let _ = job.done.send(start.elapsed());
+                .expect("open");
+            let wal = Rc::new(wal);
+            cairn::shard::spawn_wal_upkeep(wal.clone());
+            let store = Rc::new(RefCell::new(Store::new()));
+            let sm = ShardStateMachine::new(store);
+            // The shard's own Raft settings (`--snapshot-count` default).
+            let config = cairn::shard::raft_config(100_000).expect("config");
+            let raft: Raft<ShardRaft, ShardStateMachine> = Raft::new(
+                1,
+                Arc::new(config),
+                SingleMemberNetwork,
+                WalLogStore::new(wal.clone(), 0),
+                sm,
+            )
+            .await
+            .expect("raft");
+            raft.initialize(BTreeMap::from([(1, BasicNode::new("local"))]))
+                .await
+                .expect("initialize");
+            raft.wait(Some(Duration::from_secs(30)))
+                .current_leader(1, "leader")
+                .await
+                .expect("leader");
+            let raft = Rc::new(raft);
+            let revision = Rc::new(Cell::new(1i64));
+            let value = vec![0x5Au8; 256];
+            while let Ok((job, done)) = jobs.recv() {
+                let start = Instant::now();
+                let mut tasks = Vec::new();
+                for p in 0..job.proposers {
+                    let share =
+                        job.writes / job.proposers + u64::from(p < job.writes % job.proposers);
+                    let (raft, revision, value) = (raft.clone(), revision.clone(), value.clone());
+                    tasks.push(glommio::spawn_local(async move {
+                        for i in 0..share {
+                            // Stamped and proposed with no await in
+                            // between: the log is in revision order.
+                            let r = revision.get() + 1;
+                            revision.set(r);
+                            let key = format!("{:08}", (p * 7919 + i) % 100_000).into_bytes();
+                            let changes = vec![Change::Put {
+                                key,
+                                value: value.clone(),
+                                lease: 0,
+                            }];
+                            raft.client_write(ShardCommand::Write {
+                                revision: r,
+                                changes,
+                            })
+                            .await
+                            .expect("client_write");
+                        }
+                    }));
                 }
-                let _ = raft.shutdown().await;
-            })
-            .expect("glommio executor");
-        Self {
-            jobs: Some(tx),
-            handle: Some(handle),
-            _dir: dir,
-        }
-    }
-
-    fn run(&self, proposers: u64, writes: u64) -> Duration {
-        let (done, wait) = mpsc::channel();
-        self.jobs
-            .as_ref()
-            .expect("running")
-            .send(Job {
-                proposers,
-                writes,
-                done,
-            })
-            .expect("raft thread alive");
-        wait.recv().expect("job finished")
-    }
-}
-
-impl Drop for RaftThread {
-    fn drop(&mut self) {
-        self.jobs.take();
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
+                for t in tasks {
+                    t.await;
+                }
+                let _ = done.send(start.elapsed());
+            }
+            let _ = raft.shutdown().await;
+        },
+    )
 }
 
 fn raft_append(c: &mut Criterion) {
-    let raft = RaftThread::start();
+    let raft = raft_thread();
     let mut group = c.benchmark_group("raft_append/proposers (8 B keys, 256 B values)");
     group
         .sample_size(10)
@@ -153,7 +114,14 @@ fn raft_append(c: &mut Criterion) {
         group.bench_with_input(
             BenchmarkId::from_parameter(proposers),
             &proposers,
-            |b, &p| b.iter_custom(|iters| raft.run(p.min(iters), iters)),
+            |b, &p| {
+                b.iter_custom(|iters| {
+                    raft.run(Job {
+                        proposers: p.min(iters),
+                        writes: iters,
+                    })
+                })
+            },
         );
     }
     group.finish();

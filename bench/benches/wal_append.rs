@@ -5,107 +5,67 @@
 //! thread sends it jobs over a channel and gets back the elapsed time.
 //! Data goes under the cargo target dir (not /tmp, which may be tmpfs).
 
+use cairn_benches::{JobThread, Jobs};
 use cairn_wal::storage::DmaStorage;
 use cairn_wal::{Config, Wal};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use glommio::{LocalExecutorBuilder, Placement};
+use std::path::Path;
 use std::rc::Rc;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 struct Job {
     writers: u64,
     record_bytes: usize,
     appends: u64,
-    done: mpsc::Sender<Duration>,
 }
 
 /// A glommio thread that owns one WAL and runs jobs.
-struct WalThread {
-    jobs: Option<mpsc::Sender<Job>>,
-    handle: Option<glommio::ExecutorJoinHandle<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl WalThread {
-    fn start() -> Self {
-        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
-        let path = dir.path().to_path_buf();
-        let (tx, rx) = mpsc::channel::<Job>();
-        let handle = LocalExecutorBuilder::new(Placement::Unbound)
-            .io_memory(1 << 20)
-            .spawn(move || async move {
-                let (wal, _) = Wal::open(DmaStorage::new(&path).expect("dir"), Config::default())
-                    .await
-                    .expect("open");
-                let wal = Rc::new(wal);
-                let mut next_index = vec![1u64; 1024];
-                while let Ok(job) = rx.recv() {
-                    let payload = Rc::new(vec![0x5Au8; job.record_bytes]);
-                    let start = Instant::now();
-                    let mut tasks = Vec::new();
-                    for w in 0..job.writers {
-                        let share =
-                            job.appends / job.writers + u64::from(w < job.appends % job.writers);
-                        let first = next_index[w as usize];
-                        next_index[w as usize] += share;
-                        let (wal, payload) = (wal.clone(), payload.clone());
-                        tasks.push(glommio::spawn_local(async move {
-                            for i in first..first + share {
-                                let lsn = wal
-                                    .append(w, [(i, payload.as_slice())])
-                                    .await
-                                    .expect("append");
-                                wal.sync(lsn).await.expect("sync");
-                            }
-                            // Keep the log short so segments recycle.
-                            if first + share > 1 {
-                                wal.purge(w, first + share - 1, b"").await.expect("purge");
-                            }
-                        }));
-                    }
-                    for t in tasks {
-                        t.await;
-                    }
-                    let _ = job.done.send(start.elapsed());
-                    wal.maintain().await.expect("spare");
+fn wal_thread() -> JobThread<Job> {
+    JobThread::start(
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        1 << 20,
+        |path, jobs: Jobs<Job>| async move {
+            let (wal, _) = Wal::open(DmaStorage::new(&path).expect("dir"), Config::default())
+                .await
+                .expect("open");
+            let wal = Rc::new(wal);
+            let mut next_index = vec![1u64; 1024];
+            while let Ok((job, done)) = jobs.recv() {
+                let payload = Rc::new(vec![0x5Au8; job.record_bytes]);
+                let start = Instant::now();
+                let mut tasks = Vec::new();
+                for w in 0..job.writers {
+                    let share =
+                        job.appends / job.writers + u64::from(w < job.appends % job.writers);
+                    let first = next_index[w as usize];
+                    next_index[w as usize] += share;
+                    let (wal, payload) = (wal.clone(), payload.clone());
+                    tasks.push(glommio::spawn_local(async move {
+                        for i in first..first + share {
+                            let lsn = wal
+                                .append(w, [(i, payload.as_slice())])
+                                .await
+                                .expect("append");
+                            wal.sync(lsn).await.expect("sync");
+                        }
+                        // Keep the log short so segments recycle.
+                        if first + share > 1 {
+                            wal.purge(w, first + share - 1, b"").await.expect("purge");
+                        }
+                    }));
                 }
-            })
-            .expect("glommio executor");
-        Self {
-            jobs: Some(tx),
-            handle: Some(handle),
-            _dir: dir,
-        }
-    }
-
-    fn run(&self, writers: u64, record_bytes: usize, appends: u64) -> Duration {
-        let (done, wait) = mpsc::channel();
-        self.jobs
-            .as_ref()
-            .expect("running")
-            .send(Job {
-                writers,
-                record_bytes,
-                appends,
-                done,
-            })
-            .expect("wal thread alive");
-        wait.recv().expect("job finished")
-    }
-}
-
-impl Drop for WalThread {
-    fn drop(&mut self) {
-        self.jobs.take();
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
+                for t in tasks {
+                    t.await;
+                }
+                let _ = done.send(start.elapsed());
+                wal.maintain().await.expect("spare");
+            }
+        },
+    )
 }
 
 fn wal_append(c: &mut Criterion) {
-    let wal = WalThread::start();
+    let wal = wal_thread();
 
     let mut by_size = c.benchmark_group("wal_append/record_bytes (16 writers)");
     by_size
@@ -115,7 +75,13 @@ fn wal_append(c: &mut Criterion) {
     for bytes in [64usize, 256, 1024, 4096, 16384, 65536] {
         by_size.throughput(Throughput::Bytes(bytes as u64));
         by_size.bench_with_input(BenchmarkId::from_parameter(bytes), &bytes, |b, &bytes| {
-            b.iter_custom(|iters| wal.run(16.min(iters), bytes, iters))
+            b.iter_custom(|iters| {
+                wal.run(Job {
+                    writers: 16.min(iters),
+                    record_bytes: bytes,
+                    appends: iters,
+                })
+            })
         });
     }
     by_size.finish();
@@ -130,7 +96,15 @@ fn wal_append(c: &mut Criterion) {
         by_writers.bench_with_input(
             BenchmarkId::from_parameter(writers),
             &writers,
-            |b, &writers| b.iter_custom(|iters| wal.run(writers.min(iters), 256, iters)),
+            |b, &writers| {
+                b.iter_custom(|iters| {
+                    wal.run(Job {
+                        writers: writers.min(iters),
+                        record_bytes: 256,
+                        appends: iters,
+                    })
+                })
+            },
         );
     }
     by_writers.finish();
