@@ -98,6 +98,10 @@ pub struct Config {
     /// (pwrite(2) + fdatasync(2) on the shard core, as etcd's WAL does).
     #[arg(long, env = "CAIRN_WAL_IO", default_value = "ring")]
     pub wal_io: WalIo,
+    /// Bytes of recent events kept in memory for watchers (cairn's own). A
+    /// watcher further behind reads its events from the key histories.
+    #[arg(long, env = "CAIRN_WATCH_LOG_BYTES", default_value_t = crate::watch::WATCH_LOG_BYTES_DEFAULT)]
+    pub watch_log_bytes: usize,
     /// WAL segment size in bytes (cairn's own; a multiple of 4096, >= 64 KiB).
     #[arg(long, env = "CAIRN_WAL_SEGMENT_BYTES", default_value_t = 64 << 20)]
     pub wal_segment_bytes: u64,
@@ -253,6 +257,7 @@ mod tests {
         );
         assert_eq!(c.wal_io, WalIo::Ring);
         assert_eq!(parse(&["--wal-io", "blocking"]).wal_io, WalIo::Blocking);
+        assert_eq!(parse(&["--wal-io", "dsync"]).wal_io, WalIo::Dsync);
         assert!(Config::try_parse_from(["cairn", "--wal-io", "sometimes"]).is_err());
         assert!(c.validate().is_ok());
     }

@@ -3,6 +3,7 @@
 //! - [`api`]: etcd's error table and request validation at the edge.
 //! - [`mvcc`]: one shard's keys and revision histories, and request evaluation.
 //! - [`sequencer`]: the write leader's revision counter and committed prefix C.
+//! - [`watch`]: the member's recent events in revision order, for watchers.
 //! - [`shard`]: a shard core (glommio executor owning a WAL, a Raft group and a store).
 //! - [`raft`]: openraft glue: log store over the WAL, glommio runtime adapter,
 //!   state machine over the store, cross-shard part decisions.
@@ -17,3 +18,4 @@ pub mod raft;
 pub mod sequencer;
 pub mod server;
 pub mod shard;
+pub mod watch;

@@ -150,6 +150,11 @@ impl SharedSequencer {
         self.lock().last_stamped()
     }
 
+    /// C as it moves.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.committed_tx.subscribe()
+    }
+
     /// Resolves once C is at least `rev`.
     pub async fn wait_committed(&self, rev: i64) {
         let mut rx = self.committed_tx.subscribe();

@@ -3,13 +3,16 @@
 
 use crate::api::kv::{ClusterService, KvService, Member};
 use crate::api::maintenance::{Alarms, MaintenanceService, DEFAULT_QUOTA_BYTES};
+use crate::api::watch::WatchService;
 use crate::config::Config;
 use crate::raft::meta::MemberRecord;
 use crate::raft::parts::PartBook;
 use crate::sequencer::SharedSequencer;
 use crate::shard::{self, ShardConfig, ShardMsg};
+use crate::watch::WatchHub;
 use cairn_proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+    watch_server::WatchServer,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -144,14 +147,18 @@ pub fn run(cfg: Config) -> Result<(), String> {
     // below it that some shard's log lacks never committed.
     parts.close_all(last);
     let seq = Arc::new(SharedSequencer::new(last));
-    let (handles, threads): (Vec<_>, Vec<_>) =
-        started.into_iter().map(|s| s.serve(seq.clone())).unzip();
+    let hub = Arc::new(WatchHub::new(last, cfg.watch_log_bytes));
+    let (handles, threads): (Vec<_>, Vec<_>) = started
+        .into_iter()
+        .map(|s| s.serve(seq.clone(), hub.clone()))
+        .unzip();
 
     let member = Arc::new(Member {
         member_id,
         cluster_id: cfg.cluster_id(),
         shards: handles.clone(),
         seq,
+        hub,
         max_txn_ops: cfg.max_txn_ops,
         max_request_bytes: cfg.max_request_bytes,
         raft_term,
@@ -188,6 +195,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             )
             .add_service(MaintenanceServer::new(MaintenanceService(member.clone())))
             .add_service(ClusterServer::new(ClusterService(member.clone())))
+            .add_service(WatchServer::new(WatchService(member.clone())))
             .prepare()
             .into_axum_router();
             let app = grpc

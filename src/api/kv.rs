@@ -28,6 +28,8 @@ pub struct Member {
     pub cluster_id: u64,
     pub shards: Vec<ShardHandle>,
     pub seq: Arc<SharedSequencer>,
+    /// Events for watchers (see `crate::watch`).
+    pub hub: Arc<crate::watch::WatchHub>,
     pub max_txn_ops: usize,
     pub max_request_bytes: usize,
     /// The highest Raft term any shard reports.

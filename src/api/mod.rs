@@ -5,6 +5,7 @@
 //! - [`kv`]: the member as the front sees it, KV and Cluster services.
 //! - [`cross`]: requests whose keys span shards (DESIGN §2.1 point 4).
 //! - [`maintenance`]: Maintenance service, alarms, the space quota, snapshots.
+//! - [`watch`]: the Watch service (events from the member's `WatchHub`).
 //! - [`gateway`], [`http`]: etcd's JSON gateway, health, version, metrics.
 //! - [`errors`], [`validate`], [`convert`]: etcd's error table, request rules,
 //!   protobuf ↔ MVCC types.
@@ -17,5 +18,6 @@ pub mod http;
 pub mod kv;
 pub mod maintenance;
 pub mod validate;
+pub mod watch;
 
 pub use errors::EtcdError;

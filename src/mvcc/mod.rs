@@ -15,4 +15,4 @@
 pub mod store;
 pub mod txn;
 
-pub use store::{Change, KeyValue, MvccError, RangeEnd, RangeResult, Store, StoreImage};
+pub use store::{Change, Event, KeyValue, MvccError, RangeEnd, RangeResult, Store, StoreImage};

@@ -44,6 +44,17 @@ impl Change {
     }
 }
 
+/// One change as a watcher sees it (etcd's `mvccpb.Event`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// A delete: `kv` then holds the key and the delete's revision as
+    /// `mod_revision`, everything else zero (as etcd sends it).
+    pub delete: bool,
+    pub kv: KeyValue,
+    /// The key's live value before this change, if it had one.
+    pub prev: Option<KeyValue>,
+}
+
 /// Errors of reads and compaction, with etcd's messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MvccError {
@@ -290,6 +301,61 @@ impl Store {
             self.keys.entry(key.into()).or_default().push(next);
         }
         self.revision = revision;
+    }
+
+    /// The events of `changes` just applied at `revision` (see [`Store::apply`]),
+    /// in the order of `changes`; a delete that changed nothing has none.
+    pub fn events_at(&self, revision: i64, changes: &[Change], out: &mut Vec<Event>) {
+        for change in changes {
+            let key = change.key();
+            let Some(history) = self.keys.get(key) else {
+                continue;
+            };
+            let last = history.len() - 1;
+            if history[last].mod_revision == revision {
+                out.push(event(key, history, last, &history[last]));
+            }
+        }
+    }
+
+    /// The events on keys of the range with a revision in `from..=to`, in
+    /// revision order (key order within a revision), and the revision they
+    /// reach: all of them up to it. With more than `limit` events, the list
+    /// stops after a whole revision (at least one), so the rest can be asked
+    /// for next. The caller checks that `from` is not below the compaction
+    /// point: below it, history is gone.
+    pub fn events_between(
+        &self,
+        key: &[u8],
+        end: &RangeEnd,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> (Vec<Event>, i64) {
+        let mut out = Vec::new();
+        if !end.non_empty(key) || from > to {
+            return (out, to);
+        }
+        for (k, history) in self.keys.range::<[u8], _>(end.bounds(key)) {
+            let first = history.partition_point(|v| v.mod_revision < from);
+            for (i, v) in history.iter().enumerate().skip(first) {
+                if v.mod_revision > to {
+                    break;
+                }
+                out.push(event(k, history, i, v));
+            }
+        }
+        out.sort_by_key(|e| e.kv.mod_revision); // stable: key order within a revision
+        if out.len() <= limit.max(1) {
+            return (out, to);
+        }
+        // Cut before the revision of the first event past the limit, or after
+        // the first revision if that one alone is past it.
+        let first = out[0].kv.mod_revision;
+        let over = out[limit.max(1)].kv.mod_revision;
+        let reached = if over == first { first } else { over - 1 };
+        out.truncate(out.partition_point(|e| e.kv.mod_revision <= reached));
+        (out, reached)
     }
 
     /// Checks that revision `at` can be read (0 or less means the newest).
@@ -785,6 +851,20 @@ fn visible(history: &[Version], at: i64) -> Option<&Version> {
     history[..i].last().filter(|v| !v.is_tombstone())
 }
 
+/// The event of version `i` (`v`) of `key`'s history.
+fn event(key: &[u8], history: &[Version], i: usize, v: &Version) -> Event {
+    let prev = i
+        .checked_sub(1)
+        .map(|p| &history[p])
+        .filter(|p| !p.is_tombstone())
+        .map(|p| to_kv(key, p));
+    Event {
+        delete: v.is_tombstone(),
+        kv: to_kv(key, v),
+        prev,
+    }
+}
+
 fn to_kv(key: &[u8], v: &Version) -> KeyValue {
     KeyValue {
         key: key.to_vec(),
@@ -799,6 +879,71 @@ fn to_kv(key: &[u8], v: &Version) -> KeyValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_carry_the_new_and_previous_values_and_replay_from_history() {
+        let mut s = Store::new();
+        let mut live = Vec::new();
+        let mut apply = |s: &mut Store, rev: i64, changes: &[Change]| {
+            s.apply(rev, changes);
+            s.events_at(rev, changes, &mut live);
+        };
+        apply(&mut s, 2, &[put("a", "1"), put("b", "1")]);
+        apply(&mut s, 3, &[put("a", "2")]);
+        // Deleting a key that is not live changes nothing: no event.
+        apply(&mut s, 4, &[del("b"), del("zz")]);
+        apply(&mut s, 5, &[put("b", "3")]);
+        let shape: Vec<_> = live
+            .iter()
+            .map(|e| {
+                (
+                    e.delete,
+                    String::from_utf8(e.kv.key.clone()).unwrap(),
+                    e.kv.mod_revision,
+                    e.kv.version,
+                    e.prev.as_ref().map(|p| p.mod_revision),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (false, "a".into(), 2, 1, None),
+                (false, "b".into(), 2, 1, None),
+                (false, "a".into(), 3, 2, Some(2)),
+                (true, "b".into(), 4, 0, Some(2)),
+                (false, "b".into(), 5, 1, None),
+            ]
+        );
+        assert_eq!(live[3].kv.create_revision, 0, "a delete event is bare");
+        assert!(live[3].kv.value.is_empty());
+        // The same events, read back from the histories.
+        let all = |s: &Store, key: &[u8], end: RangeEnd, from, to| {
+            s.events_between(key, &end, from, to, usize::MAX)
+        };
+        assert_eq!(all(&s, b"", RangeEnd::ToEnd, 1, 5), (live.clone(), 5));
+        assert_eq!(all(&s, b"", RangeEnd::ToEnd, 3, 4).0, live[2..4]);
+        assert_eq!(all(&s, b"b", RangeEnd::Single, 0, 9).0.len(), 3);
+        assert!(all(&s, b"b", RangeEnd::Until(b"a".to_vec()), 0, 9)
+            .0
+            .is_empty());
+        // A limit cuts at a revision boundary, never inside a revision.
+        assert_eq!(
+            s.events_between(b"", &RangeEnd::ToEnd, 1, 5, 1),
+            (live[..2].to_vec(), 2)
+        );
+        assert_eq!(
+            s.events_between(b"", &RangeEnd::ToEnd, 1, 5, 3),
+            (live[..3].to_vec(), 3)
+        );
+        assert_eq!(
+            s.events_between(b"", &RangeEnd::ToEnd, 4, 5, 1),
+            (live[3..4].to_vec(), 4)
+        );
+        // After compaction at 3 the history from 3 on is whole.
+        s.compact(3).unwrap();
+        assert_eq!(all(&s, b"", RangeEnd::ToEnd, 3, 5).0, live[2..]);
+    }
 
     #[test]
     fn the_borrowed_image_encodes_exactly_as_the_copied_one() {

@@ -13,7 +13,7 @@ use crate::api::EtcdError;
 use crate::mvcc::txn::{
     no_leases, stamp, Eval, RangeRequest, RangeResponse, RequestOp, ResponseOp,
 };
-use crate::mvcc::{Change, RangeEnd, Store, StoreImage};
+use crate::mvcc::{Change, Event, RangeEnd, Store, StoreImage};
 use crate::raft::log_store::WalLogStore;
 use crate::raft::meta::{MemberRecord, MetaCommand, MetaRaft, MetaStateMachine, META_GROUP};
 use crate::raft::network::SingleMemberNetwork;
@@ -21,6 +21,7 @@ use crate::raft::parts::PartBook;
 use crate::raft::state_machine::ShardStateMachine;
 use crate::raft::types::{ShardCommand, ShardRaft};
 use crate::sequencer::SharedSequencer;
+use crate::watch::WatchHub;
 use cairn_wal::storage::DmaStorage;
 use cairn_wal::Wal;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -92,6 +93,18 @@ pub enum ShardMsg {
     Image {
         upto: i64,
         reply: oneshot::Sender<Result<Vec<u8>, EtcdError>>,
+    },
+    /// The events on keys of the range with revisions in `from..=to`, at
+    /// most about `limit` (see [`Store::events_between`]), and the revision
+    /// they reach (watchers reading history); Err(compaction point) if `from`
+    /// is below it.
+    Events {
+        key: Vec<u8>,
+        end: RangeEnd,
+        from: i64,
+        to: i64,
+        limit: usize,
+        reply: oneshot::Sender<Result<(Vec<Event>, i64), i64>>,
     },
     /// Take a snapshot now, so the WAL behind it is reclaimed (Defragment).
     Snapshot {
@@ -205,16 +218,18 @@ pub struct StartedShard {
     pub handle: ShardHandle,
     pub thread: glommio::ExecutorJoinHandle<Result<(), String>>,
     failed: std::sync::mpsc::Receiver<String>,
-    start: oneshot::Sender<Arc<SharedSequencer>>,
+    start: oneshot::Sender<(Arc<SharedSequencer>, Arc<WatchHub>)>,
 }
 
 impl StartedShard {
-    /// Lets the shard serve requests, stamping revisions from `seq`.
+    /// Lets the shard serve requests, stamping revisions from `seq` and
+    /// publishing their events to `hub`.
     pub fn serve(
         self,
         seq: Arc<SharedSequencer>,
+        hub: Arc<WatchHub>,
     ) -> (ShardHandle, glommio::ExecutorJoinHandle<Result<(), String>>) {
-        let _ = self.start.send(seq);
+        let _ = self.start.send((seq, hub));
         (self.handle, self.thread)
     }
 }
@@ -255,7 +270,7 @@ fn start(cfg: ShardConfig) -> Result<StartedShard, String> {
     let (failed_tx, failed) = std::sync::mpsc::channel::<String>();
     let gauges = Arc::new(ShardGauges::default());
     let shard_gauges = gauges.clone();
-    let (start_tx, start_rx) = oneshot::channel::<Arc<SharedSequencer>>();
+    let (start_tx, start_rx) = oneshot::channel::<(Arc<SharedSequencer>, Arc<WatchHub>)>();
     let placement = cfg.cpu.map_or(Placement::Unbound, Placement::Fixed);
     let id = cfg.id;
     let name = format!("shard-{id}");
@@ -312,7 +327,7 @@ pub fn raft_config(snapshot_count: u64) -> Result<openraft::Config, String> {
 async fn run(
     cfg: ShardConfig,
     rx: flume::Receiver<ShardMsg>,
-    start: oneshot::Receiver<Arc<SharedSequencer>>,
+    start: oneshot::Receiver<(Arc<SharedSequencer>, Arc<WatchHub>)>,
     gauges: Arc<ShardGauges>,
 ) -> Result<(), String> {
     let e = |what: &str| {
@@ -376,7 +391,7 @@ async fn run(
         .await
         .map_err(|x| e("replaying the log")(&x))?;
     cfg.parts.replayed(cfg.id as u32, store.borrow().revision());
-    let seq = start
+    let (seq, hub) = start
         .await
         .map_err(|_| format!("shard {}: never told to serve", cfg.id))?;
     // Everything at or below C is decided: say so in the log, so a later
@@ -430,7 +445,7 @@ async fn run(
                 // Acquired before proposing, released with the answers.
                 match inflight.acquire_static_permit(batch.len() as u64).await {
                     Ok(permit) => {
-                        since_snapshot += write(&raft, &store, &seq, batch, permit).await;
+                        since_snapshot += write(&raft, &store, &seq, &hub, batch, permit).await;
                         if since_snapshot >= cfg.snapshot_count {
                             since_snapshot = 0;
                             // Built from what is applied by then; not awaited.
@@ -482,7 +497,7 @@ async fn run(
             }
             ShardMsg::Latch { ctl, reply } => {
                 if reply.send(()).is_ok() {
-                    latched(&raft, &store, ctl).await;
+                    latched(&raft, &store, &seq, &hub, ctl).await;
                 }
             }
             ShardMsg::Image { upto, reply } => {
@@ -491,6 +506,21 @@ async fn run(
                     eprintln!("cairn: shard: encoding a snapshot image: {e}");
                     EtcdError::Stopped
                 }));
+            }
+            ShardMsg::Events {
+                key,
+                end,
+                from,
+                to,
+                limit,
+                reply,
+            } => {
+                let store = store.borrow();
+                let _ = reply.send(if from < store.compacted() {
+                    Err(store.compacted())
+                } else {
+                    Ok(store.events_between(&key, &end, from, to, limit))
+                });
             }
             ShardMsg::Snapshot { reply } => {
                 let _ = reply.send(snapshot_now(&raft).await);
@@ -616,6 +646,8 @@ async fn snapshot_now(raft: &Raft<ShardRaft, ShardStateMachine>) -> Result<(), E
 async fn latched(
     raft: &Raft<ShardRaft, ShardStateMachine>,
     store: &Rc<RefCell<Store>>,
+    seq: &SharedSequencer,
+    hub: &WatchHub,
     ctl: flume::Receiver<LatchCtl>,
 ) {
     while let Ok(msg) = ctl.recv_async().await {
@@ -636,6 +668,9 @@ async fn latched(
                 // Like a write: applied now, answered once committed. The
                 // coordinator marks the revision committed when every part is.
                 store.borrow_mut().apply(revision, &changes);
+                let mut events = Vec::new();
+                store.borrow().events_at(revision, &changes, &mut events);
+                hub.publish([(revision, events)], seq.committed());
                 let command = ShardCommand::Part {
                     revision,
                     changes,
@@ -668,10 +703,12 @@ async fn write(
     raft: &Raft<ShardRaft, ShardStateMachine>,
     store: &Rc<RefCell<Store>>,
     seq: &Arc<SharedSequencer>,
+    hub: &WatchHub,
     batch: Vec<(RequestOp, WriteReply)>,
     permit: glommio::sync::StaticPermit,
 ) -> u64 {
     let mut writes = Vec::with_capacity(batch.len());
+    let mut events = Vec::with_capacity(batch.len());
     let mut answers = Vec::with_capacity(batch.len());
     // Stamp, apply and queue in one step, with no await in between: the log
     // holds this shard's writes in revision order.
@@ -702,12 +739,17 @@ async fn write(
             Ok((mut response, changes, _)) => {
                 let revision = seq.stamp();
                 store.borrow_mut().apply(revision, &changes);
+                let mut evs = Vec::with_capacity(changes.len());
+                store.borrow().events_at(revision, &changes, &mut evs);
+                events.push((revision, evs));
                 stamp(&mut response, revision);
                 writes.push((revision, changes));
                 answers.push((revision, response, reply));
             }
         }
     }
+    // Before any of them can commit: see crate::watch.
+    hub.publish(events, seq.committed());
     let proposed = writes.len() as u64;
     let command = match writes.len() {
         0 => return 0,

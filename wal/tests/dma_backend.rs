@@ -21,6 +21,50 @@ fn dma_wal_with_blocking_io_round_trips_with_concurrent_writers() {
     round_trip(WalIo::Blocking);
 }
 
+#[test]
+fn dma_wal_with_dsync_io_round_trips_with_concurrent_writers() {
+    round_trip(WalIo::Dsync);
+}
+
+/// In `dsync` mode `sync` does nothing, so every segment it opens must carry
+/// O_DSYNC (else nothing would ever be durable); the other modes must not.
+#[test]
+fn dsync_mode_opens_segments_with_o_dsync() {
+    use cairn_wal::storage::Storage;
+    use std::os::fd::AsRawFd;
+    let base = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dir = tempfile::tempdir_in(base).unwrap();
+    let path = dir.path().to_path_buf();
+    let flags = LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(1 << 20)
+        .spawn(move || async move {
+            let mut flags = Vec::new();
+            for io in [WalIo::Ring, WalIo::Dsync, WalIo::Blocking] {
+                let s = DmaStorage::new(&path).unwrap().io(io);
+                s.create_zeroed("seg", 64 * 1024).await.unwrap();
+                let f = s.open("seg").await.unwrap();
+                let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", f.as_raw_fd()))
+                    .unwrap();
+                let octal = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("flags:"))
+                    .unwrap()
+                    .trim()
+                    .to_string();
+                flags.push(i64::from_str_radix(&octal, 8).unwrap());
+            }
+            flags
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    let dsync = libc::O_DSYNC as i64;
+    assert_eq!(
+        flags.iter().map(|f| f & dsync != 0).collect::<Vec<_>>(),
+        [false, true, false]
+    );
+}
+
 fn round_trip(io: WalIo) {
     // Under the target dir: /tmp may be tmpfs, which has no O_DIRECT.
     let base = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));

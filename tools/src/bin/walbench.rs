@@ -69,8 +69,9 @@ struct Args {
     /// CPU to pin the executor to (compare with fio pinned to the same CPU).
     #[arg(long, default_value_t = 0)]
     cpu: usize,
-    /// How the DMA backend writes and syncs: `ring` (io_uring) or
-    /// `blocking` (pwrite(2) + fdatasync(2) on the executor thread).
+    /// How the DMA backend writes and syncs: `ring` (io_uring write, then
+    /// io_uring fdatasync), `dsync` (io_uring writes on O_DSYNC files: one op
+    /// per batch) or `blocking` (pwrite(2) + fdatasync(2) on the executor thread).
     #[arg(long, default_value = "ring")]
     io: WalIo,
     /// Entries each writer keeps before purging (segments then recycle).

@@ -46,6 +46,11 @@ pub enum WalIo {
     /// while it waited cannot exist; the next batch holds what the woken
     /// appenders add before the next flush.
     Blocking,
+    /// io_uring writes on files opened `O_DSYNC`: each write returns once its
+    /// data is durable (the kernel flushes, or writes FUA, when the write
+    /// completes), so `sync` has nothing left to do. One ring round trip per
+    /// batch instead of two, and no io-wq hand-off for the fdatasync.
+    Dsync,
 }
 
 /// `ring` or `blocking`, as the server's `--wal-io` and walbench's `--io` take it.
@@ -55,7 +60,8 @@ impl std::str::FromStr for WalIo {
         match s {
             "ring" => Ok(WalIo::Ring),
             "blocking" => Ok(WalIo::Blocking),
-            _ => Err(format!("{s:?}: expected `ring` or `blocking`")),
+            "dsync" => Ok(WalIo::Dsync),
+            _ => Err(format!("{s:?}: expected `ring`, `blocking` or `dsync`")),
         }
     }
 }
@@ -161,9 +167,15 @@ impl Storage for DmaStorage {
 
     async fn open(&self, name: &str) -> io::Result<DmaFile> {
         self.ensure_probe().await?;
+        let dsync = if self.io == WalIo::Dsync && !self.no_fsync {
+            libc::O_DSYNC
+        } else {
+            0
+        };
         OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(dsync)
             .dma_open(self.dir.join(name))
             .await
             .map_err(to_io)
@@ -186,7 +198,7 @@ impl Storage for DmaStorage {
             buf.as_bytes_mut().copy_from_slice(rest);
             let at = offset + done as u64;
             let n = match self.io {
-                WalIo::Ring => file.write_at(buf, at).await.map_err(to_io)?,
+                WalIo::Ring | WalIo::Dsync => file.write_at(buf, at).await.map_err(to_io)?,
                 WalIo::Blocking => {
                     use std::os::fd::AsRawFd;
                     let at = libc::off_t::try_from(at)
@@ -217,6 +229,8 @@ impl Storage for DmaStorage {
         }
         match self.io {
             WalIo::Ring => file.fdatasync().await.map_err(to_io),
+            // Every write to a file `open` returned was durable when it returned.
+            WalIo::Dsync => Ok(()),
             WalIo::Blocking => {
                 use std::os::fd::AsRawFd;
                 // SAFETY: the fd belongs to `file`, open for the whole call.

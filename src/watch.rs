@@ -1,0 +1,204 @@
+//! The member's recent events, in revision order, for watchers (etcd's
+//! watchable store).
+//!
+//! A shard publishes the events of each write when it stamps and applies it,
+//! before the write can commit; cross-shard parts publish the same way. The
+//! hub holds them as *pending* until the committed prefix C passes their
+//! revision, then *releases* them, in revision order, into a bounded log. So
+//! at the moment C reaches a revision, every event at or below it is in the
+//! hub, whichever shard wrote it, and a watcher that reads up to C sees them
+//! in order with none missing. Revisions that never commit are never released.
+//!
+//! The log keeps the newest events up to a byte bound. A watcher whose next
+//! revision has left the log (it started in the past, or fell behind) reads
+//! that stretch from the shards' MVCC histories instead (see
+//! `crate::api::watch`), as etcd's unsynced watchers do; so the hub's memory is
+//! bounded however slow a watcher is.
+
+use crate::mvcc::Event;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+/// The events of one revision.
+pub type Batch = Arc<(i64, Vec<Event>)>;
+
+/// Default bound on the bytes of released events kept.
+pub const WATCH_LOG_BYTES_DEFAULT: usize = 8 << 20;
+
+/// See the module docs.
+pub struct WatchHub {
+    inner: Mutex<Inner>,
+    max_bytes: usize,
+}
+
+struct Inner {
+    /// Published, not yet released (above C when published).
+    pending: BTreeMap<i64, Vec<Event>>,
+    /// Released, in revision order.
+    log: VecDeque<Batch>,
+    log_bytes: usize,
+    /// Every event with a revision in `start..=released` is in `log`.
+    start: i64,
+    /// The C the hub last released up to.
+    released: i64,
+}
+
+/// What a watcher gets from [`WatchHub::read`].
+#[derive(Debug)]
+pub enum Read {
+    /// The released revisions from the asked one on (possibly none), and the
+    /// revision they reach: every event up to it was in the log.
+    Events(Vec<Batch>, i64),
+    /// The asked revision has left the log (or predates the hub): read it from
+    /// the histories, up to the returned revision, then ask again after it.
+    Behind(i64),
+}
+
+fn event_bytes(e: &Event) -> usize {
+    let kv = |k: &crate::mvcc::KeyValue| k.key.len() + k.value.len() + 48;
+    kv(&e.kv) + e.prev.as_ref().map_or(0, kv)
+}
+
+impl WatchHub {
+    /// A hub whose history starts after `last` (events up to it are only in
+    /// the shards' histories), keeping up to `max_bytes` of released events.
+    pub fn new(last: i64, max_bytes: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                pending: BTreeMap::new(),
+                log: VecDeque::new(),
+                log_bytes: 0,
+                start: last + 1,
+                released: last,
+            }),
+            max_bytes,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds the events of revisions not yet committed (a shard's stamped
+    /// writes: `(revision, events)`), and releases what `committed` (the
+    /// current C) covers.
+    pub fn publish(&self, revisions: impl IntoIterator<Item = (i64, Vec<Event>)>, committed: i64) {
+        let mut inner = self.lock();
+        for (rev, events) in revisions {
+            debug_assert!(
+                rev > inner.released,
+                "revision {rev} published after C passed it"
+            );
+            if !events.is_empty() {
+                inner.pending.entry(rev).or_default().extend(events);
+            }
+        }
+        self.release(&mut inner, committed);
+    }
+
+    fn release(&self, inner: &mut Inner, committed: i64) {
+        if committed <= inner.released {
+            return;
+        }
+        while let Some(entry) = inner.pending.first_entry() {
+            if *entry.key() > committed {
+                break;
+            }
+            let (rev, mut events) = entry.remove_entry();
+            // Shards publish a cross-shard revision's parts in any order;
+            // watchers get a revision's events in key order, however read.
+            events.sort_by(|a, b| a.kv.key.cmp(&b.kv.key));
+            inner.log_bytes += events.iter().map(event_bytes).sum::<usize>();
+            inner.log.push_back(Arc::new((rev, events)));
+        }
+        inner.released = committed;
+        while inner.log_bytes > self.max_bytes {
+            let Some(old) = inner.log.pop_front() else {
+                break;
+            };
+            inner.log_bytes -= old.1.iter().map(event_bytes).sum::<usize>();
+            inner.start = old.0 + 1;
+        }
+    }
+
+    /// The released events from revision `from` on, after releasing what
+    /// `committed` (the current C) covers.
+    pub fn read(&self, from: i64, committed: i64) -> Read {
+        let mut inner = self.lock();
+        self.release(&mut inner, committed);
+        if from < inner.start {
+            return Read::Behind(inner.released);
+        }
+        let i = inner.log.partition_point(|b| b.0 < from);
+        Read::Events(inner.log.range(i..).cloned().collect(), inner.released)
+    }
+
+    /// Bytes of released events kept (for tests and metrics).
+    pub fn log_bytes(&self) -> usize {
+        self.lock().log_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mvcc::KeyValue;
+
+    fn ev(key: &str, rev: i64) -> Event {
+        Event {
+            delete: false,
+            kv: KeyValue {
+                key: key.into(),
+                mod_revision: rev,
+                create_revision: rev,
+                version: 1,
+                value: vec![0; 100],
+                lease: 0,
+            },
+            prev: None,
+        }
+    }
+
+    fn revs(r: &Read) -> Vec<i64> {
+        match r {
+            Read::Events(b, _) => b.iter().map(|b| b.0).collect(),
+            Read::Behind(_) => panic!("behind"),
+        }
+    }
+
+    #[test]
+    fn events_are_released_in_revision_order_only_below_c() {
+        let hub = WatchHub::new(1, 1 << 20);
+        // Shard B stamps 3, shard A stamps 2 and 4; C is still 1.
+        hub.publish([(3, vec![ev("b", 3)])], 1);
+        hub.publish([(2, vec![ev("a", 2)]), (4, vec![ev("a", 4)])], 1);
+        assert_eq!(revs(&hub.read(2, 1)), Vec::<i64>::new());
+        // 3 commits first, but C stays at 1 until 2 does: nothing released.
+        assert_eq!(revs(&hub.read(2, 1)), Vec::<i64>::new());
+        assert_eq!(revs(&hub.read(2, 3)), vec![2, 3]);
+        match hub.read(4, 4) {
+            Read::Events(b, upto) => {
+                assert_eq!(upto, 4);
+                assert_eq!(b[0].1[0].kv.key, b"a");
+            }
+            r => panic!("{r:?}"),
+        }
+        // A revision with no events (a gap) is simply absent.
+        hub.publish([(6, vec![ev("c", 6)])], 4);
+        assert_eq!(revs(&hub.read(2, 6)), vec![2, 3, 4, 6]);
+        // Before the hub's start: from the histories.
+        assert!(matches!(hub.read(1, 6), Read::Behind(6)));
+    }
+
+    #[test]
+    fn the_log_is_bounded_and_readers_behind_it_are_told_so() {
+        let hub = WatchHub::new(1, 2_000);
+        for rev in 2..200 {
+            hub.publish([(rev, vec![ev("k", rev)])], rev);
+            assert!(hub.log_bytes() <= 2_000);
+        }
+        assert!(matches!(hub.read(2, 199), Read::Behind(199)));
+        let recent = revs(&hub.read(190, 199));
+        assert_eq!(recent, (190..200).collect::<Vec<_>>());
+    }
+}
