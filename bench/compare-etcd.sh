@@ -41,7 +41,7 @@ fi
 OUT=${OUT:-bench/out/compare-etcd}
 PLOTS=${PLOTS:-bench/plots}
 TICK=$(getconf CLK_TCK)
-SCENARIOS=${SCENARIOS:-"put-1 put-100 put-1000 range-l range-s txn-put"}
+SCENARIOS=${SCENARIOS:-"put-1 put-100 put-1000 range-l range-s txn-put watch"}
 if [ "$MEMBERS" != 1 ]; then
   echo "compare-etcd: only single-member runs exist so far" >&2
   exit 2
@@ -100,6 +100,8 @@ scenario() { # endpoint name
     range-l)  "${run[@]}" "${common[@]}" --conns 10 --clients 100 --total 30000 range foo --consistency l ;;
     range-s)  "${run[@]}" "${common[@]}" --conns 10 --clients 100 --total 30000 range foo --consistency s ;;
     txn-put)  "${run[@]}" "${common[@]}" --conns 10 --clients 100 --total 20000 --key-space-size 1000 txn-put ;;
+    # 100 watchers (10 streams x 10) on one key, 200 puts/s: put-to-event latency.
+    watch)    "${run[@]}" "${common[@]}" --conns 10 watch-latency --streams 10 --watchers-per-stream 10 --put-total 1000 --put-rate 200 ;;
   esac | tail -1
 }
 
@@ -147,5 +149,21 @@ for s in scenarios:
           f"{statistics.median(cr):,.0f} ({min(cr):,.0f}..{max(cr):,.0f}) | {statistics.median(ratios):.2f} | "
           f"{statistics.median(x['p99_ms'] for x in e):.1f} | {statistics.median(x['p99_ms'] for x in c):.1f} | "
           f"{cpu_us('etcd', s, e):.0f} / {cpu_us('cairn', s, c):.0f} |")
+print()
+print("Latency, median over rounds (ms); etcd/cairn > 1 means cairn is faster. For `watch` the latency is put-to-event at a fixed put rate, so its req/s above is that rate, not a result.")
+print()
+print("| scenario | etcd p50 | cairn p50 | etcd/cairn p50 (per-round min..max) | etcd p99 | cairn p99 | etcd/cairn p99 |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+for s in scenarios:
+    e, c = load("etcd", s), load("cairn", s)
+    if not e or not c:
+        continue
+    def col(rows, k):
+        return [x[k] for x in rows]
+    r50 = [a / b for a, b in zip(col(e, "p50_ms"), col(c, "p50_ms"))]
+    r99 = [a / b for a, b in zip(col(e, "p99_ms"), col(c, "p99_ms"))]
+    print(f"| {s} | {statistics.median(col(e, 'p50_ms')):.3f} | {statistics.median(col(c, 'p50_ms')):.3f} | "
+          f"{statistics.median(r50):.2f} ({min(r50):.2f}..{max(r50):.2f}) | "
+          f"{statistics.median(col(e, 'p99_ms')):.2f} | {statistics.median(col(c, 'p99_ms')):.2f} | {statistics.median(r99):.2f} |")
 PY
 target/release/bench-plot --results "$OUT" --out "$PLOTS" >&2

@@ -93,10 +93,11 @@ pub struct Config {
     pub trusted_ca_file: Option<PathBuf>,
     #[arg(long, env = "ETCD_CLIENT_CERT_AUTH")]
     pub client_cert_auth: bool,
-    /// How each shard's WAL writes and syncs (cairn's own): `ring`
-    /// (io_uring; the core stays free while the disk works) or `blocking`
-    /// (pwrite(2) + fdatasync(2) on the shard core, as etcd's WAL does).
-    #[arg(long, env = "CAIRN_WAL_IO", default_value = "ring")]
+    /// How each shard's WAL writes and syncs (cairn's own): `dsync`
+    /// (io_uring writes on O_DSYNC segments: one op per batch), `ring`
+    /// (io_uring write, then io_uring fdatasync) or `blocking` (pwrite(2) +
+    /// fdatasync(2) on the shard core, as etcd's WAL does).
+    #[arg(long, env = "CAIRN_WAL_IO", default_value = "dsync")]
     pub wal_io: WalIo,
     /// Bytes of recent events kept in memory for watchers (cairn's own). A
     /// watcher further behind reads its events from the key histories.
@@ -255,7 +256,8 @@ mod tests {
             std::thread::available_parallelism().unwrap().get(),
             "one shard per online CPU"
         );
-        assert_eq!(c.wal_io, WalIo::Ring);
+        assert_eq!(c.wal_io, WalIo::Dsync);
+        assert_eq!(parse(&["--wal-io", "ring"]).wal_io, WalIo::Ring);
         assert_eq!(parse(&["--wal-io", "blocking"]).wal_io, WalIo::Blocking);
         assert_eq!(parse(&["--wal-io", "dsync"]).wal_io, WalIo::Dsync);
         assert!(Config::try_parse_from(["cairn", "--wal-io", "sometimes"]).is_err());

@@ -72,7 +72,7 @@ struct Args {
     /// How the DMA backend writes and syncs: `ring` (io_uring write, then
     /// io_uring fdatasync), `dsync` (io_uring writes on O_DSYNC files: one op
     /// per batch) or `blocking` (pwrite(2) + fdatasync(2) on the executor thread).
-    #[arg(long, default_value = "ring")]
+    #[arg(long, default_value = "dsync")]
     io: WalIo,
     /// Entries each writer keeps before purging (segments then recycle).
     #[arg(long, default_value_t = 256)]
@@ -183,10 +183,11 @@ async fn run<S: Storage + 'static>(storage: S, args: &Args) -> Result<()> {
     let wal = Rc::new(wal);
     // The owner's upkeep: reclaim old segments and prepare the next one, so
     // rotations on the write path wait for no rename or directory fsync.
+    let stop = Rc::new(std::cell::Cell::new(false));
     let spare_keeper = {
-        let wal = wal.clone();
+        let (wal, stop) = (wal.clone(), stop.clone());
         glommio::spawn_local(async move {
-            while wal.fatal_error().is_none() {
+            while wal.fatal_error().is_none() && !stop.get() {
                 if wal.maintain().await.is_err() {
                     break;
                 }
@@ -258,7 +259,10 @@ async fn run<S: Storage + 'static>(storage: S, args: &Args) -> Result<()> {
     for t in tasks {
         t.await?;
     }
-    drop(spare_keeper);
+    // Let the upkeep finish what it started: a rename or directory fsync on
+    // glommio's blocking pool must not outlive the executor.
+    stop.set(true);
+    spare_keeper.await;
     let (t_start, batches_at_start) = measure_start
         .borrow()
         .context("no append finished after the warm-up")?;

@@ -38,7 +38,6 @@ pub enum WalIo {
     /// io_uring ops: the core stays free while the disk works. The kernel
     /// cannot fsync without blocking, so it hands each fsync to an io-wq
     /// worker thread: a thread wake-up and a completion round trip per sync.
-    #[default]
     Ring,
     /// `pwrite(2)` and `fdatasync(2)` called on the core itself, as etcd's
     /// WAL does from its goroutine: the core (and every task on it) waits for
@@ -49,11 +48,14 @@ pub enum WalIo {
     /// io_uring writes on files opened `O_DSYNC`: each write returns once its
     /// data is durable (the kernel flushes, or writes FUA, when the write
     /// completes), so `sync` has nothing left to do. One ring round trip per
-    /// batch instead of two, and no io-wq hand-off for the fdatasync.
+    /// batch instead of two, and no io-wq hand-off for the fdatasync. The
+    /// default: it met the WAL's targets against fio where `ring` did not
+    /// (bench/RESULTS.md), and the core stays free while the disk works.
+    #[default]
     Dsync,
 }
 
-/// `ring` or `blocking`, as the server's `--wal-io` and walbench's `--io` take it.
+/// `ring`, `blocking` or `dsync`, as the server's `--wal-io` and walbench's `--io` take it.
 impl std::str::FromStr for WalIo {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
