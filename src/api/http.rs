@@ -193,7 +193,7 @@ async fn metrics(member: Arc<Member>) -> impl IntoResponse {
     }
     let _ = writeln!(
         s,
-        "# HELP etcd_disk_wal_fsync_duration_seconds The latency of WAL fdatasyncs, by shard.\n# TYPE etcd_disk_wal_fsync_duration_seconds histogram"
+        "# HELP etcd_disk_wal_fsync_duration_seconds The latency of making a WAL batch durable (its write and fdatasync, or its O_DSYNC write), by shard.\n# TYPE etcd_disk_wal_fsync_duration_seconds histogram"
     );
     for h in &member.shards {
         if let Some(fsync) = h.gauges.wal_fsync.get() {

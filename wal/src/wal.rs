@@ -271,7 +271,8 @@ pub struct Wal<S: Storage> {
     storage: Rc<S>,
     inner: RefCell<Inner<S::File>>,
     stats: Cell<WalStats>,
-    /// How long each batch's fdatasync took.
+    /// How long each batch took to become durable: its write and its sync
+    /// (with `O_DSYNC` segments the write is the sync).
     fsync: std::sync::Arc<crate::Histogram>,
 }
 
@@ -721,7 +722,8 @@ impl<S: Storage> Wal<S> {
         self.inner.borrow().fatal.clone()
     }
 
-    /// The fdatasync latency histogram (shared: readable from other threads).
+    /// The latency of making a batch durable, write + sync (shared: readable
+    /// from other threads).
     pub fn fsync_histogram(&self) -> std::sync::Arc<crate::Histogram> {
         self.fsync.clone()
     }
@@ -1052,11 +1054,11 @@ impl<S: Storage> Wal<S> {
         } else {
             self.segment_file(batch.seq)?
         };
+        let started = std::time::Instant::now();
         self.storage
             .write_at(&file, batch.start, &batch.buf)
             .await
             .map_err(|e| WalError::io("write", self.storage.describe(&name), e))?;
-        let started = std::time::Instant::now();
         let synced = self
             .storage
             .sync(&file)
