@@ -9,6 +9,11 @@
 //! hub, whichever shard wrote it, and a watcher that reads up to C sees them
 //! in order with none missing. Revisions that never commit are never released.
 //!
+//! Nothing is recorded while the member has no watcher (etcd's cost too):
+//! shards ask [`WatchHub::recording`] before they build events. When the
+//! first watcher arrives, recording starts with the next revision stamped;
+//! anything older is read from the histories (see [`WatchHub::add_watcher`]).
+//!
 //! The log keeps the newest events up to a byte bound. A watcher whose next
 //! revision has left the log (it started in the past, or fell behind) reads
 //! that stretch from the shards' MVCC histories instead (see
@@ -17,6 +22,7 @@
 
 use crate::mvcc::Event;
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The events of one revision.
@@ -29,6 +35,8 @@ pub const WATCH_LOG_BYTES_DEFAULT: usize = 8 << 20;
 pub struct WatchHub {
     inner: Mutex<Inner>,
     max_bytes: usize,
+    /// Some watcher exists: shards publish events.
+    recording: AtomicBool,
 }
 
 struct Inner {
@@ -41,6 +49,8 @@ struct Inner {
     start: i64,
     /// The C the hub last released up to.
     released: i64,
+    /// Watchers of the member, over all streams.
+    watchers: usize,
 }
 
 /// What a watcher gets from [`WatchHub::read`].
@@ -70,8 +80,41 @@ impl WatchHub {
                 log_bytes: 0,
                 start: last + 1,
                 released: last,
+                watchers: 0,
             }),
             max_bytes,
+            recording: AtomicBool::new(false),
+        }
+    }
+
+    /// True while some watcher exists: a shard that stamps a revision asks
+    /// this after stamping it, and publishes its events if so.
+    pub fn recording(&self) -> bool {
+        self.recording.load(Ordering::SeqCst)
+    }
+
+    /// Counts a new watcher. The first one starts recording: every revision
+    /// stamped from now on (above `last_stamped()`, read after recording is
+    /// switched on) will be published; older ones are read from the histories.
+    pub fn add_watcher(&self, last_stamped: impl FnOnce() -> i64) {
+        let mut inner = self.lock();
+        inner.watchers += 1;
+        if inner.watchers == 1 {
+            self.recording.store(true, Ordering::SeqCst);
+            // A shard that stamps above this value stamped after the store
+            // above (the sequencer's lock orders them) and sees it.
+            inner.start = last_stamped() + 1;
+        }
+    }
+
+    /// Counts a watcher gone; the last one stops recording and frees the log.
+    pub fn remove_watcher(&self) {
+        let mut inner = self.lock();
+        inner.watchers = inner.watchers.saturating_sub(1);
+        if inner.watchers == 0 {
+            self.recording.store(false, Ordering::SeqCst);
+            inner.log.clear();
+            inner.log_bytes = 0;
         }
     }
 
@@ -105,6 +148,9 @@ impl WatchHub {
                 break;
             }
             let (rev, mut events) = entry.remove_entry();
+            if inner.watchers == 0 {
+                continue; // published before the last watcher left
+            }
             // Shards publish a cross-shard revision's parts in any order;
             // watchers get a revision's events in key order, however read.
             events.sort_by(|a, b| a.kv.key.cmp(&b.kv.key));
@@ -126,7 +172,7 @@ impl WatchHub {
     pub fn read(&self, from: i64, committed: i64) -> Read {
         let mut inner = self.lock();
         self.release(&mut inner, committed);
-        if from < inner.start {
+        if from < inner.start || inner.watchers == 0 {
             return Read::Behind(inner.released);
         }
         let i = inner.log.partition_point(|b| b.0 < from);
@@ -169,6 +215,7 @@ mod tests {
     #[test]
     fn events_are_released_in_revision_order_only_below_c() {
         let hub = WatchHub::new(1, 1 << 20);
+        hub.add_watcher(|| 1);
         // Shard B stamps 3, shard A stamps 2 and 4; C is still 1.
         hub.publish([(3, vec![ev("b", 3)])], 1);
         hub.publish([(2, vec![ev("a", 2)]), (4, vec![ev("a", 4)])], 1);
@@ -193,6 +240,7 @@ mod tests {
     #[test]
     fn the_log_is_bounded_and_readers_behind_it_are_told_so() {
         let hub = WatchHub::new(1, 2_000);
+        hub.add_watcher(|| 1);
         for rev in 2..200 {
             hub.publish([(rev, vec![ev("k", rev)])], rev);
             assert!(hub.log_bytes() <= 2_000);
@@ -200,5 +248,24 @@ mod tests {
         assert!(matches!(hub.read(2, 199), Read::Behind(199)));
         let recent = revs(&hub.read(190, 199));
         assert_eq!(recent, (190..200).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn recording_runs_only_while_watchers_exist_and_starts_after_the_stamped() {
+        let hub = WatchHub::new(1, 1 << 20);
+        assert!(!hub.recording());
+        hub.add_watcher(|| 5); // 2..=5 stamped before the first watcher
+        assert!(hub.recording());
+        hub.publish([(6, vec![ev("a", 6)])], 4);
+        // 2..=5 may lack events here: read from the histories.
+        assert!(matches!(hub.read(3, 6), Read::Behind(6)));
+        assert_eq!(revs(&hub.read(6, 6)), vec![6]);
+        hub.add_watcher(|| 99); // a second watcher changes nothing
+        assert_eq!(revs(&hub.read(6, 6)), vec![6]);
+        hub.remove_watcher();
+        hub.remove_watcher();
+        assert!(!hub.recording());
+        assert_eq!(hub.log_bytes(), 0, "the log is freed");
+        assert!(matches!(hub.read(6, 6), Read::Behind(6)));
     }
 }

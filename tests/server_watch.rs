@@ -503,3 +503,75 @@ fn etcdctl_watch_prints_events() {
     }
     assert_eq!(rest, ["PUT", "w/a", "1", "DELETE", "w/a"], "{got:?}");
 }
+
+/// Recording starts with the first watcher (nothing is kept while there is
+/// none): watchers created while 4 clients write to two shards, the first
+/// and after the last one left, each get every revision after the one their
+/// `created` response names, once and in order.
+#[test]
+fn watchers_created_during_writes_miss_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cairn = Cairn::start(tmp.path(), 2);
+    let rt = common::rt();
+    rt.block_on(async {
+        let ch = Channel::from_shared(cairn.url()).unwrap().connect().await.unwrap();
+        const CLIENTS: usize = 4;
+        const PUTS: usize = 2000;
+        let mut tasks = Vec::new();
+        for t in 0..CLIENTS {
+            let mut kv = KvClient::new(ch.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut revs = Vec::new();
+                for i in (t..PUTS).step_by(CLIENTS) {
+                    let r = kv
+                        .put(pb::PutRequest {
+                            key: format!("k{i:05}").into_bytes(),
+                            value: b"v".to_vec(),
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    revs.push(r.header.unwrap().revision);
+                }
+                revs
+            }));
+        }
+        let all = || pb::WatchCreateRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        };
+        let mut got = Vec::new();
+        for round in 0..2 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let mut conn = Conn::open(ch.clone(), all()).await;
+            let created = conn.next().await;
+            assert!(created.created, "{created:?}");
+            let from = created.header.unwrap().revision + 1;
+            let mut revs = Vec::new();
+            // Read a while, then leave (dropping the stream removes the watcher).
+            let until = tokio::time::Instant::now() + Duration::from_millis(300);
+            while tokio::time::Instant::now() < until {
+                let Some(r) = conn.next_within(Duration::from_millis(100)).await else {
+                    continue;
+                };
+                revs.extend(r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
+            }
+            assert!(!revs.is_empty(), "round {round}: writes were running");
+            got.push((round, from, revs));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        for (round, from, revs) in got {
+            let last = *revs.last().unwrap();
+            assert_eq!(
+                revs,
+                (from..=last).collect::<Vec<_>>(),
+                "round {round}: every revision after {}, in order",
+                from - 1
+            );
+        }
+    });
+}

@@ -141,6 +141,15 @@ impl Stream {
         }
     }
 
+    /// Drops watcher `id`; false if there is none.
+    fn remove(&mut self, id: i64) -> bool {
+        let found = self.watchers.remove(&id).is_some();
+        if found {
+            self.member.hub.remove_watcher();
+        }
+        found
+    }
+
     async fn send(&self, resp: pb::WatchResponse) -> Result<(), Closed> {
         self.tx.send(Ok(resp)).await.map_err(|_| Closed)
     }
@@ -157,7 +166,7 @@ impl Stream {
         match req.request_union {
             Some(RequestUnion::CreateRequest(create)) => self.create(create, c).await,
             Some(RequestUnion::CancelRequest(cancel)) => {
-                if self.watchers.remove(&cancel.watch_id).is_some() {
+                if self.remove(cancel.watch_id) {
                     self.send(pb::WatchResponse {
                         header: self.header(c),
                         watch_id: cancel.watch_id,
@@ -204,6 +213,8 @@ impl Stream {
         use pb::watch_create_request::FilterType;
         let filter = |f: FilterType| create.filters.contains(&(f as i32));
         let start = create.start_revision;
+        let seq = &self.member.seq;
+        self.member.hub.add_watcher(|| seq.last_stamped());
         self.watchers.insert(
             id,
             Watcher {
@@ -283,7 +294,7 @@ impl Stream {
                     self.watchers.get_mut(&id).expect("listed").next = reached + 1;
                 }
                 Err(Some(compacted)) => {
-                    self.watchers.remove(&id);
+                    self.remove(id);
                     return self
                         .send(pb::WatchResponse {
                             header: self.header(c),
@@ -418,5 +429,14 @@ impl Stream {
             .await?;
         }
         Ok(())
+    }
+}
+
+impl Drop for Stream {
+    /// The stream ended (client gone, member stopping): its watchers go.
+    fn drop(&mut self) {
+        for _ in 0..self.watchers.len() {
+            self.member.hub.remove_watcher();
+        }
     }
 }

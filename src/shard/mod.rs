@@ -668,9 +668,11 @@ async fn latched(
                 // Like a write: applied now, answered once committed. The
                 // coordinator marks the revision committed when every part is.
                 store.borrow_mut().apply(revision, &changes);
-                let mut events = Vec::new();
-                store.borrow().events_at(revision, &changes, &mut events);
-                hub.publish([(revision, events)], seq.committed());
+                if hub.recording() {
+                    let mut events = Vec::new();
+                    store.borrow().events_at(revision, &changes, &mut events);
+                    hub.publish([(revision, events)], seq.committed());
+                }
                 let command = ShardCommand::Part {
                     revision,
                     changes,
@@ -708,7 +710,7 @@ async fn write(
     permit: glommio::sync::StaticPermit,
 ) -> u64 {
     let mut writes = Vec::with_capacity(batch.len());
-    let mut events = Vec::with_capacity(batch.len());
+    let mut events = Vec::new();
     let mut answers = Vec::with_capacity(batch.len());
     // Stamp, apply and queue in one step, with no await in between: the log
     // holds this shard's writes in revision order.
@@ -739,9 +741,12 @@ async fn write(
             Ok((mut response, changes, _)) => {
                 let revision = seq.stamp();
                 store.borrow_mut().apply(revision, &changes);
-                let mut evs = Vec::with_capacity(changes.len());
-                store.borrow().events_at(revision, &changes, &mut evs);
-                events.push((revision, evs));
+                // Asked after stamping: see WatchHub::add_watcher.
+                if hub.recording() {
+                    let mut evs = Vec::with_capacity(changes.len());
+                    store.borrow().events_at(revision, &changes, &mut evs);
+                    events.push((revision, evs));
+                }
                 stamp(&mut response, revision);
                 writes.push((revision, changes));
                 answers.push((revision, response, reply));
@@ -749,7 +754,9 @@ async fn write(
         }
     }
     // Before any of them can commit: see crate::watch.
-    hub.publish(events, seq.committed());
+    if !events.is_empty() {
+        hub.publish(events, seq.committed());
+    }
     let proposed = writes.len() as u64;
     let command = match writes.len() {
         0 => return 0,
