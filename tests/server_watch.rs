@@ -514,7 +514,11 @@ fn watchers_created_during_writes_miss_nothing() {
     let cairn = Cairn::start(tmp.path(), 2);
     let rt = common::rt();
     rt.block_on(async {
-        let ch = Channel::from_shared(cairn.url()).unwrap().connect().await.unwrap();
+        let ch = Channel::from_shared(cairn.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
         const CLIENTS: usize = 4;
         const PUTS: usize = 2000;
         let mut tasks = Vec::new();
