@@ -46,8 +46,10 @@ fn memlock() -> Check {
             "unlimited".into()
         } else if ok {
             format!(
-                "{} KiB (1 MiB per shard core is used when available)",
-                lim.rlim_cur / 1024
+                "{} KiB ({} MiB per shard core is registered with io_uring when it fits; \
+                 unregistered otherwise, still correct)",
+                lim.rlim_cur / 1024,
+                crate::raft::runtime::IO_MEMORY_BYTES >> 20
             )
         } else {
             format!(

@@ -161,6 +161,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         hub,
         max_txn_ops: cfg.max_txn_ops,
         max_request_bytes: cfg.max_request_bytes,
+        entry_bytes_max: shard::entry_bytes_max(&shard::wal_config(cfg.wal_segment_bytes)),
         raft_term,
         metrics: Default::default(),
         cross: Default::default(),

@@ -255,3 +255,108 @@ fn services_not_built_yet_answer_unimplemented() {
         );
     });
 }
+
+/// A shard logs a write's changes, and one log entry must fit one WAL record
+/// (here, with 64 KiB segments, about 12 KB of changes). Writes queued
+/// together are split over several entries when they do not fit one, and
+/// survive a crash; a single write whose changes can never fit (a delete of
+/// 1,500 keys, on one shard or across two) is refused with etcd's "request is
+/// too large" and changes nothing, and the member keeps serving.
+#[test]
+fn writes_too_large_for_one_log_entry_are_split_or_refused() {
+    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let small = [
+        "--wal-segment-bytes",
+        "65536",
+        "--max-request-bytes",
+        "8192",
+    ];
+    for shards in [1, 2] {
+        let mut cairn = Cairn::start_with(base.path(), shards, &small);
+        let url = cairn.url();
+        let ch = || async {
+            Channel::from_shared(url.clone())
+                .unwrap()
+                .connect()
+                .await
+                .unwrap()
+        };
+        common::rt().block_on(async {
+            let ch = ch().await;
+            // 8 clients, 6 KiB values: any two queued together overflow one entry.
+            let mut tasks = Vec::new();
+            for t in 0..8 {
+                let mut kv = KvClient::new(ch.clone());
+                tasks.push(tokio::spawn(async move {
+                    for i in 0..20 {
+                        kv.put(PutRequest {
+                            key: format!("wide/{t}/{i}").into_bytes(),
+                            value: vec![b'x'; 6 << 10],
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap();
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            let mut kv = KvClient::new(ch);
+            for i in 0..1500 {
+                kv.put(PutRequest {
+                    key: format!("many/{i:04}").into_bytes(),
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            }
+            let before = revision(&mut kv).await;
+            let e = kv
+                .delete_range(DeleteRangeRequest {
+                    key: b"many/".to_vec(),
+                    range_end: b"many0".to_vec(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{shards} shards: {e:?}");
+            assert_eq!(e.message(), "etcdserver: request is too large");
+            assert_eq!(revision(&mut kv).await, before, "nothing changed");
+        });
+        cairn.crash();
+        cairn.restart();
+        common::rt().block_on(async {
+            let mut kv = KvClient::new(ch().await);
+            let count = |prefix: &'static [u8], end: &'static [u8]| RangeRequest {
+                key: prefix.to_vec(),
+                range_end: end.to_vec(),
+                count_only: true,
+                ..Default::default()
+            };
+            let wide = kv
+                .range(count(b"wide/", b"wide0"))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(
+                wide.count, 160,
+                "{shards} shards: every split write survived"
+            );
+            let many = kv
+                .range(count(b"many/", b"many0"))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(many.count, 1500);
+            kv.put(PutRequest {
+                key: b"after".to_vec(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        });
+    }
+}

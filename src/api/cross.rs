@@ -119,6 +119,14 @@ impl Member {
         }
         // 4. One revision, one part per changed shard.
         let parts = split(changes, n);
+        // Each part is one log entry on its shard: refuse, changing nothing,
+        // a part that could not be one (see crate::shard::write).
+        if parts
+            .values()
+            .any(|c| crate::shard::changes_bytes(c) > self.entry_bytes_max)
+        {
+            return Err(EtcdError::RequestTooLarge.status());
+        }
         let participants: Vec<u32> = parts.keys().map(|s| *s as u32).collect();
         let revision = self.seq.stamp();
         let mut committed = Vec::with_capacity(parts.len());

@@ -32,6 +32,8 @@ pub struct Member {
     pub hub: Arc<crate::watch::WatchHub>,
     pub max_txn_ops: usize,
     pub max_request_bytes: usize,
+    /// Bound on the changes of one log entry (`crate::shard::entry_bytes_max`).
+    pub entry_bytes_max: usize,
     /// The highest Raft term any shard reports.
     pub raft_term: Arc<std::sync::atomic::AtomicU64>,
     pub metrics: super::http::RpcMetrics,

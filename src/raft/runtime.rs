@@ -23,8 +23,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-/// Locked memory for each executor's io_uring buffers (see LINUX_REQUIREMENTS.md).
-pub const IO_MEMORY_BYTES: usize = 1 << 20;
+/// Each shard executor's io_uring buffer area: what the WAL's batch buffers
+/// need (see `cairn_wal::DMA_IO_MEMORY_BYTES` and LINUX_REQUIREMENTS.md).
+pub const IO_MEMORY_BYTES: usize = cairn_wal::DMA_IO_MEMORY_BYTES;
 
 /// openraft's runtime on a glommio `LocalExecutor`.
 pub struct GlommioRuntime {

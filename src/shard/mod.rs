@@ -340,11 +340,8 @@ async fn run(
     if cfg.unsafe_no_fsync {
         storage = storage.unsafe_no_fsync();
     }
-    let wal_cfg = cairn_wal::Config {
-        segment_bytes: cfg.wal_segment_bytes,
-        batch_bytes_max: (cfg.wal_segment_bytes as usize / 4).min(4 << 20),
-        ..cairn_wal::Config::default()
-    };
+    let wal_cfg = wal_config(cfg.wal_segment_bytes);
+    let entry_bytes_max = entry_bytes_max(&wal_cfg);
     let (wal, _) = Wal::open(storage, wal_cfg)
         .await
         .map_err(|x| e("opening the WAL")(&x))?;
@@ -445,7 +442,14 @@ async fn run(
                 // Acquired before proposing, released with the answers.
                 match inflight.acquire_static_permit(batch.len() as u64).await {
                     Ok(permit) => {
-                        since_snapshot += write(&raft, &store, &seq, &hub, batch, permit).await;
+                        let ctx = WriteCtx {
+                            raft: &raft,
+                            store: &store,
+                            seq: &seq,
+                            hub: &hub,
+                            entry_bytes_max,
+                        };
+                        since_snapshot += write(&ctx, batch, permit).await;
                         if since_snapshot >= cfg.snapshot_count {
                             since_snapshot = 0;
                             // Built from what is applied by then; not awaited.
@@ -698,22 +702,70 @@ async fn latched(
     }
 }
 
-/// Evaluates, stamps and applies speculatively each of `batch` in order, then
-/// proposes the ones that changed something as one log entry; each is
-/// answered once that entry commits. Returns how many were proposed.
+/// The WAL configuration of a shard with `segment_bytes` segments.
+pub fn wal_config(segment_bytes: u64) -> cairn_wal::Config {
+    cairn_wal::Config {
+        segment_bytes,
+        batch_bytes_max: (segment_bytes as usize / 4).min(cairn_wal::DMA_BATCH_BYTES_MAX),
+        ..cairn_wal::Config::default()
+    }
+}
+
+/// Bound on the changes one log entry carries (as [`changes_bytes`] counts
+/// them): an entry is one WAL record, which must fit a batch; the margin
+/// covers the entry's own encoding.
+pub fn entry_bytes_max(wal: &cairn_wal::Config) -> usize {
+    wal.record_bytes_max() * 3 / 4
+}
+
+/// An upper estimate of the log bytes of one write's changes.
+pub fn changes_bytes(changes: &[Change]) -> usize {
+    16 + changes
+        .iter()
+        .map(|c| match c {
+            Change::Put { key, value, .. } => key.len() + value.len() + 32,
+            Change::Delete { key } => key.len() + 16,
+        })
+        .sum::<usize>()
+}
+
+/// What [`write`] works with.
+struct WriteCtx<'a> {
+    raft: &'a Raft<ShardRaft, ShardStateMachine>,
+    store: &'a Rc<RefCell<Store>>,
+    seq: &'a Arc<SharedSequencer>,
+    hub: &'a WatchHub,
+    entry_bytes_max: usize,
+}
+
+/// Writes stamped for one log entry, with their answers and watch events.
+#[derive(Default)]
+struct Entry {
+    writes: Vec<(i64, Vec<Change>)>,
+    answers: Vec<(i64, ResponseOp, WriteReply)>,
+    events: Vec<(i64, Vec<Event>)>,
+    bytes: usize,
+}
+
+/// Evaluates, stamps and applies speculatively each of `batch` in order, and
+/// proposes the ones that changed something as log entries of at most
+/// `entry_bytes_max` (usually one); each is answered once its entry commits.
+/// A single write whose changes alone exceed that bound (say, a delete of
+/// a huge range) is refused with etcd's "request is too large" before it is
+/// stamped: nothing changes. Returns how many were proposed.
 async fn write(
-    raft: &Raft<ShardRaft, ShardStateMachine>,
-    store: &Rc<RefCell<Store>>,
-    seq: &Arc<SharedSequencer>,
-    hub: &WatchHub,
+    ctx: &WriteCtx<'_>,
     batch: Vec<(RequestOp, WriteReply)>,
     permit: glommio::sync::StaticPermit,
 ) -> u64 {
-    let mut writes = Vec::with_capacity(batch.len());
-    let mut events = Vec::new();
-    let mut answers = Vec::with_capacity(batch.len());
-    // Stamp, apply and queue in one step, with no await in between: the log
-    // holds this shard's writes in revision order.
+    let store = ctx.store;
+    let seq = ctx.seq;
+    // Released when the last entry of the batch is answered.
+    let permit = Rc::new(permit);
+    let mut entry = Entry::default();
+    let mut proposed = 0;
+    // Stamp, apply and queue in order; an entry is proposed before the next
+    // write is stamped, so the log holds this shard's writes in revision order.
     for (op, reply) in batch {
         let evaluated = {
             let s = store.borrow();
@@ -739,23 +791,44 @@ async fn write(
                 }));
             }
             Ok((mut response, changes, _)) => {
+                let bytes = changes_bytes(&changes);
+                if bytes > ctx.entry_bytes_max {
+                    let _ = reply.send(Err(EtcdError::RequestTooLarge));
+                    continue;
+                }
+                if entry.bytes + bytes > ctx.entry_bytes_max {
+                    proposed += propose(ctx, std::mem::take(&mut entry), permit.clone()).await;
+                }
                 let revision = seq.stamp();
                 store.borrow_mut().apply(revision, &changes);
                 // Asked after stamping: see WatchHub::add_watcher.
-                if hub.recording() {
+                if ctx.hub.recording() {
                     let mut evs = Vec::with_capacity(changes.len());
                     store.borrow().events_at(revision, &changes, &mut evs);
-                    events.push((revision, evs));
+                    entry.events.push((revision, evs));
                 }
                 stamp(&mut response, revision);
-                writes.push((revision, changes));
-                answers.push((revision, response, reply));
+                entry.bytes += bytes;
+                entry.writes.push((revision, changes));
+                entry.answers.push((revision, response, reply));
             }
         }
     }
+    proposed + propose(ctx, entry, permit).await
+}
+
+/// Proposes one entry's writes; answers them once it commits. Returns how
+/// many writes it proposed.
+async fn propose(ctx: &WriteCtx<'_>, entry: Entry, permit: Rc<glommio::sync::StaticPermit>) -> u64 {
+    let Entry {
+        mut writes,
+        answers,
+        events,
+        ..
+    } = entry;
     // Before any of them can commit: see crate::watch.
     if !events.is_empty() {
-        hub.publish(events, seq.committed());
+        ctx.hub.publish(events, ctx.seq.committed());
     }
     let proposed = writes.len() as u64;
     let command = match writes.len() {
@@ -767,7 +840,7 @@ async fn write(
         _ => ShardCommand::Writes { writes },
     };
     let (responder, committed, applied) = ProgressResponder::new();
-    if let Err(e) = raft.client_write_ff(command, Some(responder)).await {
+    if let Err(e) = ctx.raft.client_write_ff(command, Some(responder)).await {
         eprintln!("cairn: shard: raft refused a write: {e}");
         // Raft is shutting down; the member stops, and these revisions never commit.
         for (_, _, reply) in answers {
@@ -775,7 +848,7 @@ async fn write(
         }
         return 0;
     }
-    let seq = seq.clone();
+    let seq = ctx.seq.clone();
     glommio::spawn_local(async move {
         let _permit = permit;
         match committed.await {

@@ -64,7 +64,7 @@ struct Args {
     backend: Backend,
     #[arg(long, default_value_t = 64 << 20)]
     segment_bytes: u64,
-    #[arg(long, default_value_t = 4 << 20)]
+    #[arg(long, default_value_t = cairn_wal::DMA_BATCH_BYTES_MAX)]
     batch_bytes_max: usize,
     /// CPU to pin the executor to (compare with fio pinned to the same CPU).
     #[arg(long, default_value_t = 0)]
@@ -74,6 +74,11 @@ struct Args {
     /// per batch) or `blocking` (pwrite(2) + fdatasync(2) on the executor thread).
     #[arg(long, default_value = "dsync")]
     io: WalIo,
+    /// glommio's registered DMA memory for the executor (`io_memory`).
+    /// Batch buffers come from it when they fit (fixed-buffer writes, memory
+    /// already faulted in); larger ones are fresh heap allocations.
+    #[arg(long, default_value_t = cairn_wal::DMA_IO_MEMORY_BYTES)]
+    io_memory: usize,
     /// Entries each writer keeps before purging (segments then recycle).
     #[arg(long, default_value_t = 256)]
     keep_entries: u64,
@@ -105,7 +110,7 @@ fn main() -> Result<()> {
     let cpu = args.cpu;
     let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
         .name("walbench")
-        .io_memory(1 << 20)
+        .io_memory(args.io_memory)
         .spawn(move || async move {
             match args.backend {
                 Backend::Dma => run(DmaStorage::new(&args.dir)?.io(args.io), &args).await,
