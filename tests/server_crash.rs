@@ -112,17 +112,7 @@ fn crash_rounds(c: &mut Cairn, rounds: usize, next: &mut impl FnMut() -> u64) {
                 all.len(),
                 "every acknowledged put has its own revision"
             );
-            let next_rev = kv
-                .put(PutRequest {
-                    key: format!("after/{round}").into_bytes(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .header
-                .unwrap()
-                .revision;
+            let next_rev = common::put(&mut kv, format!("after/{round}"), "").await;
             assert!(
                 next_rev > max_acked,
                 "round {round}: revision went back ({next_rev} <= {max_acked})"

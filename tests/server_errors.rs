@@ -226,11 +226,7 @@ fn services_not_built_yet_answer_unimplemented() {
     let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let cairn = Cairn::start(base.path(), 1);
     common::rt().block_on(async {
-        let ch = Channel::from_shared(cairn.url())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let ch = cairn.channel().await;
         let mut lease = lease_client::LeaseClient::new(ch.clone());
         let e = lease
             .lease_grant(LeaseGrantRequest { ttl: 10, id: 0 })
@@ -274,13 +270,7 @@ fn writes_too_large_for_one_log_entry_are_split_or_refused() {
     for shards in [1, 2] {
         let mut cairn = Cairn::start_with(base.path(), shards, &small);
         let url = cairn.url();
-        let ch = || async {
-            Channel::from_shared(url.clone())
-                .unwrap()
-                .connect()
-                .await
-                .unwrap()
-        };
+        let ch = || common::channel(&url);
         common::rt().block_on(async {
             let ch = ch().await;
             // 8 clients, 6 KiB values: any two queued together overflow one entry.

@@ -60,19 +60,7 @@ fn snapshots_purge_the_log_and_restarts_recover_from_them() {
         let mut kv = KvClient::connect(c.url()).await.unwrap();
         let mut rev = 0;
         for i in 0..PUTS {
-            let put = PutRequest {
-                key: format!("k{i:05}").into_bytes(),
-                value: vec![b'v'; 1000],
-                ..Default::default()
-            };
-            rev = kv
-                .put(put)
-                .await
-                .unwrap()
-                .into_inner()
-                .header
-                .unwrap()
-                .revision;
+            rev = common::put(&mut kv, format!("k{i:05}"), vec![b'v'; 1000]).await;
         }
         rev
     });

@@ -244,18 +244,7 @@ async fn run(ch: Channel, url: &str, ops: &[pb::RequestOp]) -> Seen {
         last = r.header.unwrap().revision;
     }
     // A last put every watcher of everything sees: then the rest is quiet.
-    let done = kv
-        .put(pb::PutRequest {
-            key: b"zz".to_vec(),
-            value: b"done".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .header
-        .unwrap()
-        .revision;
+    let done = common::put(&mut kv, "zz", "done").await;
     assert!(done > last);
     loop {
         let r = conn.next().await;
@@ -321,13 +310,8 @@ fn watch_answers_as_etcd_does() {
     let rt = common::rt();
     let mut results = Vec::new();
     for url in [etcd.url.clone(), one.url(), two.url()] {
-        let ch = rt.block_on(
-            Channel::from_shared(url.clone())
-                .unwrap()
-                .connect_timeout(Duration::from_secs(10))
-                .connect(),
-        );
-        let seen = rt.block_on(run(ch.expect("connect"), &url, &ops));
+        let ch = rt.block_on(common::channel(&url));
+        let seen = rt.block_on(run(ch, &url, &ops));
         results.push((url, seen));
     }
     let (_, want) = &results[0];
@@ -361,6 +345,30 @@ fn watch_answers_as_etcd_does() {
     }
 }
 
+/// `clients` tasks that put `puts` keys between them (`key(i)` = value
+/// `v{i}`); each returns (revision, key, value) of its puts.
+fn writers(
+    ch: &Channel,
+    clients: usize,
+    puts: usize,
+    key: fn(usize) -> String,
+) -> Vec<tokio::task::JoinHandle<Vec<(i64, String, String)>>> {
+    (0..clients)
+        .map(|t| {
+            let mut kv = KvClient::new(ch.clone());
+            tokio::spawn(async move {
+                let mut wrote = Vec::new();
+                for i in (t..puts).step_by(clients) {
+                    let (key, value) = (key(i), format!("v{i}"));
+                    let rev = common::put(&mut kv, key.clone(), value.clone()).await;
+                    wrote.push((rev, key, value));
+                }
+                wrote
+            })
+        })
+        .collect()
+}
+
 /// A watcher far behind a 4 KiB event log (it does not read while 3,000
 /// puts land on two shards from 8 clients) gets every revision exactly once,
 /// in order, with the values written; so does one that starts at revision 2
@@ -371,11 +379,7 @@ fn a_slow_watcher_is_caught_up_from_history() {
     let cairn = Cairn::start_with(tmp.path(), 2, &["--watch-log-bytes", "4096"]);
     let rt = common::rt();
     rt.block_on(async {
-        let ch = Channel::from_shared(cairn.url())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let ch = cairn.channel().await;
         let mut slow = Conn::open(
             ch.clone(),
             pb::WatchCreateRequest {
@@ -386,30 +390,8 @@ fn a_slow_watcher_is_caught_up_from_history() {
         )
         .await;
         assert!(slow.next().await.created);
-        const CLIENTS: usize = 8;
         const PUTS: usize = 3000;
-        let mut tasks = Vec::new();
-        for t in 0..CLIENTS {
-            let mut kv = KvClient::new(ch.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut wrote = Vec::new();
-                for i in (t..PUTS).step_by(CLIENTS) {
-                    let key = format!("k{:03}", i % 300);
-                    let value = format!("v{i}");
-                    let r = kv
-                        .put(pb::PutRequest {
-                            key: key.clone().into_bytes(),
-                            value: value.clone().into_bytes(),
-                            ..Default::default()
-                        })
-                        .await
-                        .unwrap()
-                        .into_inner();
-                    wrote.push((r.header.unwrap().revision, key, value));
-                }
-                wrote
-            }));
-        }
+        let tasks = writers(&ch, 8, PUTS, |i| format!("k{:03}", i % 300));
         let mut want = BTreeMap::new();
         for t in tasks {
             for (rev, key, value) in t.await.unwrap() {
@@ -514,33 +496,8 @@ fn watchers_created_during_writes_miss_nothing() {
     let cairn = Cairn::start(tmp.path(), 2);
     let rt = common::rt();
     rt.block_on(async {
-        let ch = Channel::from_shared(cairn.url())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        const CLIENTS: usize = 4;
-        const PUTS: usize = 2000;
-        let mut tasks = Vec::new();
-        for t in 0..CLIENTS {
-            let mut kv = KvClient::new(ch.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut revs = Vec::new();
-                for i in (t..PUTS).step_by(CLIENTS) {
-                    let r = kv
-                        .put(pb::PutRequest {
-                            key: format!("k{i:05}").into_bytes(),
-                            value: b"v".to_vec(),
-                            ..Default::default()
-                        })
-                        .await
-                        .unwrap()
-                        .into_inner();
-                    revs.push(r.header.unwrap().revision);
-                }
-                revs
-            }));
-        }
+        let ch = cairn.channel().await;
+        let tasks = writers(&ch, 4, 2000, |i| format!("k{i:05}"));
         let all = || pb::WatchCreateRequest {
             key: vec![0],
             range_end: vec![0],

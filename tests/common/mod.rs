@@ -22,6 +22,11 @@ impl Cairn {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// A gRPC channel to this member.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        channel(&self.url()).await
+    }
+
     pub fn endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -198,4 +203,33 @@ pub fn seed(var: &str) -> u64 {
         });
     println!("{var}={seed}");
     seed
+}
+
+/// Puts `key` = `value`; the revision the put got.
+pub async fn put(
+    kv: &mut cairn_proto::etcdserverpb::kv_client::KvClient<tonic::transport::Channel>,
+    key: impl Into<Vec<u8>>,
+    value: impl Into<Vec<u8>>,
+) -> i64 {
+    kv.put(cairn_proto::etcdserverpb::PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("put")
+    .into_inner()
+    .header
+    .expect("header")
+    .revision
+}
+
+/// A gRPC channel to `url`.
+pub async fn channel(url: &str) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(url.to_string())
+        .expect("url")
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .expect("connect")
 }
