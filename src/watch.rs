@@ -179,6 +179,11 @@ impl WatchHub {
         Read::Events(inner.log.range(i..).cloned().collect(), inner.released)
     }
 
+    /// Watchers of the member, over all streams (metrics).
+    pub fn watchers(&self) -> usize {
+        self.lock().watchers
+    }
+
     /// Bytes of released events kept (for tests and metrics).
     pub fn log_bytes(&self) -> usize {
         self.lock().log_bytes

@@ -5,21 +5,6 @@
 mod common;
 
 use common::Cairn;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-
-fn get(c: &Cairn, method: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(c.endpoint()).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let code = out.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_string())
-        .unwrap_or_default();
-    (code, body)
-}
 
 #[test]
 fn http_endpoints_answer_beside_grpc() {
@@ -31,14 +16,14 @@ fn http_endpoints_answer_beside_grpc() {
         "gRPC on the same port"
     );
     assert_eq!(
-        get(&c, "GET", "/health"),
+        c.http("GET", "/health"),
         (200, "{\"health\":\"true\"}".to_string())
     );
-    let (code, version) = get(&c, "GET", "/version");
+    let (code, version) = c.http("GET", "/version");
     assert_eq!(code, 200);
     let v: serde_json::Value = serde_json::from_str(&version).unwrap();
     assert_eq!(v["etcdserver"], "3.4.0");
-    let (code, metrics) = get(&c, "GET", "/metrics");
+    let (code, metrics) = c.http("GET", "/metrics");
     assert_eq!(code, 200);
     assert!(
         metrics.contains("cairn_grpc_requests_total{rpc=\"Put\"} 1"),
@@ -59,8 +44,8 @@ fn http_endpoints_answer_beside_grpc() {
     );
     assert!(metrics.contains("etcd_mvcc_db_total_size_in_bytes "));
     assert!(metrics.contains("cairn_shard_committed_index{shard=\"0\"}"));
-    let (code, body) = get(&c, "POST", "/v3/watch");
+    let (code, body) = c.http("POST", "/v3/watch");
     assert_eq!(code, 501, "{body}");
     assert!(body.contains("not implemented"));
-    assert_eq!(get(&c, "GET", "/nothing-here").0, 404);
+    assert_eq!(c.http("GET", "/nothing-here").0, 404);
 }

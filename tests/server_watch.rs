@@ -475,8 +475,22 @@ fn etcdctl_watch_prints_events() {
             Err(_) => break,
         }
     }
+    let watchers = || {
+        let (_, m) = cairn.http("GET", "/metrics");
+        m.lines()
+            .find_map(|l| l.strip_prefix("etcd_debugging_mvcc_watcher_total "))
+            .map(|n| n.parse::<u64>().unwrap())
+    };
+    assert_eq!(watchers(), Some(1), "etcdctl's watcher is counted");
     let _ = child.kill();
     let _ = child.wait();
+    // The stream ends with the connection: its watcher is no longer counted
+    // (and the member stops recording events).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while watchers() != Some(0) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(watchers(), Some(0));
     // Probes written before the watch existed print nothing; later ones
     // (racing the first line) print PUT, key, value each.
     let mut rest = &got[..];

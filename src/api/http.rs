@@ -166,6 +166,12 @@ async fn metrics(member: Arc<Member>) -> impl IntoResponse {
     );
     gauge(
         &mut s,
+        "etcd_debugging_mvcc_watcher_total",
+        "Watchers open on this member, over all watch streams.",
+        &one(member.hub.watchers().to_string()),
+    );
+    gauge(
+        &mut s,
         "etcd_server_quota_backend_bytes",
         "The space quota in bytes.",
         &one(member.quota_bytes.to_string()),

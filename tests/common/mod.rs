@@ -22,6 +22,30 @@ impl Cairn {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// An HTTP/1.1 request on the client port: status code and body.
+    pub fn http(&self, method: &str, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.endpoint()).expect("connect");
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("response");
+        let code = out
+            .split_whitespace()
+            .nth(1)
+            .expect("status")
+            .parse()
+            .expect("code");
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default();
+        (code, body)
+    }
+
     /// A gRPC channel to this member.
     pub async fn channel(&self) -> tonic::transport::Channel {
         channel(&self.url()).await
