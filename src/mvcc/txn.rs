@@ -304,9 +304,11 @@ impl<'a> Eval<'a> {
             value: value.clone(),
             lease,
         };
-        self.overlay.insert(req.key.clone(), Some(kv));
+        if self.overlay.insert(req.key.clone(), Some(kv)).is_some() {
+            // This request wrote the key before: replace that change.
+            self.changes.retain(|c| c.key() != req.key.as_slice());
+        }
         self.wrote = true;
-        self.changes.retain(|c| c.key() != req.key.as_slice());
         self.changes.push(Change::Put {
             key: req.key.clone(),
             value,
@@ -325,10 +327,15 @@ impl<'a> Eval<'a> {
         let doomed = self.live_range(&req.key, &end);
         self.wrote |= !doomed.is_empty();
         for kv in &doomed {
-            let was_created_here = self.overlay.get(&kv.key).is_some_and(|v| v.is_some())
-                && self.store.get(&kv.key).is_none();
+            let earlier = self.overlay.get(&kv.key);
+            let was_created_here =
+                earlier.is_some_and(|v| v.is_some()) && self.store.get(&kv.key).is_none();
+            // Only a key this request already wrote has a change to replace
+            // (scanning the changes for every key would be quadratic).
+            if earlier.is_some() {
+                self.changes.retain(|c| c.key() != kv.key.as_slice());
+            }
             self.overlay.insert(kv.key.clone(), None);
-            self.changes.retain(|c| c.key() != kv.key.as_slice());
             if !was_created_here {
                 self.changes.push(Change::Delete {
                     key: kv.key.clone(),
