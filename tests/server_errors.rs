@@ -255,9 +255,10 @@ fn services_not_built_yet_answer_unimplemented() {
 /// A shard logs a write's changes, and one log entry must fit one WAL record
 /// (here, with 64 KiB segments, about 12 KB of changes). Writes queued
 /// together are split over several entries when they do not fit one, and
-/// survive a crash; a single write whose changes can never fit (a delete of
-/// 1,500 keys, on one shard or across two) is refused with etcd's "request is
-/// too large" and changes nothing, and the member keeps serving.
+/// survive a crash. A plain delete of 1,500 keys (on one shard or across two)
+/// is logged as its range and survives a crash; the same delete inside a txn
+/// cannot be, and is refused with etcd's "request is too large", changing
+/// nothing, while the member keeps serving.
 #[test]
 fn writes_too_large_for_one_log_entry_are_split_or_refused() {
     let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -303,10 +304,16 @@ fn writes_too_large_for_one_log_entry_are_split_or_refused() {
                 .unwrap();
             }
             let before = revision(&mut kv).await;
+            let delete = DeleteRangeRequest {
+                key: b"many/".to_vec(),
+                range_end: b"many0".to_vec(),
+                ..Default::default()
+            };
             let e = kv
-                .delete_range(DeleteRangeRequest {
-                    key: b"many/".to_vec(),
-                    range_end: b"many0".to_vec(),
+                .txn(TxnRequest {
+                    success: vec![RequestOp {
+                        request: Some(Request::RequestDeleteRange(delete.clone())),
+                    }],
                     ..Default::default()
                 })
                 .await
@@ -314,6 +321,9 @@ fn writes_too_large_for_one_log_entry_are_split_or_refused() {
             assert_eq!(e.code(), Code::InvalidArgument, "{shards} shards: {e:?}");
             assert_eq!(e.message(), "etcdserver: request is too large");
             assert_eq!(revision(&mut kv).await, before, "nothing changed");
+            let deleted = kv.delete_range(delete).await.unwrap().into_inner();
+            assert_eq!(deleted.deleted, 1500, "{shards} shards");
+            assert_eq!(deleted.header.unwrap().revision, before + 1);
         });
         cairn.crash();
         cairn.restart();
@@ -339,7 +349,10 @@ fn writes_too_large_for_one_log_entry_are_split_or_refused() {
                 .await
                 .unwrap()
                 .into_inner();
-            assert_eq!(many.count, 1500);
+            assert_eq!(
+                many.count, 0,
+                "{shards} shards: the range delete was replayed"
+            );
             kv.put(PutRequest {
                 key: b"after".to_vec(),
                 value: b"v".to_vec(),

@@ -48,7 +48,8 @@ pub fn shards_touched<K: AsRef<[u8]>, E: AsRef<[u8]>>(
 fn split(changes: Vec<Change>, shards: usize) -> BTreeMap<usize, Vec<Change>> {
     let mut parts: BTreeMap<usize, Vec<Change>> = BTreeMap::new();
     for c in changes {
-        parts.entry(shard_of(c.key(), shards)).or_default().push(c);
+        let key = c.key().expect("evaluation yields one change per key");
+        parts.entry(shard_of(key, shards)).or_default().push(c);
     }
     parts
 }
@@ -118,14 +119,20 @@ impl Member {
             });
         }
         // 4. One revision, one part per changed shard.
-        let parts = split(changes, n);
-        // Each part is one log entry on its shard: refuse, changing nothing,
-        // a part that could not be one (see crate::shard::write).
+        let mut parts = split(changes, n);
+        // Each part is one log entry on its shard: a plain DeleteRange too
+        // large for that is logged as the range itself; anything else is
+        // refused, changing nothing (see crate::shard::write).
         if parts
             .values()
             .any(|c| crate::shard::changes_bytes(c) > self.entry_bytes_max)
         {
-            return Err(EtcdError::RequestTooLarge.status());
+            let Some(range) = crate::shard::compact_delete(&op) else {
+                return Err(EtcdError::RequestTooLarge.status());
+            };
+            for part in parts.values_mut() {
+                *part = vec![range.clone()];
+            }
         }
         let participants: Vec<u32> = parts.keys().map(|s| *s as u32).collect();
         let revision = self.seq.stamp();

@@ -34,12 +34,22 @@ pub enum Change {
     Delete {
         key: Vec<u8>,
     },
+    /// Delete every key of the range that is live when it is applied: a
+    /// shard logs this instead of one `Delete` per key when a plain
+    /// DeleteRange deletes more than one log entry holds (on each shard it
+    /// deletes that shard's keys; evaluation and apply see the same state).
+    DeleteRange {
+        key: Vec<u8>,
+        end: RangeEnd,
+    },
 }
 
 impl Change {
-    pub fn key(&self) -> &[u8] {
+    /// The key a Put or Delete changes (None for a DeleteRange).
+    pub fn key(&self) -> Option<&[u8]> {
         match self {
-            Change::Put { key, .. } | Change::Delete { key } => key,
+            Change::Put { key, .. } | Change::Delete { key } => Some(key),
+            Change::DeleteRange { .. } => None,
         }
     }
 }
@@ -74,7 +84,7 @@ impl std::fmt::Display for MvccError {
 impl std::error::Error for MvccError {}
 
 /// Which keys a request covers (etcd's `key` + `range_end`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RangeEnd {
     /// Only `key` (empty `range_end`).
     Single,
@@ -267,8 +277,24 @@ impl Store {
             "revision {revision} applied after {}",
             self.revision
         );
+        self.apply_changes(revision, changes);
+        self.revision = revision;
+    }
+
+    fn apply_changes(&mut self, revision: i64, changes: &[Change]) {
         for change in changes {
-            let key = change.key();
+            let Some(key) = change.key() else {
+                if let Change::DeleteRange { key, end } = change {
+                    let mut doomed = Vec::new();
+                    self.for_each_live(key, end, self.revision, |kv| doomed.push(kv.key));
+                    let deletes: Vec<Change> = doomed
+                        .into_iter()
+                        .map(|key| Change::Delete { key })
+                        .collect();
+                    self.apply_changes(revision, &deletes);
+                }
+                continue;
+            };
             let history = self.keys.get(key);
             let latest = history.and_then(|h| h.last());
             assert!(
@@ -284,6 +310,7 @@ impl Store {
                     value: value.clone().into_boxed_slice(),
                     lease: *lease,
                 },
+                Change::DeleteRange { .. } => unreachable!("expanded above"),
                 Change::Delete { .. } => {
                     if live.is_none() {
                         continue;
@@ -300,14 +327,23 @@ impl Store {
             self.bytes += version_bytes(key, &next.value);
             self.keys.entry(key.into()).or_default().push(next);
         }
-        self.revision = revision;
     }
 
     /// The events of `changes` just applied at `revision` (see [`Store::apply`]),
     /// in the order of `changes`; a delete that changed nothing has none.
     pub fn events_at(&self, revision: i64, changes: &[Change], out: &mut Vec<Event>) {
         for change in changes {
-            let key = change.key();
+            let Some(key) = change.key() else {
+                if let Change::DeleteRange { key, end } = change {
+                    out.extend(
+                        self.events_between(key, end, revision, revision, usize::MAX)
+                            .0
+                            .into_iter()
+                            .filter(|e| e.delete),
+                    );
+                }
+                continue;
+            };
             let Some(history) = self.keys.get(key) else {
                 continue;
             };
@@ -947,6 +983,31 @@ mod tests {
         let mut want = live[2..].to_vec();
         want[0].prev = None;
         assert_eq!(all(&s, b"", RangeEnd::ToEnd, 3, 5).0, want);
+    }
+
+    #[test]
+    fn a_logged_range_delete_is_the_same_as_its_deletes() {
+        let fill = || {
+            let mut s = Store::new();
+            s.apply(2, &[put("a", "1"), put("b", "1"), put("c", "1")]);
+            s.apply(3, &[del("b")]);
+            s
+        };
+        let (mut by_key, mut by_range) = (fill(), fill());
+        by_key.apply(4, &[del("a"), del("c")]);
+        let range = Change::DeleteRange {
+            key: b"a".to_vec(),
+            end: RangeEnd::Until(b"c\0".to_vec()),
+        };
+        by_range.apply(4, std::slice::from_ref(&range));
+        assert_eq!(by_range.export_at(4), by_key.export_at(4));
+        assert_eq!(by_range.bytes(), by_key.bytes());
+        let (mut want, mut got) = (Vec::new(), Vec::new());
+        by_key.events_at(4, &[del("a"), del("c")], &mut want);
+        by_range.events_at(4, &[range], &mut got);
+        assert_eq!(got, want);
+        assert_eq!(got.len(), 2, "b was not live: no event");
+        assert!(got.iter().all(|e| e.delete && e.prev.is_some()));
     }
 
     #[test]

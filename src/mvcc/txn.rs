@@ -306,7 +306,7 @@ impl<'a> Eval<'a> {
         };
         if self.overlay.insert(req.key.clone(), Some(kv)).is_some() {
             // This request wrote the key before: replace that change.
-            self.changes.retain(|c| c.key() != req.key.as_slice());
+            self.changes.retain(|c| c.key() != Some(req.key.as_slice()));
         }
         self.wrote = true;
         self.changes.push(Change::Put {
@@ -333,7 +333,7 @@ impl<'a> Eval<'a> {
             // Only a key this request already wrote has a change to replace
             // (scanning the changes for every key would be quadratic).
             if earlier.is_some() {
-                self.changes.retain(|c| c.key() != kv.key.as_slice());
+                self.changes.retain(|c| c.key() != Some(kv.key.as_slice()));
             }
             self.overlay.insert(kv.key.clone(), None);
             if !was_created_here {

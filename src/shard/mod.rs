@@ -725,8 +725,30 @@ pub fn changes_bytes(changes: &[Change]) -> usize {
         .map(|c| match c {
             Change::Put { key, value, .. } => key.len() + value.len() + 32,
             Change::Delete { key } => key.len() + 16,
+            Change::DeleteRange { key, end } => {
+                key.len()
+                    + 32
+                    + if let RangeEnd::Until(e) = end {
+                        e.len()
+                    } else {
+                        0
+                    }
+            }
         })
         .sum::<usize>()
+}
+
+/// The one change that stands for all of a plain DeleteRange's deletes (a
+/// DeleteRange outside a txn), when they are too many for one log entry.
+/// Valid because a shard evaluates and applies a write on the same state.
+pub fn compact_delete(op: &RequestOp) -> Option<Change> {
+    match op {
+        RequestOp::DeleteRange(d) => Some(Change::DeleteRange {
+            key: d.key.clone(),
+            end: RangeEnd::from_request(&d.range_end),
+        }),
+        _ => None,
+    }
 }
 
 /// What [`write`] works with.
@@ -790,11 +812,19 @@ async fn write(
                     view,
                 }));
             }
-            Ok((mut response, changes, _)) => {
-                let bytes = changes_bytes(&changes);
+            Ok((mut response, mut changes, _)) => {
+                let mut bytes = changes_bytes(&changes);
                 if bytes > ctx.entry_bytes_max {
-                    let _ = reply.send(Err(EtcdError::RequestTooLarge));
-                    continue;
+                    match compact_delete(&op) {
+                        Some(range) => {
+                            changes = vec![range];
+                            bytes = changes_bytes(&changes);
+                        }
+                        None => {
+                            let _ = reply.send(Err(EtcdError::RequestTooLarge));
+                            continue;
+                        }
+                    }
                 }
                 if entry.bytes + bytes > ctx.entry_bytes_max {
                     proposed += propose(ctx, std::mem::take(&mut entry), permit.clone()).await;
