@@ -145,6 +145,20 @@ async fn cases(kv: &mut KvClient<Channel>) -> Vec<(&'static str, tonic::Status)>
     out
 }
 
+/// Keys in `[key, end)`.
+async fn count(kv: &mut KvClient<Channel>, key: &[u8], end: &[u8]) -> i64 {
+    kv.range(RangeRequest {
+        key: key.to_vec(),
+        range_end: end.to_vec(),
+        count_only: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .count
+}
+
 async fn revision(kv: &mut KvClient<Channel>) -> i64 {
     kv.range(RangeRequest {
         key: b"a".to_vec(),
@@ -329,28 +343,14 @@ fn writes_too_large_for_one_log_entry_are_split_or_refused() {
         cairn.restart();
         common::rt().block_on(async {
             let mut kv = KvClient::new(ch().await);
-            let count = |prefix: &'static [u8], end: &'static [u8]| RangeRequest {
-                key: prefix.to_vec(),
-                range_end: end.to_vec(),
-                count_only: true,
-                ..Default::default()
-            };
-            let wide = kv
-                .range(count(b"wide/", b"wide0"))
-                .await
-                .unwrap()
-                .into_inner();
             assert_eq!(
-                wide.count, 160,
+                count(&mut kv, b"wide/", b"wide0").await,
+                160,
                 "{shards} shards: every split write survived"
             );
-            let many = kv
-                .range(count(b"many/", b"many0"))
-                .await
-                .unwrap()
-                .into_inner();
             assert_eq!(
-                many.count, 0,
+                count(&mut kv, b"many/", b"many0").await,
+                0,
                 "{shards} shards: the range delete was replayed"
             );
             kv.put(PutRequest {

@@ -120,19 +120,13 @@ impl Member {
         }
         // 4. One revision, one part per changed shard.
         let mut parts = split(changes, n);
-        // Each part is one log entry on its shard: a plain DeleteRange too
-        // large for that is logged as the range itself; anything else is
-        // refused, changing nothing (see crate::shard::write).
-        if parts
-            .values()
-            .any(|c| crate::shard::changes_bytes(c) > self.entry_bytes_max)
-        {
-            let Some(range) = crate::shard::compact_delete(&op) else {
-                return Err(EtcdError::RequestTooLarge.status());
-            };
-            for part in parts.values_mut() {
-                *part = vec![range.clone()];
-            }
+        // Each part is one log entry on its shard, fitted as a shard fits a
+        // write; a refusal comes before anything is stamped.
+        for part in parts.values_mut() {
+            let changes = std::mem::take(part);
+            *part = crate::shard::fit_entry(&op, changes, self.entry_bytes_max)
+                .map_err(EtcdError::status)?
+                .0;
         }
         let participants: Vec<u32> = parts.keys().map(|s| *s as u32).collect();
         let revision = self.seq.stamp();

@@ -191,7 +191,8 @@ impl Member {
         self.ask(shard, |reply| ShardMsg::Status { reply }).await
     }
 
-    pub(crate) async fn raft_term(&self) -> u64 {
+    /// The highest Raft term any shard reports.
+    pub(crate) fn raft_term(&self) -> u64 {
         self.raft_term.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
@@ -226,7 +227,7 @@ impl pb::kv_server::Kv for KvService {
         validate::check_range(&r)?;
         let req = convert::range_request(&r)?;
         let (resp, c) = self.0.range(req).await?;
-        let header = self.0.header(c, self.0.raft_term().await);
+        let header = self.0.header(c, self.0.raft_term());
         Ok(Response::new(convert::range_response(resp, header)))
     }
 
@@ -250,7 +251,7 @@ impl pb::kv_server::Kv for KvService {
         };
         let header = self
             .0
-            .header(out.revision.unwrap_or(out.view), self.0.raft_term().await);
+            .header(out.revision.unwrap_or(out.view), self.0.raft_term());
         Ok(Response::new(pb::PutResponse {
             header: Some(header),
             prev_kv: p.prev_kv.map(convert::kv),
@@ -277,7 +278,7 @@ impl pb::kv_server::Kv for KvService {
             return Err(Status::internal("delete answered with another op"));
         };
         let revision = out.revision.unwrap_or_else(|| self.0.seq.committed());
-        let header = self.0.header(revision, self.0.raft_term().await);
+        let header = self.0.header(revision, self.0.raft_term());
         Ok(Response::new(pb::DeleteRangeResponse {
             header: Some(header),
             deleted: d.deleted,
@@ -305,7 +306,7 @@ impl pb::kv_server::Kv for KvService {
             return Err(Status::internal("txn answered with another op"));
         };
         let revision = out.revision.unwrap_or_else(|| self.0.seq.committed());
-        let header = self.0.header(revision, self.0.raft_term().await);
+        let header = self.0.header(revision, self.0.raft_term());
         Ok(Response::new(convert::txn_response(
             t,
             &header,
@@ -320,9 +321,7 @@ impl pb::kv_server::Kv for KvService {
         let _timed = super::http::Timed::new(&self.0.metrics, "Compact");
         let r = request.into_inner();
         self.0.compact(r.revision).await?;
-        let header = self
-            .0
-            .header(self.0.seq.committed(), self.0.raft_term().await);
+        let header = self.0.header(self.0.seq.committed(), self.0.raft_term());
         Ok(Response::new(pb::CompactionResponse {
             header: Some(header),
         }))
@@ -370,7 +369,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             .await?
             .ok_or_else(|| Status::internal("shard 0 runs no meta group"))?;
         Ok(Response::new(pb::MemberListResponse {
-            header: Some(m.header(m.seq.committed(), m.raft_term().await)),
+            header: Some(m.header(m.seq.committed(), m.raft_term())),
             members: members
                 .into_iter()
                 .map(|r| pb::Member {

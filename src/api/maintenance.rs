@@ -268,7 +268,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             Err(_) => return Err(Status::invalid_argument("etcdserver: unknown alarm action")),
         };
         Ok(Response::new(pb::AlarmResponse {
-            header: Some(m.header(m.seq.committed(), m.raft_term().await)),
+            header: Some(m.header(m.seq.committed(), m.raft_term())),
             alarms,
         }))
     }
@@ -319,7 +319,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             m.ask(shard, |reply| ShardMsg::Snapshot { reply }).await??;
         }
         Ok(Response::new(pb::DefragmentResponse {
-            header: Some(m.header(m.seq.committed(), m.raft_term().await)),
+            header: Some(m.header(m.seq.committed(), m.raft_term())),
         }))
     }
 
@@ -330,7 +330,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         _: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
         let (hash, _, revision) = self.0.hash_kv(0).await?;
-        let header = self.0.header(revision, self.0.raft_term().await);
+        let header = self.0.header(revision, self.0.raft_term());
         Ok(Response::new(pb::HashResponse {
             header: Some(header),
             hash,
@@ -342,9 +342,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
         let (hash, compact_revision, _) = self.0.hash_kv(request.into_inner().revision).await?;
-        let header = self
-            .0
-            .header(self.0.seq.committed(), self.0.raft_term().await);
+        let header = self.0.header(self.0.seq.committed(), self.0.raft_term());
         Ok(Response::new(pb::HashKvResponse {
             header: Some(header),
             hash,
@@ -359,9 +357,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         _: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         let bytes = self.snapshot_bytes().await?;
-        let header = self
-            .0
-            .header(self.0.seq.committed(), self.0.raft_term().await);
+        let header = self.0.header(self.0.seq.committed(), self.0.raft_term());
         let total = bytes.len();
         let chunks: Vec<Result<pb::SnapshotResponse, Status>> = bytes
             .chunks(SNAPSHOT_CHUNK_BYTES)

@@ -155,11 +155,7 @@ impl Stream {
     }
 
     fn header(&self, revision: i64) -> Option<pb::ResponseHeader> {
-        let term = self
-            .member
-            .raft_term
-            .load(std::sync::atomic::Ordering::Relaxed);
-        Some(self.member.header(revision, term))
+        Some(self.member.header(revision, self.member.raft_term()))
     }
 
     async fn handle(&mut self, req: pb::WatchRequest, c: i64) -> Result<(), Closed> {

@@ -283,75 +283,76 @@ impl Store {
 
     fn apply_changes(&mut self, revision: i64, changes: &[Change]) {
         for change in changes {
-            let Some(key) = change.key() else {
-                if let Change::DeleteRange { key, end } = change {
+            match change {
+                Change::Put { key, value, lease } => {
+                    self.apply_key(revision, key, Some((value, *lease)))
+                }
+                Change::Delete { key } => self.apply_key(revision, key, None),
+                Change::DeleteRange { key, end } => {
                     let mut doomed = Vec::new();
                     self.for_each_live(key, end, self.revision, |kv| doomed.push(kv.key));
-                    let deletes: Vec<Change> = doomed
-                        .into_iter()
-                        .map(|key| Change::Delete { key })
-                        .collect();
-                    self.apply_changes(revision, &deletes);
-                }
-                continue;
-            };
-            let history = self.keys.get(key);
-            let latest = history.and_then(|h| h.last());
-            assert!(
-                latest.is_none_or(|v| v.mod_revision < revision),
-                "key changed twice at revision {revision}"
-            );
-            let live = latest.filter(|v| !v.is_tombstone());
-            let next = match change {
-                Change::Put { value, lease, .. } => Version {
-                    mod_revision: revision,
-                    create_revision: live.map_or(revision, |v| v.create_revision),
-                    version: live.map_or(1, |v| v.version + 1),
-                    value: value.clone().into_boxed_slice(),
-                    lease: *lease,
-                },
-                Change::DeleteRange { .. } => unreachable!("expanded above"),
-                Change::Delete { .. } => {
-                    if live.is_none() {
-                        continue;
-                    }
-                    Version {
-                        mod_revision: revision,
-                        create_revision: 0,
-                        version: 0,
-                        value: Box::new([]),
-                        lease: 0,
+                    for key in doomed {
+                        self.apply_key(revision, &key, None);
                     }
                 }
-            };
-            self.bytes += version_bytes(key, &next.value);
-            self.keys.entry(key.into()).or_default().push(next);
+            }
         }
+    }
+
+    /// A new version of `key` at `revision`: `put` = (value, lease), or None
+    /// for a delete (which changes nothing if the key is not live).
+    fn apply_key(&mut self, revision: i64, key: &[u8], put: Option<(&[u8], i64)>) {
+        let history = self.keys.get(key);
+        let latest = history.and_then(|h| h.last());
+        assert!(
+            latest.is_none_or(|v| v.mod_revision < revision),
+            "key changed twice at revision {revision}"
+        );
+        let live = latest.filter(|v| !v.is_tombstone());
+        let next = match put {
+            Some((value, lease)) => Version {
+                mod_revision: revision,
+                create_revision: live.map_or(revision, |v| v.create_revision),
+                version: live.map_or(1, |v| v.version + 1),
+                value: value.into(),
+                lease,
+            },
+            None if live.is_none() => return,
+            None => Version {
+                mod_revision: revision,
+                create_revision: 0,
+                version: 0,
+                value: Box::new([]),
+                lease: 0,
+            },
+        };
+        self.bytes += version_bytes(key, &next.value);
+        self.keys.entry(key.into()).or_default().push(next);
     }
 
     /// The events of `changes` just applied at `revision` (see [`Store::apply`]),
     /// in the order of `changes`; a delete that changed nothing has none.
-    pub fn events_at(&self, revision: i64, changes: &[Change], out: &mut Vec<Event>) {
+    pub fn events_at(&self, revision: i64, changes: &[Change]) -> Vec<Event> {
+        let mut out = Vec::with_capacity(changes.len());
         for change in changes {
-            let Some(key) = change.key() else {
-                if let Change::DeleteRange { key, end } = change {
-                    out.extend(
-                        self.events_between(key, end, revision, revision, usize::MAX)
-                            .0
-                            .into_iter()
-                            .filter(|e| e.delete),
-                    );
+            match change {
+                Change::Put { key, .. } | Change::Delete { key } => {
+                    if let Some(history) = self.keys.get(key.as_slice()) {
+                        let last = history.len() - 1;
+                        if history[last].mod_revision == revision {
+                            out.push(event(key, history, last, &history[last]));
+                        }
+                    }
                 }
-                continue;
-            };
-            let Some(history) = self.keys.get(key) else {
-                continue;
-            };
-            let last = history.len() - 1;
-            if history[last].mod_revision == revision {
-                out.push(event(key, history, last, &history[last]));
+                Change::DeleteRange { key, end } => out.extend(
+                    self.events_between(key, end, revision, revision, usize::MAX)
+                        .0
+                        .into_iter()
+                        .filter(|e| e.delete),
+                ),
             }
         }
+        out
     }
 
     /// The events on keys of the range with a revision in `from..=to`, in
@@ -922,7 +923,7 @@ mod tests {
         let mut live = Vec::new();
         let mut apply = |s: &mut Store, rev: i64, changes: &[Change]| {
             s.apply(rev, changes);
-            s.events_at(rev, changes, &mut live);
+            live.extend(s.events_at(rev, changes));
         };
         apply(&mut s, 2, &[put("a", "1"), put("b", "1")]);
         apply(&mut s, 3, &[put("a", "2")]);
@@ -1002,9 +1003,8 @@ mod tests {
         by_range.apply(4, std::slice::from_ref(&range));
         assert_eq!(by_range.export_at(4), by_key.export_at(4));
         assert_eq!(by_range.bytes(), by_key.bytes());
-        let (mut want, mut got) = (Vec::new(), Vec::new());
-        by_key.events_at(4, &[del("a"), del("c")], &mut want);
-        by_range.events_at(4, &[range], &mut got);
+        let want = by_key.events_at(4, &[del("a"), del("c")]);
+        let got = by_range.events_at(4, &[range]);
         assert_eq!(got, want);
         assert_eq!(got.len(), 2, "b was not live: no event");
         assert!(got.iter().all(|e| e.delete && e.prev.is_some()));

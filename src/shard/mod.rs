@@ -673,8 +673,7 @@ async fn latched(
                 // coordinator marks the revision committed when every part is.
                 store.borrow_mut().apply(revision, &changes);
                 if hub.recording() {
-                    let mut events = Vec::new();
-                    store.borrow().events_at(revision, &changes, &mut events);
+                    let events = store.borrow().events_at(revision, &changes);
                     hub.publish([(revision, events)], seq.committed());
                 }
                 let command = ShardCommand::Part {
@@ -719,7 +718,7 @@ pub fn entry_bytes_max(wal: &cairn_wal::Config) -> usize {
 }
 
 /// An upper estimate of the log bytes of one write's changes.
-pub fn changes_bytes(changes: &[Change]) -> usize {
+fn changes_bytes(changes: &[Change]) -> usize {
     16 + changes
         .iter()
         .map(|c| match c {
@@ -738,16 +737,31 @@ pub fn changes_bytes(changes: &[Change]) -> usize {
         .sum::<usize>()
 }
 
-/// The one change that stands for all of a plain DeleteRange's deletes (a
-/// DeleteRange outside a txn), when they are too many for one log entry.
-/// Valid because a shard evaluates and applies a write on the same state.
-pub fn compact_delete(op: &RequestOp) -> Option<Change> {
+/// `op`'s changes (on one shard) as one log entry holds them, and their
+/// [`changes_bytes`]: as they are if they fit `entry_bytes_max`; the deletes
+/// of a plain DeleteRange (outside a txn) that do not fit, as the one range
+/// change that stands for them all (valid because a shard applies a write on
+/// the state it was evaluated on); anything else that does not fit is
+/// refused with etcd's "request is too large".
+pub fn fit_entry(
+    op: &RequestOp,
+    changes: Vec<Change>,
+    entry_bytes_max: usize,
+) -> Result<(Vec<Change>, usize), EtcdError> {
+    let bytes = changes_bytes(&changes);
+    if bytes <= entry_bytes_max {
+        return Ok((changes, bytes));
+    }
     match op {
-        RequestOp::DeleteRange(d) => Some(Change::DeleteRange {
-            key: d.key.clone(),
-            end: RangeEnd::from_request(&d.range_end),
-        }),
-        _ => None,
+        RequestOp::DeleteRange(d) => {
+            let range = vec![Change::DeleteRange {
+                key: d.key.clone(),
+                end: RangeEnd::from_request(&d.range_end),
+            }];
+            let bytes = changes_bytes(&range);
+            Ok((range, bytes))
+        }
+        _ => Err(EtcdError::RequestTooLarge),
     }
 }
 
@@ -772,9 +786,9 @@ struct Entry {
 /// Evaluates, stamps and applies speculatively each of `batch` in order, and
 /// proposes the ones that changed something as log entries of at most
 /// `entry_bytes_max` (usually one); each is answered once its entry commits.
-/// A single write whose changes alone exceed that bound (say, a delete of
-/// a huge range) is refused with etcd's "request is too large" before it is
-/// stamped: nothing changes. Returns how many were proposed.
+/// A write whose changes alone exceed that bound is fitted by [`fit_entry`]
+/// or refused before it is stamped (nothing changes). Returns how many were
+/// proposed.
 async fn write(
     ctx: &WriteCtx<'_>,
     batch: Vec<(RequestOp, WriteReply)>,
@@ -812,20 +826,14 @@ async fn write(
                     view,
                 }));
             }
-            Ok((mut response, mut changes, _)) => {
-                let mut bytes = changes_bytes(&changes);
-                if bytes > ctx.entry_bytes_max {
-                    match compact_delete(&op) {
-                        Some(range) => {
-                            changes = vec![range];
-                            bytes = changes_bytes(&changes);
-                        }
-                        None => {
-                            let _ = reply.send(Err(EtcdError::RequestTooLarge));
-                            continue;
-                        }
+            Ok((mut response, changes, _)) => {
+                let (changes, bytes) = match fit_entry(&op, changes, ctx.entry_bytes_max) {
+                    Ok(fit) => fit,
+                    Err(err) => {
+                        let _ = reply.send(Err(err));
+                        continue;
                     }
-                }
+                };
                 if entry.bytes + bytes > ctx.entry_bytes_max {
                     proposed += propose(ctx, std::mem::take(&mut entry), permit.clone()).await;
                 }
@@ -833,9 +841,8 @@ async fn write(
                 store.borrow_mut().apply(revision, &changes);
                 // Asked after stamping: see WatchHub::add_watcher.
                 if ctx.hub.recording() {
-                    let mut evs = Vec::with_capacity(changes.len());
-                    store.borrow().events_at(revision, &changes, &mut evs);
-                    entry.events.push((revision, evs));
+                    let events = store.borrow().events_at(revision, &changes);
+                    entry.events.push((revision, events));
                 }
                 stamp(&mut response, revision);
                 entry.bytes += bytes;
