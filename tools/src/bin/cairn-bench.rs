@@ -28,7 +28,7 @@ use cairn_proto::etcdserverpb::{
     WatchRequest,
 };
 use cairn_tools::loadgen::keys::{key_bytes, random_value, KeyPicker};
-use cairn_tools::loadgen::report::{Recorder, Summary};
+use cairn_tools::loadgen::report::{ClientRecorder, Recorder, Summary};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use rand::rngs::StdRng;
@@ -140,6 +140,8 @@ struct Work {
     next: AtomicU64,
     rate: f64,
     start: Instant,
+    /// Operations finished (the progress bar's position).
+    done: AtomicU64,
 }
 
 impl Work {
@@ -322,38 +324,39 @@ async fn closed_or_open_loop(
         next: AtomicU64::new(0),
         rate: args.rate,
         start,
+        done: AtomicU64::new(0),
     });
-    let done = Arc::new(AtomicU64::new(0));
     let pb = progress_bar(total.unwrap_or(0));
     let value = Arc::new(random_value(args.val_size));
+    let shared = Arc::new(std::sync::Mutex::new(Recorder::default()));
     let mut tasks = Vec::with_capacity(args.clients);
     for c in 0..args.clients {
         let kv = KvClient::new(conns[c % conns.len()].clone());
-        let (work, done, args, value, cmd) = (
+        let rec = ClientRecorder::new(shared.clone());
+        let (work, args, value, cmd) = (
             work.clone(),
-            done.clone(),
             args.clone(),
             value.clone(),
             cmd.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            client(c as u64, kv, work, done, args, value, cmd).await
+            client(c as u64, kv, work, args, value, cmd, rec).await
         }));
     }
     let ticker = {
-        let (pb, done) = (pb.clone(), done.clone());
+        let (pb, work) = (pb.clone(), work.clone());
         tokio::spawn(async move {
             loop {
-                pb.set_position(done.load(Ordering::Relaxed));
+                pb.set_position(work.done.load(Ordering::Relaxed));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
     };
-    let mut rec = Recorder::default();
     for t in tasks {
-        rec.merge(&t.await?);
+        t.await?;
     }
     let elapsed = start.elapsed();
+    let rec = std::mem::take(&mut *shared.lock().unwrap_or_else(|e| e.into_inner()));
     ticker.abort();
     pb.finish_and_clear();
     Ok((rec, elapsed))
@@ -363,12 +366,11 @@ async fn client(
     id: u64,
     mut kv: KvClient<Channel>,
     work: Arc<Work>,
-    done: Arc<AtomicU64>,
     args: Arc<Args>,
     value: Arc<Vec<u8>>,
     cmd: Cmd,
-) -> Recorder {
-    let mut rec = Recorder::default();
+    mut rec: ClientRecorder,
+) {
     let mut rng = StdRng::seed_from_u64(0x5EED ^ id);
     let picker = KeyPicker {
         space: args.key_space_size,
@@ -411,9 +413,9 @@ async fn client(
             Ok(()) => rec.ok(t0.elapsed()),
             Err(status) => rec.error(format!("{:?}: {}", status.code(), status.message())),
         }
-        done.fetch_add(1, Ordering::Relaxed);
+        work.done.fetch_add(1, Ordering::Relaxed);
     }
-    rec
+    // Dropping `rec` adds its last samples to the shared histogram.
 }
 
 async fn put(kv: &mut KvClient<Channel>, key: Vec<u8>, value: &[u8]) -> Result<(), tonic::Status> {
@@ -448,7 +450,7 @@ async fn txn_put(
     kv: &mut KvClient<Channel>,
     key: Vec<u8>,
     value: &[u8],
-    rec: &mut Recorder,
+    rec: &mut ClientRecorder,
 ) -> Result<(), tonic::Status> {
     for _ in 0..TXN_RETRIES_MAX {
         let got = kv
