@@ -333,12 +333,7 @@ async fn closed_or_open_loop(
     for c in 0..args.clients {
         let kv = KvClient::new(conns[c % conns.len()].clone());
         let rec = ClientRecorder::new(shared.clone());
-        let (work, args, value, cmd) = (
-            work.clone(),
-            args.clone(),
-            value.clone(),
-            cmd.clone(),
-        );
+        let (work, args, value, cmd) = (work.clone(), args.clone(), value.clone(), cmd.clone());
         tasks.push(tokio::spawn(async move {
             client(c as u64, kv, work, args, value, cmd, rec).await
         }));

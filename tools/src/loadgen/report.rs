@@ -282,7 +282,10 @@ mod tests {
         b.error("boom");
         b.count("txn_conflicts");
         // Full buffers went in already; the rest goes in when a client ends.
-        assert_eq!(shared.lock().unwrap().latencies.len(), 3 * CLIENT_SAMPLES_MAX as u64);
+        assert_eq!(
+            shared.lock().unwrap().latencies.len(),
+            3 * CLIENT_SAMPLES_MAX as u64
+        );
         drop((a, b));
         let rec = shared.lock().unwrap();
         assert_eq!(rec.latencies.len(), 1001);
