@@ -202,9 +202,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             let app = grpc
                 .merge(crate::api::http::routes(member.clone()))
                 .fallback(crate::api::http::fallback);
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
+            let listener = crate::api::coalesce::CoalescingListener(listener);
             let mut stop = stop_tx.subscribe();
             servers.push(tokio::spawn(async move {
                 axum::serve(listener, app)

@@ -7,9 +7,11 @@
 //! - [`maintenance`]: Maintenance service, alarms, the space quota, snapshots.
 //! - [`watch`]: the Watch service (events from the member's `WatchHub`).
 //! - [`gateway`], [`http`]: etcd's JSON gateway, health, version, metrics.
+//! - [`coalesce`]: the listener of client connections (coalesced writes).
 //! - [`errors`], [`validate`], [`convert`]: etcd's error table, request rules,
 //!   protobuf ↔ MVCC types.
 
+pub mod coalesce;
 pub mod convert;
 pub mod cross;
 pub mod errors;

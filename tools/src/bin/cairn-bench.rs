@@ -17,6 +17,7 @@
 //! line is one JSON object with the same figures.
 
 use anyhow::{bail, Context, Result};
+use cairn_proto::coalesce::Coalesce;
 use cairn_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use cairn_proto::etcdserverpb::kv_client::KvClient;
 use cairn_proto::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -31,12 +32,14 @@ use cairn_tools::loadgen::keys::{key_bytes, random_value, KeyPicker};
 use cairn_tools::loadgen::report::{ClientRecorder, Recorder, Summary};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
+use hyper_util::rt::TokioIo;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tonic::codegen::http::Uri;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 // The same allocator as the server: the load generator shares the CPUs with
@@ -215,9 +218,19 @@ async fn connect(args: &Args, endpoint: &str) -> Result<Channel> {
         }
         ep = ep.tls_config(cfg)?;
     }
-    ep.connect()
+    let connected = if tls {
+        ep.connect().await
+    } else {
+        // Plain text: our own TCP connection, with coalesced writes.
+        ep.connect_with_connector(tower::service_fn(|uri: Uri| async move {
+            let addr = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(TokioIo::new(Coalesce::new(tcp)))
+        }))
         .await
-        .with_context(|| format!("connecting to {endpoint}"))
+    };
+    connected.with_context(|| format!("connecting to {endpoint}"))
 }
 
 /// The endpoints to use: all, or only the leader's.
