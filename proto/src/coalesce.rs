@@ -30,6 +30,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Output kept before a write goes to the socket without waiting for a flush.
 const PENDING_BYTES_MAX: usize = 256 * 1024;
 
+/// Buffer capacity an idle connection keeps; a larger one (after a big
+/// response) is given back once it has been sent, so thousands of idle
+/// connections do not each hold their high-water mark.
+const KEPT_CAPACITY_MAX: usize = 16 * 1024;
+
 /// An IO whose writes are held until the flush (bounded by
 /// [`PENDING_BYTES_MAX`]).
 pub struct Coalesce<T> {
@@ -62,7 +67,11 @@ impl<T: AsyncWrite + Unpin> Coalesce<T> {
             }
             self.sent += n;
         }
-        self.out.clear();
+        if self.out.capacity() > KEPT_CAPACITY_MAX {
+            self.out = Vec::new();
+        } else {
+            self.out.clear();
+        }
         self.sent = 0;
         Poll::Ready(Ok(()))
     }
@@ -225,6 +234,26 @@ mod tests {
             flusher.await.unwrap();
             other.await.unwrap();
             assert_eq!(sink.all(), b"other flushed");
+        });
+    }
+
+    #[test]
+    fn a_big_buffer_is_given_back_once_sent() {
+        rt().block_on(async {
+            let sink = Sink::default();
+            let mut io = Coalesce::new(sink.clone());
+            io.write_all(&[7u8; 100]).await.unwrap();
+            io.flush().await.unwrap();
+            let small = io.out.capacity();
+            assert!(
+                small > 0 && small <= KEPT_CAPACITY_MAX,
+                "a small buffer is kept"
+            );
+            io.write_all(&vec![7u8; 200 * 1024]).await.unwrap();
+            assert!(io.out.capacity() >= 200 * 1024);
+            io.flush().await.unwrap();
+            assert_eq!(io.out.capacity(), 0, "a big one is not");
+            assert_eq!(sink.all().len(), 100 + 200 * 1024);
         });
     }
 
