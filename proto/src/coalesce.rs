@@ -89,15 +89,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Coalesce<T> {
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.out.len() >= PENDING_BYTES_MAX {
-            ready!(self.poll_drain(cx))?;
-        }
-        self.out.extend_from_slice(buf);
-        Poll::Ready(Ok(buf.len()))
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(

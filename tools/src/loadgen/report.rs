@@ -76,7 +76,7 @@ const CLIENT_SAMPLES_MAX: usize = 256;
 /// measured interval.
 pub struct ClientRecorder {
     shared: Arc<Mutex<Recorder>>,
-    samples: Vec<u64>,
+    samples: Vec<Duration>,
 }
 
 impl ClientRecorder {
@@ -88,8 +88,7 @@ impl ClientRecorder {
     }
 
     pub fn ok(&mut self, latency: Duration) {
-        self.samples
-            .push((latency.as_micros() as u64).clamp(1, LATENCY_MAX_US));
+        self.samples.push(latency);
         if self.samples.len() == CLIENT_SAMPLES_MAX {
             self.flush();
         }
@@ -111,9 +110,9 @@ impl ClientRecorder {
         if self.samples.is_empty() {
             return;
         }
-        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        for &us in &self.samples {
-            shared.latencies.record(us).expect("clamped into bounds");
+        let mut shared = self.lock();
+        for &latency in &self.samples {
+            shared.ok(latency);
         }
         drop(shared);
         self.samples.clear();
