@@ -7,6 +7,14 @@
 //! a gap). A write is acknowledged only once C reaches its revision; reads are
 //! served at C. [`SharedSequencer`] wraps it for the shard cores (a short
 //! mutex) and publishes C on a watch channel the front threads wait on.
+//!
+//! Invariant (checked by `SharedSequencer::publish`): the published C only
+//! moves forward, and it moves while the lock that computed it is held, so
+//! publications happen in the order the values were computed. A write is
+//! acknowledged once the published C covers it, and a read taken after that
+//! reads at a C at least as high: publishing a C computed earlier after a
+//! later one (as this code once did, after releasing the lock) made C go
+//! back for a moment, and a read then missed an acknowledged write.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -130,15 +138,32 @@ impl SharedSequencer {
     }
 
     pub fn commit(&self, rev: i64) {
-        let c = self.lock().commit(rev);
-        self.committed_tx
-            .send_if_modified(|old| std::mem::replace(old, c) != c);
+        let mut inner = self.lock();
+        let c = inner.commit(rev);
+        self.publish(c);
+        drop(inner);
     }
 
     pub fn abandon(&self, rev: i64) {
-        let c = self.lock().abandon(rev);
-        self.committed_tx
-            .send_if_modified(|old| std::mem::replace(old, c) != c);
+        let mut inner = self.lock();
+        let c = inner.abandon(rev);
+        self.publish(c);
+        drop(inner);
+    }
+
+    /// Publishes `c`, computed under the lock the caller still holds (see
+    /// the module docs): in lock order, so never below what is published.
+    fn publish(&self, c: i64) {
+        // Widens the window between computing C and publishing it (the
+        // correctness harness and the racing-commits test set it).
+        fail::fail_point!("sequencer::publish");
+        self.committed_tx.send_if_modified(|published| {
+            assert!(
+                c >= *published,
+                "C goes back: publishing {c} after {published}"
+            );
+            std::mem::replace(published, c) != c
+        });
     }
 
     pub fn committed(&self) -> i64 {
@@ -187,25 +212,102 @@ mod tests {
         s.commit(r);
     }
 
+    /// `wait_committed` is pending until C reaches the revision, not only
+    /// once something commits: polled by hand, no sleeps.
     #[test]
-    fn shared_sequencer_publishes_c() {
-        let s = std::sync::Arc::new(SharedSequencer::new(10));
-        let r = s.stamp();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let s2 = s.clone();
-        let waiter = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .unwrap();
-            rt.block_on(s2.wait_committed(r));
-        });
-        rt.block_on(async { tokio::task::yield_now().await });
-        assert_eq!(s.committed(), 10);
-        s.commit(r);
-        waiter.join().unwrap();
-        assert_eq!(s.committed(), 11);
+    fn wait_committed_waits_until_c_covers_the_revision() {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+        let s = SharedSequencer::new(10);
+        let (a, b) = (s.stamp(), s.stamp());
+        let mut wait = std::pin::pin!(s.wait_committed(b));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(
+            wait.as_mut().poll(&mut cx).is_pending(),
+            "nothing committed"
+        );
+        s.commit(b);
+        assert_eq!(s.committed(), 10, "{a} is still pending");
+        assert!(
+            wait.as_mut().poll(&mut cx).is_pending(),
+            "{b} committed but C is below it"
+        );
+        s.commit(a);
+        assert_eq!(s.committed(), 12);
+        assert_eq!(wait.as_mut().poll(&mut cx), Poll::Ready(()));
+        // Already covered: ready at once.
+        assert!(std::pin::pin!(s.wait_committed(a)).poll(&mut cx).is_ready());
+    }
+
+    /// Shard cores commit on their own threads at once. A write is
+    /// acknowledged when the published C covers it; a read that starts after
+    /// an acknowledgement must see C at least that high, and C as any
+    /// observer sees it never goes back. With the failpoint set (the test
+    /// build has the feature), a publication is delayed after C was
+    /// computed, which is what once let an older C overwrite a newer one.
+    #[test]
+    fn racing_commits_never_publish_c_backwards() {
+        use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::SeqCst};
+        use std::sync::Arc;
+        use std::time::{Duration, Instant};
+        let scenario = fail::FailScenario::setup();
+        fail::cfg("sequencer::publish", "20%sleep(1)").expect("failpoint");
+        let threads = 4;
+        let per_thread = 300;
+        let s = Arc::new(SharedSequencer::new(0));
+        let acked = Arc::new(AtomicI64::new(0));
+        let violations = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let observer = {
+            let (mut rx, done, violations) = (s.subscribe(), done.clone(), violations.clone());
+            std::thread::spawn(move || {
+                let mut last = 0;
+                while !done.load(SeqCst) {
+                    let c = *rx.borrow_and_update();
+                    if c < last {
+                        violations.fetch_add(1, SeqCst);
+                    }
+                    last = last.max(c);
+                    std::thread::yield_now();
+                }
+            })
+        };
+        let writers: Vec<_> = (0..threads)
+            .map(|_| {
+                let (s, acked, violations) = (s.clone(), acked.clone(), violations.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..per_thread {
+                        // A read after an acknowledgement sees it.
+                        let before = acked.load(SeqCst);
+                        if s.committed() < before {
+                            violations.fetch_add(1, SeqCst);
+                        }
+                        let r = s.stamp();
+                        s.commit(r);
+                        // Acknowledged once C covers it (as Member::write waits).
+                        let deadline = Instant::now() + Duration::from_secs(30);
+                        while s.committed() < r {
+                            assert!(Instant::now() < deadline, "C never reached {r}");
+                            std::thread::yield_now();
+                        }
+                        acked.fetch_max(r, SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().expect("writer");
+        }
+        done.store(true, SeqCst);
+        observer.join().expect("observer");
+        scenario.teardown();
+        let total = (threads * per_thread) as i64;
+        assert_eq!(s.committed(), total);
+        assert_eq!(acked.load(SeqCst), total);
+        assert_eq!(
+            violations.load(SeqCst),
+            0,
+            "a read saw C below an acknowledged write, or C went back"
+        );
     }
 }

@@ -29,4 +29,6 @@ fi
 
 # One build profile (dev) for everything; benches run once each in test mode.
 # Long soaks are opt-in: PROPTEST_CASES=5000 tools/test.sh
-cargo test --workspace --all-targets --locked
+# The failpoints feature is on in the test build (one build: the integration
+# tests run the same binary the correctness harness drives).
+cargo test --workspace --all-targets --locked --features cairn/failpoints "$@"
