@@ -13,6 +13,7 @@ pub mod api;
 pub mod check_host;
 pub mod compactor;
 pub mod config;
+pub mod fatal;
 pub mod mvcc;
 pub mod raft;
 pub mod sequencer;

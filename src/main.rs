@@ -47,6 +47,14 @@ fn main() -> ExitCode {
     if args.get(1).map(String::as_str) == Some("check-host") {
         return check_host(&args[2..]);
     }
+    // Test builds only (cargo feature `failpoints`): failpoints set by the
+    // FAILPOINTS variable (`name=action;...`, the fail crate's syntax) and
+    // through `/failpoints` on the client port while running.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = {
+        eprintln!("cairn: WARNING: built with failpoints (a test build)");
+        fail::FailScenario::setup()
+    };
     let cfg = cairn::config::Config::parse();
     match cairn::server::run(cfg) {
         Ok(()) => ExitCode::SUCCESS,

@@ -118,6 +118,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         .to_string();
 
     let raft_term = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let fatal = Arc::new(crate::fatal::Fatal::default());
     let parts = Arc::new(PartBook::new(shards));
     let cfgs = (0..shards)
         .map(|id| ShardConfig {
@@ -138,6 +139,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             unsafe_no_fsync: cfg.unsafe_no_fsync,
             wal_io: cfg.wal_io,
             parts: parts.clone(),
+            fatal: fatal.clone(),
         })
         .collect();
     let (started, last) = shard::start_all(cfgs, &parts)?;
@@ -170,6 +172,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             n => n,
         },
         alarms: Alarms::open(&dir)?,
+        fatal: fatal.clone(),
     });
     let addrs = cfg.client_addrs()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -213,8 +216,14 @@ pub fn run(cfg: Config) -> Result<(), String> {
             }));
             eprintln!("cairn: serving clients on {addr} ({shards} shards, member {member_id:x})");
         }
-        wait_for_signal().await;
-        eprintln!("cairn: shutting down");
+        let failed = tokio::select! {
+            _ = wait_for_signal() => None,
+            reason = fatal.wait() => Some(reason),
+        };
+        match &failed {
+            None => eprintln!("cairn: shutting down"),
+            Some(reason) => eprintln!("cairn: stopping after a fatal error: {reason}"),
+        }
         let _ = stop_tx.send(());
         // Connections get a bounded drain; a client that never lets go must
         // not keep the member from stopping.
@@ -225,6 +234,12 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 s.abort();
             }
         }
+        if let Some(reason) = failed {
+            // A failed shard may never answer a shutdown; what it
+            // acknowledged is durable already. The process exits without
+            // waiting for the shard cores.
+            return Err(format!("stopped after a fatal error: {reason}"));
+        }
         for h in &handles {
             let (tx, rx) = tokio::sync::oneshot::channel();
             if h.send(ShardMsg::Shutdown { reply: tx }).await.is_ok() {
@@ -233,6 +248,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
         }
         Ok::<(), String>(())
     });
+    if served.is_err() {
+        return served;
+    }
     drop(member);
     drop(handles);
     for t in threads {

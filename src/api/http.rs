@@ -69,6 +69,44 @@ pub fn routes(member: Arc<Member>) -> axum::Router {
         .route("/version", axum::routing::get(version))
         .route("/metrics", axum::routing::get(move || metrics(m2.clone())))
         .merge(super::gateway::routes(member))
+        .merge(failpoints())
+}
+
+/// `GET /failpoints` lists them (`name=action` lines), `PUT
+/// /failpoints/NAME` with the action as body sets one (the fail crate's
+/// syntax, e.g. `return`, `50%sleep(100)`, `off`), `DELETE` removes it. Only
+/// in builds with the `failpoints` feature (tests); elsewhere a 404.
+fn failpoints() -> axum::Router {
+    #[cfg(feature = "failpoints")]
+    {
+        use axum::extract::Path;
+        use axum::routing::{get, put};
+        axum::Router::new()
+            .route(
+                "/failpoints",
+                get(|| async {
+                    fail::list()
+                        .into_iter()
+                        .map(|(name, action)| format!("{name}={action}\n"))
+                        .collect::<String>()
+                }),
+            )
+            .route(
+                "/failpoints/{name}",
+                put(|Path(name): Path<String>, body: String| async move {
+                    match fail::cfg(name, body.trim()) {
+                        Ok(()) => (StatusCode::OK, String::new()),
+                        Err(e) => (StatusCode::BAD_REQUEST, e),
+                    }
+                })
+                .delete(|Path(name): Path<String>| async move {
+                    fail::remove(name);
+                    StatusCode::NO_CONTENT
+                }),
+            )
+    }
+    #[cfg(not(feature = "failpoints"))]
+    axum::Router::new()
 }
 
 /// Requests no route takes: gRPC calls to services or methods that are not
@@ -86,20 +124,26 @@ pub async fn fallback(req: axum::extract::Request) -> axum::response::Response {
     }
 }
 
-/// Healthy when a shard core answers within a second (etcd 3.4's shape).
+/// Healthy when nothing fatal is latched and a shard core answers within a
+/// second (etcd 3.4's shape, `{"health":"true"}`); unhealthy answers 503 and
+/// say why in `reason` (as later etcd versions do).
 async fn health(member: Arc<Member>) -> impl IntoResponse {
-    let answered = tokio::time::timeout(Duration::from_secs(1), member.status_of(0)).await;
-    let ok = answered.is_ok_and(|r| r.is_ok());
-    let code = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let reason = match member.fatal.reason() {
+        Some(reason) => Some(reason),
+        None => match tokio::time::timeout(Duration::from_secs(1), member.status_of(0)).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(status)) => Some(status.message().to_string()),
+            Err(_) => Some("shard 0 did not answer within 1 s".into()),
+        },
     };
-    (
-        code,
-        [("content-type", "application/json")],
-        format!("{{\"health\":\"{ok}\"}}"),
-    )
+    let (code, body) = match reason {
+        None => (StatusCode::OK, "{\"health\":\"true\"}".to_string()),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"health": "false", "reason": reason}).to_string(),
+        ),
+    };
+    (code, [("content-type", "application/json")], body)
 }
 
 async fn version() -> impl IntoResponse {

@@ -42,6 +42,8 @@ pub struct Member {
     /// `--quota-backend-bytes` (0 replaced by etcd's default).
     pub quota_bytes: u64,
     pub alarms: super::maintenance::Alarms,
+    /// Set when the member cannot go on (see `crate::fatal`).
+    pub fatal: Arc<crate::fatal::Fatal>,
 }
 
 /// Which shard owns `key`.
@@ -87,6 +89,9 @@ impl Member {
 
     /// Runs a write on one shard and waits until C covers it.
     async fn write(&self, shard: usize, op: m::RequestOp) -> Result<WriteOutcome, Status> {
+        if self.fatal.reason().is_some() {
+            return Err(EtcdError::Stopped.status());
+        }
         let outcome = self
             .ask(shard, |reply| ShardMsg::Write { op, reply })
             .await??;

@@ -10,6 +10,7 @@
 //! names the revision its evaluation saw, and the front waits for C to reach it.
 
 use crate::api::EtcdError;
+use crate::fatal::Fatal;
 use crate::mvcc::txn::{
     no_leases, stamp, Eval, RangeRequest, RangeResponse, RequestOp, ResponseOp,
 };
@@ -211,6 +212,9 @@ pub struct ShardConfig {
     pub wal_io: cairn_wal::storage::WalIo,
     /// Decides cross-shard parts found in the log, shared by the member's shards.
     pub parts: Arc<PartBook>,
+    /// The member's fatal-error latch: set when this shard's log or Raft
+    /// group fails, or a write it proposed cannot be committed.
+    pub fatal: Arc<Fatal>,
 }
 
 /// A started shard core: its handle and its thread.
@@ -294,11 +298,52 @@ fn start(cfg: ShardConfig) -> Result<StartedShard, String> {
 }
 
 /// Runs the WAL's upkeep off the write path every 50 ms (reclaim segments,
-/// prepare the next one) until the WAL fails.
-pub fn spawn_wal_upkeep(wal: Rc<Wal<DmaStorage>>) {
+/// prepare the next one) until the WAL fails; then calls `failed` with the
+/// error.
+pub fn spawn_wal_upkeep(wal: Rc<Wal<DmaStorage>>, failed: impl FnOnce(String) + 'static) {
     glommio::spawn_local(async move {
-        while wal.maintain().await.is_ok() {
+        loop {
+            if let Err(e) = wal.maintain().await {
+                failed(e.to_string());
+                return;
+            }
             glommio::timer::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .detach();
+}
+
+/// Watches a Raft group until it stops: publishes its term to `term` as it
+/// changes and latches `fatal` if the group stops on its own (a storage
+/// error, a panic in its core) rather than because `stopping` was set.
+fn watch_raft<C: openraft::RaftTypeConfig<NodeId = u64, Term = u64>>(
+    group: String,
+    mut metrics: openraft::type_config::alias::WatchReceiverOf<C, openraft::RaftMetrics<C>>,
+    term: Option<Arc<std::sync::atomic::AtomicU64>>,
+    fatal: Arc<Fatal>,
+    stopping: Rc<std::cell::Cell<bool>>,
+) where
+    openraft::type_config::alias::WatchReceiverOf<C, openraft::RaftMetrics<C>>: 'static,
+{
+    glommio::spawn_local(async move {
+        loop {
+            let failed = {
+                let m = metrics.borrow_watched();
+                if let Some(term) = &term {
+                    term.fetch_max(m.current_term, std::sync::atomic::Ordering::Relaxed);
+                }
+                m.running_state.as_ref().err().map(|e| e.to_string())
+            };
+            if let Some(e) = failed {
+                fatal.latch(format!("{group}: raft stopped: {e}"));
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                if !stopping.get() {
+                    fatal.latch(format!("{group}: raft stopped"));
+                }
+                return;
+            }
         }
     })
     .detach();
@@ -347,7 +392,14 @@ async fn run(
         .map_err(|x| e("opening the WAL")(&x))?;
     let wal = Rc::new(wal);
     let _ = gauges.wal_fsync.set(wal.fsync_histogram());
-    spawn_wal_upkeep(wal.clone());
+    {
+        let (fatal, id) = (cfg.fatal.clone(), cfg.id);
+        spawn_wal_upkeep(wal.clone(), move |e| {
+            fatal.latch(format!("shard {id}: WAL: {e}"));
+        });
+    }
+    // Set once this shard is told to stop: its groups stopping then is no failure.
+    let stopping = Rc::new(std::cell::Cell::new(false));
     let store = Rc::new(RefCell::new(Store::new()));
     let sm = ShardStateMachine::open(store.clone(), cfg.dir.join("snapshots"))
         .map_err(|x| e("loading the snapshot")(&x))?
@@ -366,21 +418,13 @@ async fn run(
     lead_alone(&raft, cfg.member_id, &cfg.peer_url)
         .await
         .map_err(|x| e("becoming leader")(&x))?;
-    {
-        // Publish the term as it changes.
-        let term = cfg.raft_term.clone();
-        let mut metrics = raft.metrics();
-        glommio::spawn_local(async move {
-            loop {
-                let t = metrics.borrow_watched().current_term;
-                term.fetch_max(t, std::sync::atomic::Ordering::Relaxed);
-                if metrics.changed().await.is_err() {
-                    break;
-                }
-            }
-        })
-        .detach();
-    }
+    watch_raft::<ShardRaft>(
+        format!("shard {}", cfg.id),
+        raft.metrics(),
+        Some(cfg.raft_term.clone()),
+        cfg.fatal.clone(),
+        stopping.clone(),
+    );
     // Replay: every committed entry applied before serving, except behind a
     // cross-shard part that waits for the other shards' logs (or for the
     // member to start: parts left incomplete by a crash are dropped then).
@@ -406,6 +450,15 @@ async fn run(
         ),
         None => None,
     };
+    if let Some((meta_raft, _)) = &meta {
+        watch_raft::<MetaRaft>(
+            "the meta group".into(),
+            meta_raft.metrics(),
+            None,
+            cfg.fatal.clone(),
+            stopping.clone(),
+        );
+    }
 
     let inflight = Rc::new(glommio::sync::Semaphore::new(SHARD_INFLIGHT_WRITES_MAX));
     let publish_bytes = || {
@@ -448,6 +501,7 @@ async fn run(
                             seq: &seq,
                             hub: &hub,
                             entry_bytes_max,
+                            fatal: &cfg.fatal,
                         };
                         since_snapshot += write(&ctx, batch, permit).await;
                         if since_snapshot >= cfg.snapshot_count {
@@ -501,7 +555,7 @@ async fn run(
             }
             ShardMsg::Latch { ctl, reply } => {
                 if reply.send(()).is_ok() {
-                    latched(&raft, &store, &seq, &hub, ctl).await;
+                    latched(&raft, &store, &seq, &hub, ctl, &cfg.fatal).await;
                 }
             }
             ShardMsg::Image { upto, reply } => {
@@ -533,6 +587,7 @@ async fn run(
                 let _ = reply.send(meta.as_ref().map(|(_, sm)| sm.members()));
             }
             ShardMsg::Shutdown { reply } => {
+                stopping.set(true);
                 if let Some((meta_raft, _)) = &meta {
                     let _ = meta_raft.shutdown().await;
                 }
@@ -653,6 +708,7 @@ async fn latched(
     seq: &SharedSequencer,
     hub: &WatchHub,
     ctl: flume::Receiver<LatchCtl>,
+    fatal: &Arc<Fatal>,
 ) {
     while let Ok(msg) = ctl.recv_async().await {
         match msg {
@@ -682,14 +738,18 @@ async fn latched(
                     participants,
                 };
                 let (responder, committed, applied) = ProgressResponder::new();
+                // As for a write (see `propose`): a part that cannot commit stops the member.
                 if let Err(err) = raft.client_write_ff(command, Some(responder)).await {
-                    eprintln!("cairn: shard: raft refused a part: {err}");
+                    fatal.latch(format!("shard: raft refused part {revision}: {err}"));
                     let _ = reply.send(Err(EtcdError::Stopped));
                     continue;
                 }
+                let fatal = fatal.clone();
                 glommio::spawn_local(async move {
                     let r = committed.await.map(|_| ()).map_err(|err| {
-                        eprintln!("cairn: shard: part {revision} was not committed: {err:?}");
+                        fatal.latch(format!(
+                            "shard: part {revision} could not be committed: {err}"
+                        ));
                         EtcdError::Stopped
                     });
                     let _ = reply.send(r);
@@ -772,6 +832,7 @@ struct WriteCtx<'a> {
     seq: &'a Arc<SharedSequencer>,
     hub: &'a WatchHub,
     entry_bytes_max: usize,
+    fatal: &'a Arc<Fatal>,
 }
 
 /// Writes stamped for one log entry, with their answers and watch events.
@@ -877,15 +938,18 @@ async fn propose(ctx: &WriteCtx<'_>, entry: Entry, permit: Rc<glommio::sync::Sta
         _ => ShardCommand::Writes { writes },
     };
     let (responder, committed, applied) = ProgressResponder::new();
+    // A write that is stamped and applied here but cannot be committed leaves
+    // C below it for good: the member cannot take another write, so it stops
+    // (reads at C never saw it; nothing acknowledged depends on it).
     if let Err(e) = ctx.raft.client_write_ff(command, Some(responder)).await {
-        eprintln!("cairn: shard: raft refused a write: {e}");
-        // Raft is shutting down; the member stops, and these revisions never commit.
+        ctx.fatal.latch(format!("shard: raft refused a write: {e}"));
         for (_, _, reply) in answers {
             let _ = reply.send(Err(EtcdError::Stopped));
         }
         return 0;
     }
     let seq = ctx.seq.clone();
+    let fatal = ctx.fatal.clone();
     glommio::spawn_local(async move {
         let _permit = permit;
         match committed.await {
@@ -903,7 +967,9 @@ async fn propose(ctx: &WriteCtx<'_>, entry: Entry, permit: Rc<glommio::sync::Sta
             }
             Err(e) => {
                 let revisions = answers.first().map(|a| a.0)..=answers.last().map(|a| a.0);
-                eprintln!("cairn: shard: writes {revisions:?} were not committed: {e:?}");
+                fatal.latch(format!(
+                    "shard: writes {revisions:?} could not be committed: {e}"
+                ));
                 for (_, _, reply) in answers {
                     let _ = reply.send(Err(EtcdError::Stopped));
                 }

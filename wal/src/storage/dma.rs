@@ -140,6 +140,9 @@ impl Storage for DmaStorage {
     }
 
     async fn create_zeroed(&self, name: &str, bytes: u64) -> io::Result<()> {
+        fail::fail_point!("wal::create", |_| Err(io::Error::from_raw_os_error(
+            libc::ENOSPC
+        )));
         self.ensure_probe().await?;
         let file = OpenOptions::new()
             .read(true)
@@ -193,6 +196,9 @@ impl Storage for DmaStorage {
     }
 
     async fn write_at(&self, file: &DmaFile, offset: u64, data: &[u8]) -> io::Result<()> {
+        fail::fail_point!("wal::write", |_| Err(io::Error::from_raw_os_error(
+            libc::EIO
+        )));
         let mut done = 0usize;
         while done < data.len() {
             let rest = &data[done..];
@@ -226,6 +232,9 @@ impl Storage for DmaStorage {
     }
 
     async fn sync(&self, file: &DmaFile) -> io::Result<()> {
+        fail::fail_point!("wal::sync", |_| Err(io::Error::from_raw_os_error(
+            libc::EIO
+        )));
         if self.no_fsync {
             return Ok(());
         }

@@ -1,0 +1,164 @@
+//! A member whose log fails stops, as etcd does on a WAL failure: writes get
+//! etcd's error, `/health` says false with the reason while it stops, and the
+//! process exits non-zero naming the failure, so a supervisor restarts it.
+//! Everything acknowledged before the failure is there after the restart.
+//! The failures are injected with the WAL's failpoints (the test build has
+//! the `failpoints` feature).
+
+mod common;
+
+use cairn_proto::etcdserverpb::kv_client::KvClient;
+use cairn_proto::etcdserverpb::{PutRequest, RangeRequest};
+use common::{free_port, rt, wait_serving};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Starts a member whose stderr goes to `log`.
+fn start(dir: &Path, port: u16, log: &Path, extra: &[&str]) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--listen-client-urls", &format!("http://127.0.0.1:{port}")])
+        .args(["--shards", "2"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("starting cairn");
+    wait_serving(
+        &format!("http://127.0.0.1:{port}"),
+        Duration::from_secs(60),
+        || {
+            if let Some(status) = child.try_wait().ok().flatten() {
+                panic!("cairn exited while starting: {status}");
+            }
+        },
+    );
+    child
+}
+
+/// An HTTP/1.1 request with a body; None if the member no longer answers.
+fn http(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let code = out.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, out.split_once("\r\n\r\n")?.1.to_string()))
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the member did not exit within {limit:?} after its log failed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Puts `n` keys `k{i}` one at a time; returns how many were acknowledged
+/// before the first error.
+async fn put_keys(kv: &mut KvClient<tonic::transport::Channel>, from: usize, n: usize) -> usize {
+    for i in from..from + n {
+        let put = kv.put(PutRequest {
+            key: format!("k{i:04}").into_bytes(),
+            value: format!("v{i}").into_bytes(),
+            ..Default::default()
+        });
+        match tokio::time::timeout(Duration::from_secs(20), put).await {
+            Ok(Ok(_)) => {}
+            _ => return i - from,
+        }
+    }
+    n
+}
+
+fn log_failure_stops_the_member(failpoint: &str, extra: &[&str]) {
+    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tmp");
+    let dir = base.path().join("member");
+    let log = base.path().join("stderr");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut child = start(&dir, port, &log, extra);
+    let rt = rt();
+    let mut kv = rt.block_on(async { KvClient::new(common::channel(&url).await) });
+    assert_eq!(rt.block_on(put_keys(&mut kv, 0, 40)), 40);
+
+    let (code, _) = http(port, "PUT", &format!("/failpoints/{failpoint}"), "return")
+        .expect("the member answers");
+    assert_eq!(code, 200, "setting {failpoint}");
+    // Writes fail from now on: none of them may be acknowledged.
+    let acked = rt.block_on(put_keys(&mut kv, 40, 20));
+    assert_eq!(acked, 0, "a write was acknowledged after its log failed");
+    // While it stops, health says so (or the member is gone already).
+    if let Some((code, body)) = http(port, "GET", "/health", "") {
+        assert_eq!(code, 503, "health while stopping: {body}");
+        assert!(body.contains("\"health\":\"false\""), "{body}");
+        assert!(body.contains("WAL"), "the reason names the log: {body}");
+    }
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    assert!(
+        !status.success(),
+        "exit status after a log failure: {status}"
+    );
+    let stderr = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        stderr.contains("stopping after a fatal error") && stderr.contains("Input/output error"),
+        "the member says why it stopped:\n{stderr}"
+    );
+
+    // Restarted without the failpoint: every acknowledged write is there and
+    // writes resume.
+    let mut child = start(&dir, port, &log, extra);
+    rt.block_on(async {
+        let mut kv = KvClient::new(common::channel(&url).await);
+        let r = kv
+            .range(RangeRequest {
+                key: b"k".to_vec(),
+                range_end: b"l".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .expect("range")
+            .into_inner();
+        let keys: Vec<String> = r
+            .kvs
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+            .collect();
+        for i in 0..40 {
+            assert!(
+                keys.contains(&format!("k{i:04}")),
+                "acknowledged k{i:04} lost"
+            );
+        }
+        assert_eq!(put_keys(&mut kv, 100, 5).await, 5, "writes resume");
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn a_failed_wal_write_stops_the_member() {
+    log_failure_stops_the_member("wal::write", &[]);
+}
+
+#[test]
+fn a_failed_fsync_stops_the_member() {
+    // With O_DSYNC (the default) the sync is part of the write; `ring`
+    // syncs separately.
+    log_failure_stops_the_member("wal::sync", &["--wal-io", "ring"]);
+}
