@@ -4,7 +4,6 @@
 
 use cairn_proto::etcdserverpb::kv_client::KvClient;
 use cairn_proto::etcdserverpb::RangeRequest;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,14 +11,7 @@ use std::time::{Duration, Instant};
 /// How long etcd may take to answer after it starts.
 const START_MAX: Duration = Duration::from_secs(30);
 
-/// A free loopback TCP port.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("a loopback port")
-        .local_addr()
-        .expect("its address")
-        .port()
-}
+pub use crate::ports::free_port;
 
 /// A running etcd; killed by its PID when dropped.
 pub struct Etcd {

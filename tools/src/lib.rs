@@ -1,5 +1,7 @@
 //! Shared code of cairn's tools. `loadgen` is the engine of `cairn-bench`;
-//! `etcd` starts a real etcd for side-by-side tests.
+//! `etcd` starts a real etcd for side-by-side tests; `ports` hands out
+//! loopback ports that concurrent test processes never share.
 
 pub mod etcd;
 pub mod loadgen;
+pub mod ports;
