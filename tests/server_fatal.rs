@@ -2,8 +2,10 @@
 //! etcd's error, `/health` says false with the reason while it stops, and the
 //! process exits non-zero naming the failure, so a supervisor restarts it.
 //! Everything acknowledged before the failure is there after the restart.
-//! The failures are injected with the WAL's failpoints (the test build has
-//! the `failpoints` feature).
+//! A full disk found while the WAL prepares its next segment ahead of need
+//! is not a failure: writes are refused with a clear error until there is
+//! room, then resume. The failures are injected with the WAL's failpoints
+//! (the test build has the `failpoints` feature).
 
 mod common;
 
@@ -161,4 +163,97 @@ fn a_failed_fsync_stops_the_member() {
     // With O_DSYNC (the default) the sync is part of the write; `ring`
     // syncs separately.
     log_failure_stops_the_member("wal::sync", &["--wal-io", "ring"]);
+}
+
+#[test]
+fn no_room_for_the_next_segment_refuses_writes_until_there_is() {
+    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tmp");
+    let log = base.path().join("stderr");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut child = start(
+        &base.path().join("member"),
+        port,
+        &log,
+        &["--wal-segment-bytes", "1048576"],
+    );
+    // Every new segment file now fails with ENOSPC.
+    let (code, _) = http(port, "PUT", "/failpoints/wal::create", "return").expect("answers");
+    assert_eq!(code, 200);
+    let rt = rt();
+    rt.block_on(async {
+        let mut kv = KvClient::new(common::channel(&url).await);
+        let value = vec![b'x'; 1024];
+        let mut acked = Vec::new();
+        let refused = loop {
+            let key = format!("k{:05}", acked.len());
+            let put = kv.put(PutRequest {
+                key: key.clone().into_bytes(),
+                value: value.clone(),
+                ..Default::default()
+            });
+            match put.await {
+                Ok(_) => acked.push(key),
+                Err(status) => break status,
+            }
+            assert!(acked.len() < 20_000, "the WAL never needed a new segment");
+        };
+        assert_eq!(
+            refused.code(),
+            tonic::Code::ResourceExhausted,
+            "{refused:?}"
+        );
+        assert!(refused.message().contains("no space"), "{refused:?}");
+        let (code, body) = http(port, "GET", "/health", "").expect("still serving");
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains("no space"), "{body}");
+        // Reads go on.
+        let got = kv
+            .range(RangeRequest {
+                key: acked[0].clone().into_bytes(),
+                ..Default::default()
+            })
+            .await
+            .expect("a read while the disk is full");
+        assert_eq!(got.into_inner().kvs.len(), 1);
+        // Room again: writes resume (after the next upkeep round).
+        let (code, _) = http(port, "DELETE", "/failpoints/wal::create", "").expect("answers");
+        assert_eq!(code, 204);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let put = kv.put(PutRequest {
+                key: b"after".to_vec(),
+                value: b"room".to_vec(),
+                ..Default::default()
+            });
+            if put.await.is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "writes did not resume");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (code, body) = http(port, "GET", "/health", "").expect("serving");
+        assert_eq!(code, 200, "{body}");
+        let all = kv
+            .range(RangeRequest {
+                key: b"k".to_vec(),
+                range_end: b"l".to_vec(),
+                count_only: true,
+                ..Default::default()
+            })
+            .await
+            .expect("range")
+            .into_inner();
+        assert_eq!(
+            all.count,
+            acked.len() as i64,
+            "every acknowledged key is there"
+        );
+    });
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "the member kept running"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -120,6 +120,10 @@ impl Member {
         }
         // 4. One revision, one part per changed shard.
         let mut parts = split(changes, n);
+        // A shard without room for its log refuses, before anything is stamped.
+        if parts.keys().any(|&shard| self.shards[shard].wal_no_space()) {
+            return Err(EtcdError::DiskFull.status());
+        }
         // Each part is one log entry on its shard, fitted as a shard fits a
         // write; a refusal comes before anything is stamped.
         for part in parts.values_mut() {

@@ -67,6 +67,7 @@ etcd_errors! {
     Unhealthy,
     Corrupt,
     BadLeaderTransferee,
+    DiskFull,
 }
 
 impl EtcdError {
@@ -159,6 +160,13 @@ impl EtcdError {
             E::Unhealthy => (Unavailable, "etcdserver: unhealthy cluster"),
             E::Corrupt => (DataLoss, "etcdserver: corrupt cluster"),
             E::BadLeaderTransferee => (FailedPrecondition, "etcdserver: bad leader transferee"),
+            // cairn's own: no room for the WAL's next segment (etcd has no
+            // such answer: it stops). Nothing changed; writes resume once
+            // there is room.
+            E::DiskFull => (
+                ResourceExhausted,
+                "cairn: no space left on the data dir's device for the log; writes resume once there is room",
+            ),
         }
     }
 
@@ -412,6 +420,11 @@ mod tests {
             EtcdError::Stopped,
             Code::Unavailable,
             "etcdserver: server stopped",
+        ),
+        (
+            EtcdError::DiskFull,
+            Code::ResourceExhausted,
+            "cairn: no space left on the data dir's device for the log; writes resume once there is room",
         ),
         (
             EtcdError::Timeout,

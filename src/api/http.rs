@@ -128,13 +128,19 @@ pub async fn fallback(req: axum::extract::Request) -> axum::response::Response {
 /// second (etcd 3.4's shape, `{"health":"true"}`); unhealthy answers 503 and
 /// say why in `reason` (as later etcd versions do).
 async fn health(member: Arc<Member>) -> impl IntoResponse {
-    let reason = match member.fatal.reason() {
-        Some(reason) => Some(reason),
-        None => match tokio::time::timeout(Duration::from_secs(1), member.status_of(0)).await {
-            Ok(Ok(_)) => None,
-            Ok(Err(status)) => Some(status.message().to_string()),
-            Err(_) => Some("shard 0 did not answer within 1 s".into()),
-        },
+    let full = member.shards.iter().position(|s| s.wal_no_space());
+    let reason = match (member.fatal.reason(), full) {
+        (Some(reason), _) => Some(reason),
+        (None, Some(shard)) => Some(format!(
+            "shard {shard}: no space left on the data dir's device for the log"
+        )),
+        (None, None) => {
+            match tokio::time::timeout(Duration::from_secs(1), member.status_of(0)).await {
+                Ok(Ok(_)) => None,
+                Ok(Err(status)) => Some(status.message().to_string()),
+                Err(_) => Some("shard 0 did not answer within 1 s".into()),
+            }
+        }
     };
     let (code, body) = match reason {
         None => (StatusCode::OK, "{\"health\":\"true\"}".to_string()),

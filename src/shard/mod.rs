@@ -166,9 +166,19 @@ pub struct ShardGauges {
     pub bytes: std::sync::atomic::AtomicU64,
     /// The WAL's fdatasync latencies (set once the WAL is open).
     pub wal_fsync: std::sync::OnceLock<Arc<cairn_wal::Histogram>>,
+    /// The WAL found no room for its next segment (see [`Upkeep::NoSpace`]):
+    /// the shard refuses writes until it has one.
+    pub wal_no_space: std::sync::atomic::AtomicBool,
 }
 
 impl ShardHandle {
+    /// Whether the shard refuses writes for want of disk space.
+    pub fn wal_no_space(&self) -> bool {
+        self.gauges
+            .wal_no_space
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The shard store's size in bytes ([`Store::bytes`]).
     pub fn bytes(&self) -> u64 {
         self.gauges.bytes.load(std::sync::atomic::Ordering::Relaxed)
@@ -297,15 +307,32 @@ fn start(cfg: ShardConfig) -> Result<StartedShard, String> {
     })
 }
 
+/// What a round of WAL upkeep found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upkeep {
+    /// The next segment is ready.
+    Ready,
+    /// No room for the next segment: nothing was written; it is tried again.
+    NoSpace(String),
+    /// The WAL failed (latched); upkeep stops.
+    Failed(String),
+}
+
 /// Runs the WAL's upkeep off the write path every 50 ms (reclaim segments,
-/// prepare the next one) until the WAL fails; then calls `failed` with the
-/// error.
-pub fn spawn_wal_upkeep(wal: Rc<Wal<DmaStorage>>, failed: impl FnOnce(String) + 'static) {
+/// prepare the next one), telling `report` each round's outcome, until the
+/// WAL fails.
+pub fn spawn_wal_upkeep(wal: Rc<Wal<DmaStorage>>, report: impl Fn(Upkeep) + 'static) {
     glommio::spawn_local(async move {
         loop {
-            if let Err(e) = wal.maintain().await {
-                failed(e.to_string());
-                return;
+            match wal.maintain().await {
+                Ok(()) => report(Upkeep::Ready),
+                Err(e @ cairn_wal::WalError::NoSpace { .. }) => {
+                    report(Upkeep::NoSpace(e.to_string()))
+                }
+                Err(e) => {
+                    report(Upkeep::Failed(e.to_string()));
+                    return;
+                }
             }
             glommio::timer::sleep(Duration::from_millis(50)).await;
         }
@@ -393,9 +420,22 @@ async fn run(
     let wal = Rc::new(wal);
     let _ = gauges.wal_fsync.set(wal.fsync_histogram());
     {
-        let (fatal, id) = (cfg.fatal.clone(), cfg.id);
-        spawn_wal_upkeep(wal.clone(), move |e| {
-            fatal.latch(format!("shard {id}: WAL: {e}"));
+        let (fatal, id, gauges) = (cfg.fatal.clone(), cfg.id, gauges.clone());
+        spawn_wal_upkeep(wal.clone(), move |upkeep| {
+            let no_space = matches!(upkeep, Upkeep::NoSpace(_));
+            let was = gauges
+                .wal_no_space
+                .swap(no_space, std::sync::atomic::Ordering::Relaxed);
+            match upkeep {
+                Upkeep::NoSpace(e) if !was => {
+                    eprintln!("cairn: shard {id}: refusing writes: {e}")
+                }
+                Upkeep::Ready if was => eprintln!("cairn: shard {id}: room again, taking writes"),
+                Upkeep::Failed(e) => {
+                    fatal.latch(format!("shard {id}: WAL: {e}"));
+                }
+                _ => {}
+            }
         });
     }
     // Set once this shard is told to stop: its groups stopping then is no failure.
@@ -502,6 +542,7 @@ async fn run(
                             hub: &hub,
                             entry_bytes_max,
                             fatal: &cfg.fatal,
+                            no_space: &gauges.wal_no_space,
                         };
                         since_snapshot += write(&ctx, batch, permit).await;
                         if since_snapshot >= cfg.snapshot_count {
@@ -833,6 +874,8 @@ struct WriteCtx<'a> {
     hub: &'a WatchHub,
     entry_bytes_max: usize,
     fatal: &'a Arc<Fatal>,
+    /// Set while the WAL has no room for its next segment.
+    no_space: &'a std::sync::atomic::AtomicBool,
 }
 
 /// Writes stamped for one log entry, with their answers and watch events.
@@ -864,6 +907,11 @@ async fn write(
     // Stamp, apply and queue in order; an entry is proposed before the next
     // write is stamped, so the log holds this shard's writes in revision order.
     for (op, reply) in batch {
+        if ctx.no_space.load(std::sync::atomic::Ordering::Relaxed) {
+            // Nothing is evaluated or stamped: the write changes nothing.
+            let _ = reply.send(Err(EtcdError::DiskFull));
+            continue;
+        }
         let evaluated = {
             let s = store.borrow();
             // The member's newest revision: reads of this shard's keys at any

@@ -4,6 +4,11 @@
 //! - `Corrupt`: found on open or on read; open refuses to start;
 //! - `Io`: a failed write, fsync or file operation. It is **fatal**: the WAL
 //!   latches it and every later call returns the same error. Nothing is retried.
+//! - `NoSpace`: the file system had no room for the next segment while it
+//!   was prepared ahead of need ([`crate::Wal::maintain`]): nothing of the
+//!   log was written and the WAL stays usable; the owner should refuse new
+//!   writes until a later `maintain` succeeds. When a write itself needs
+//!   the segment and there is no room, that is an `Io` error (fatal).
 
 use std::io;
 
@@ -30,6 +35,8 @@ pub enum WalError {
     RecordTooLarge { bytes: usize, max: usize },
     #[error("wal: invalid config: {0}")]
     InvalidConfig(String),
+    #[error("wal: no space to prepare the next segment {file}: {message}; nothing was written")]
+    NoSpace { file: String, message: String },
 }
 
 impl WalError {
@@ -39,6 +46,20 @@ impl WalError {
             file: file.into(),
             kind: e.kind(),
             message: e.to_string(),
+        }
+    }
+
+    /// The fatal form of a [`WalError::NoSpace`] (when a write needed the
+    /// segment); other errors as they are.
+    pub(crate) fn fatal_form(self) -> Self {
+        match self {
+            WalError::NoSpace { file, message } => WalError::Io {
+                op: "create",
+                file,
+                kind: io::ErrorKind::StorageFull,
+                message,
+            },
+            other => other,
         }
     }
 

@@ -909,6 +909,10 @@ impl<S: Storage> Wal<S> {
     /// or on a timer): turns segments that no group needs any more into spares,
     /// and prepares the next segment, so that a rotation on the write path
     /// waits for neither a rename, a directory fsync nor a zero-filled file.
+    ///
+    /// A full file system here is [`WalError::NoSpace`]: nothing was written
+    /// and nothing is latched; call again once there is room (the writes
+    /// already in the current segment go on until it is full).
     pub async fn maintain(&self) -> Result<()> {
         self.check_fatal()?;
         self.reclaim().await?;
@@ -1079,9 +1083,10 @@ impl<S: Storage> Wal<S> {
                     break;
                 }
                 None => {
-                    // Slow path: nobody prepared ahead. Recycle first.
+                    // Slow path: nobody prepared ahead. Recycle first. A
+                    // write waits on this segment: no room is fatal here.
                     self.reclaim().await?;
-                    self.prepare_next().await?;
+                    self.prepare_next().await.map_err(WalError::fatal_form)?;
                 }
             }
         }
@@ -1130,10 +1135,18 @@ impl<S: Storage> Wal<S> {
                 }
                 None => {
                     let tmp = format!("{to}.tmp");
-                    self.storage
-                        .create_zeroed(&tmp, bytes)
-                        .await
-                        .map_err(|e| io("create", &tmp, e))?;
+                    if let Err(e) = self.storage.create_zeroed(&tmp, bytes).await {
+                        if e.kind() == std::io::ErrorKind::StorageFull {
+                            // Nothing of the log was written: give back
+                            // what the attempt took and stay usable.
+                            let _ = self.storage.remove(&tmp).await;
+                            return Err(WalError::NoSpace {
+                                file: self.storage.describe(&tmp),
+                                message: e.to_string(),
+                            });
+                        }
+                        return Err(io("create", &tmp, e));
+                    }
                     self.storage
                         .rename(&tmp, &to)
                         .await
@@ -1162,7 +1175,7 @@ impl<S: Storage> Wal<S> {
                 Ok(())
             }
             Err(e) => {
-                if inner.fatal.is_none() {
+                if inner.fatal.is_none() && e.is_fatal() {
                     inner.fatal = Some(e.clone());
                 }
                 Err(e)

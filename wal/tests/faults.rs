@@ -164,3 +164,60 @@ fn all_waiters_of_a_failed_batch_get_the_error() {
     }
     assert_eq!(wal.durable_lsn(), 0);
 }
+
+/// No room for the next segment while preparing it ahead of need: nothing
+/// is latched, writes into the current segment go on, and once there is room
+/// again the next `maintain` prepares it and rotation works.
+#[test]
+fn full_disk_while_preparing_ahead_is_not_fatal_and_recovers() {
+    let (storage, wal) = opened();
+    // Rotate once so that no segment is prepared ahead.
+    let first = wal.segment_count();
+    let mut i = 0;
+    while wal.segment_count() == first {
+        i += 1;
+        append(&wal, 4, i).unwrap();
+        block_on(wal.sync_all()).unwrap();
+        assert!(i < 100_000, "never rotated");
+    }
+    let used: u64 = storage
+        .names()
+        .iter()
+        .map(|n| storage.file_bytes(n).unwrap().len() as u64)
+        .sum();
+    storage.set_faults(Faults {
+        space_bytes: Some(used),
+        ..Faults::default()
+    });
+    let err = block_on(wal.maintain()).unwrap_err();
+    assert!(
+        matches!(err, WalError::NoSpace { .. }) && !err.is_fatal(),
+        "{err}"
+    );
+    assert_eq!(wal.fatal_error(), None);
+    assert!(
+        storage.names().iter().all(|n| !n.ends_with(".tmp")),
+        "the attempt's file is removed: {:?}",
+        storage.names()
+    );
+    // The current segment still takes writes.
+    i += 1;
+    append(&wal, 4, i).unwrap();
+    block_on(wal.sync_all()).unwrap();
+    assert!(matches!(
+        block_on(wal.maintain()),
+        Err(WalError::NoSpace { .. })
+    ));
+    // Room again: prepared, and writes go on through rotations.
+    storage.set_faults(Faults::default());
+    block_on(wal.maintain()).unwrap();
+    let before = wal.segment_count();
+    while wal.segment_count() < before + 2 {
+        i += 1;
+        append(&wal, 4, i).unwrap();
+        block_on(wal.sync_all()).unwrap();
+        block_on(wal.maintain()).unwrap();
+        assert!(i < 200_000, "never rotated");
+    }
+    assert_eq!(wal.entry_range(4), Some((1, i)));
+}
