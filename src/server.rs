@@ -248,9 +248,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
         }
         Ok::<(), String>(())
     });
-    if served.is_err() {
-        return served;
-    }
+    // A member that failed (or never served) exits without waiting for its
+    // shard cores, which may be stuck behind the failure.
+    served?;
     drop(member);
     drop(handles);
     for t in threads {
@@ -260,7 +260,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             Err(e) => eprintln!("cairn: shard thread failed: {e:?}"),
         }
     }
-    served
+    Ok(())
 }
 
 async fn wait_for_signal() {

@@ -13,16 +13,24 @@ use cairn_proto::etcdserverpb::kv_client::KvClient;
 use cairn_proto::etcdserverpb::watch_client::WatchClient;
 use cairn_proto::etcdserverpb::watch_create_request::FilterType;
 use cairn_proto::etcdserverpb::watch_request::RequestUnion;
+use cairn_proto::mvccpb::event::EventType;
 use common::Cairn;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 const KEYS: [&str; 8] = ["a/0", "a/1", "a/2", "a/3", "b/0", "b/1", "b/2", "c"];
+
+/// How long a test waits for something that must come (a response, an
+/// event, a count): generous, as a loaded machine is slow. Nothing waits a
+/// fixed time to conclude that something will not come.
+const PATIENCE: Duration = Duration::from_secs(60);
 
 /// One watch stream.
 struct Conn {
@@ -58,19 +66,54 @@ impl Conn {
         self.send(RequestUnion::CreateRequest(c)).await;
     }
 
-    /// The next response, or None after `quiet` without one.
-    async fn next_within(&mut self, quiet: Duration) -> Option<pb::WatchResponse> {
-        match tokio::time::timeout(quiet, self.rx.message()).await {
-            Ok(r) => Some(r.expect("watch stream").expect("stream open")),
-            Err(_) => None,
+    /// The next response; panics, naming `what` was awaited, if none has
+    /// come by `deadline`.
+    async fn next_by(
+        &mut self,
+        deadline: Instant,
+        what: &dyn std::fmt::Display,
+    ) -> pb::WatchResponse {
+        match tokio::time::timeout_at(deadline.into(), self.rx.message()).await {
+            Ok(r) => r.expect("watch stream").expect("stream open"),
+            Err(_) => panic!("no watch response in time: waited {PATIENCE:?} for {what}"),
         }
     }
 
     async fn next(&mut self) -> pb::WatchResponse {
-        self.next_within(Duration::from_secs(30))
+        self.next_by(Instant::now() + PATIENCE, &"a watch response")
             .await
-            .expect("a watch response within 30 s")
     }
+
+    /// Asks for progress and records every response before the answer in
+    /// `seen` (the answer itself is not recorded; it must vouch for `upto`).
+    ///
+    /// cairn answers once every watcher of the stream has had its events up
+    /// to the revision it names, so nothing up to there can come after it.
+    /// etcd 3.4.23 answers at once (its answer can overtake events still
+    /// queued for the stream), so callers first read every event they know
+    /// is due; this then collects anything else that was sent.
+    async fn settle(&mut self, seen: &mut Seen, upto: i64) {
+        self.send(RequestUnion::ProgressRequest(pb::WatchProgressRequest {}))
+            .await;
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let r = self
+                .next_by(deadline, &"the answer to a progress request")
+                .await;
+            if is_progress(&r) {
+                let rev = r.header.as_ref().map_or(0, |h| h.revision);
+                assert!(rev >= upto, "progress at {rev}, below {upto}: {r:?}");
+                return;
+            }
+            seen.take(r);
+        }
+    }
+}
+
+/// A progress notification: the stream's (watch ID -1, as both cairn and
+/// etcd 3.4.23 send it), neither a created/refused nor a canceled watch.
+fn is_progress(r: &pb::WatchResponse) -> bool {
+    r.watch_id == -1 && !r.created && !r.canceled && r.events.is_empty()
 }
 
 /// An event as compared between servers.
@@ -128,6 +171,24 @@ impl Seen {
         list.extend(r.events.iter().map(ev));
         list.sort_by(|a, b| (a.4, &a.1).cmp(&(b.4, &b.1)));
     }
+}
+
+/// Whether the watcher `create` made gets event `e`: its key range and
+/// filters (the watchers of `run` are created before any write).
+fn wants(create: &pb::WatchCreateRequest, e: &Ev) -> bool {
+    let key = e.1.as_bytes();
+    let in_range = match create.range_end.as_slice() {
+        [] => key == create.key.as_slice(),
+        [0] => key >= create.key.as_slice(),
+        end => create.key.as_slice() <= key && key < end,
+    };
+    let filtered = |f: FilterType| create.filters.contains(&(f as i32));
+    let skipped = if e.0 == EventType::Delete as i32 {
+        filtered(FilterType::Nodelete)
+    } else {
+        filtered(FilterType::Noput)
+    };
+    in_range && !skipped
 }
 
 fn write_op(rng: &mut StdRng, i: usize) -> pb::RequestOp {
@@ -224,12 +285,21 @@ async fn run(ch: Channel, url: &str, ops: &[pb::RequestOp]) -> Seen {
             ..Default::default()
         },
     ];
+    // The watchers created (not refused), with what they asked for.
+    let mut watching = Vec::new();
+    let mut note = |seen: &mut Seen, create: pb::WatchCreateRequest, r: pb::WatchResponse| {
+        if r.created && !r.canceled {
+            watching.push((r.watch_id, create));
+        }
+        seen.take(r);
+    };
     let mut creates = creates.into_iter();
-    let mut conn = Conn::open(ch, creates.next().unwrap()).await;
-    seen.take(conn.next().await);
+    let first = creates.next().unwrap();
+    let mut conn = Conn::open(ch, first.clone()).await;
+    note(&mut seen, first, conn.next().await);
     for c in creates {
-        conn.create(c).await;
-        seen.take(conn.next().await);
+        conn.create(c.clone()).await;
+        note(&mut seen, c, conn.next().await);
     }
     let mut last = 0;
     for op in ops {
@@ -254,9 +324,41 @@ async fn run(ch: Channel, url: &str, ops: &[pb::RequestOp]) -> Seen {
             break;
         }
     }
-    while let Some(r) = conn.next_within(Duration::from_millis(500)).await {
-        seen.take(r);
+    // Watcher 1 (every key, no filter) has every event now (a watcher's
+    // events come in revision order); the other watchers' events can still
+    // be on their way (neither server orders events across watchers). Read
+    // until each has those of watcher 1 it wants (a missing one fails
+    // here), then collect anything else sent before a progress answer.
+    let everything = seen.events[&1].clone();
+    let due: Vec<(i64, BTreeSet<(i64, String)>)> = watching
+        .iter()
+        .map(|(id, create)| {
+            let want = everything.iter().filter(|e| wants(create, e));
+            (*id, want.map(|e| (e.4, e.1.clone())).collect())
+        })
+        .collect();
+    let missing = |seen: &Seen| -> Vec<(i64, usize)> {
+        due.iter()
+            .filter_map(|(id, want)| {
+                let got: BTreeSet<(i64, String)> =
+                    seen.events.get(id).map_or_else(BTreeSet::new, |v| {
+                        v.iter().map(|e| (e.4, e.1.clone())).collect()
+                    });
+                let n = want.difference(&got).count();
+                (n > 0).then_some((*id, n))
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let left = missing(&seen);
+        if left.is_empty() {
+            break;
+        }
+        let what = format!("{url}: events up to {done} ((watcher, events missing): {left:?})");
+        seen.take(conn.next_by(deadline, &what).await);
     }
+    conn.settle(&mut seen, done).await;
     // History: from revision 2, with prev_kv; it must be everything watcher
     // 1 saw (checked below) and the same as etcd's.
     conn.create(all(2, true)).await;
@@ -268,11 +370,23 @@ async fn run(ch: Channel, url: &str, ops: &[pb::RequestOp]) -> Seen {
             break;
         }
     }
-    // Progress: each caught-up watcher hears the current revision.
+    // Progress: each caught-up watcher hears the current revision (what
+    // comes after the answer is read by the steps below and compared too).
     conn.send(RequestUnion::ProgressRequest(pb::WatchProgressRequest {}))
         .await;
-    while let Some(r) = conn.next_within(Duration::from_millis(500)).await {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let r = conn
+            .next_by(
+                deadline,
+                &format!("{url}: the answer to a progress request"),
+            )
+            .await;
+        let end = is_progress(&r);
         seen.take(r);
+        if end {
+            break;
+        }
     }
     // Cancel one; canceling an unknown ID answers nothing.
     for id in [0, 55] {
@@ -292,9 +406,8 @@ async fn run(ch: Channel, url: &str, ops: &[pb::RequestOp]) -> Seen {
     conn.create(all(3, false)).await;
     seen.take(conn.next().await);
     seen.take(conn.next().await);
-    while let Some(r) = conn.next_within(Duration::from_millis(500)).await {
-        seen.take(r);
-    }
+    // Anything else sent (nothing is due) is recorded and compared.
+    conn.settle(&mut seen, done).await;
     seen
 }
 
@@ -456,13 +569,14 @@ fn etcdctl_watch_prints_events() {
             }
         }
     });
-    // etcdctl prints nothing when its watch is created; write until it sees one.
+    // etcdctl prints nothing when its watch is created; write until it sees
+    // one (a probe printed late is one of the probes dropped below).
     let mut got = Vec::new();
-    for _ in 0..100 {
+    let deadline = Instant::now() + PATIENCE;
+    while got.is_empty() && Instant::now() < deadline {
         common::ok(&ep, &["put", "w/probe", "p"]);
         if let Ok(l) = lines.recv_timeout(Duration::from_millis(200)) {
             got.push(l);
-            break;
         }
     }
     assert_eq!(got, ["PUT"], "etcdctl watch saw the probe");
@@ -470,7 +584,7 @@ fn etcdctl_watch_prints_events() {
     common::ok(&ep, &["put", "other", "x"]);
     common::ok(&ep, &["del", "w/a"]);
     while !got.ends_with(&["DELETE".to_string(), "w/a".to_string()]) {
-        match lines.recv_timeout(Duration::from_secs(20)) {
+        match lines.recv_timeout(PATIENCE) {
             Ok(l) => got.push(l),
             Err(_) => break,
         }
@@ -486,8 +600,8 @@ fn etcdctl_watch_prints_events() {
     let _ = child.wait();
     // The stream ends with the connection: its watcher is no longer counted
     // (and the member stops recording events).
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while watchers() != Some(0) && std::time::Instant::now() < deadline {
+    let deadline = Instant::now() + PATIENCE;
+    while watchers() != Some(0) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(watchers(), Some(0));
@@ -506,12 +620,44 @@ fn etcdctl_watch_prints_events() {
 /// `created` response names, once and in order.
 #[test]
 fn watchers_created_during_writes_miss_nothing() {
+    /// Puts at least, all told (the writers go on until both rounds are done).
+    const PUTS: usize = 2000;
+    /// Puts acknowledged before each watcher is created, with none there.
+    const BEFORE: usize = 100;
+    /// Revisions each watcher reads before it leaves.
+    const READ: i64 = 300;
     let tmp = tempfile::tempdir().unwrap();
     let cairn = Cairn::start(tmp.path(), 2);
+    let watchers = || {
+        let (_, m) = cairn.http("GET", "/metrics");
+        m.lines()
+            .find_map(|l| l.strip_prefix("etcd_debugging_mvcc_watcher_total "))
+            .map(|n| n.parse::<u64>().unwrap())
+    };
     let rt = common::rt();
     rt.block_on(async {
         let ch = cairn.channel().await;
-        let tasks = writers(&ch, 4, 2000, |i| format!("k{i:05}"));
+        // 4 clients put k00000, k00001, ...; `written` counts the puts
+        // acknowledged.
+        let next = Arc::new(AtomicUsize::new(0));
+        let written = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let mut kv = KvClient::new(ch.clone());
+                let (next, written, stop) = (next.clone(), written.clone(), stop.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        if i >= PUTS && stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        common::put(&mut kv, format!("k{i:05}"), format!("v{i}")).await;
+                        written.fetch_add(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
         let all = || pb::WatchCreateRequest {
             key: vec![0],
             range_end: vec![0],
@@ -519,23 +665,47 @@ fn watchers_created_during_writes_miss_nothing() {
         };
         let mut got = Vec::new();
         for round in 0..2 {
-            tokio::time::sleep(Duration::from_millis(150)).await;
+            // Writes are running (since the start, or since the last
+            // watcher left), none of them recorded.
+            let target = written.load(Ordering::SeqCst) + BEFORE;
+            let deadline = Instant::now() + PATIENCE;
+            while written.load(Ordering::SeqCst) < target {
+                assert!(
+                    Instant::now() < deadline,
+                    "round {round}: {BEFORE} puts took over {PATIENCE:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             let mut conn = Conn::open(ch.clone(), all()).await;
             let created = conn.next().await;
             assert!(created.created, "{created:?}");
             let from = created.header.unwrap().revision + 1;
             let mut revs = Vec::new();
-            // Read a while, then leave (dropping the stream removes the watcher).
-            let until = tokio::time::Instant::now() + Duration::from_millis(300);
-            while tokio::time::Instant::now() < until {
-                let Some(r) = conn.next_within(Duration::from_millis(100)).await else {
-                    continue;
-                };
+            // Read up to a revision the writers are still to reach, then
+            // leave (dropping the stream removes the watcher).
+            let until = from + READ - 1;
+            let what = format!("round {round}: revisions {from}..={until}");
+            let deadline = Instant::now() + PATIENCE;
+            while revs.last().is_none_or(|&last| last < until) {
+                let r = conn.next_by(deadline, &what).await;
+                assert!(!r.canceled, "round {round}: {r:?}");
                 revs.extend(r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
             }
             assert!(!revs.is_empty(), "round {round}: writes were running");
             got.push((round, from, revs));
+            drop(conn);
+            // It has left: the member counts no watcher (and so records
+            // nothing) before the next round.
+            let deadline = Instant::now() + PATIENCE;
+            while watchers() != Some(0) {
+                assert!(
+                    Instant::now() < deadline,
+                    "round {round}: the watcher is still counted after {PATIENCE:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
+        stop.store(true, Ordering::SeqCst);
         for t in tasks {
             t.await.unwrap();
         }
