@@ -55,6 +55,9 @@ struct Book {
     progress: Vec<i64>,
     /// Per shard, while the member starts.
     replay: Vec<Replay>,
+    /// Per shard: the newest revision in its log at start, applied or not
+    /// (entries behind a held part are applied only once it is decided).
+    newest: Vec<i64>,
 }
 
 impl Book {
@@ -89,6 +92,7 @@ impl PartBook {
                 holds: BTreeMap::new(),
                 progress: vec![0; shards],
                 replay: vec![Replay::Running; shards],
+                newest: vec![0; shards],
             }),
             changed: tokio::sync::watch::channel(0).0,
         }
@@ -177,17 +181,26 @@ impl PartBook {
 
     /// `shard` has applied every committed entry of its log; its store is at
     /// `revision`.
+    /// `shard`'s log holds nothing newer than `revision` (at start, before
+    /// its replay): the member must stamp above it even if the entries are
+    /// applied after it starts stamping (they follow a part held until
+    /// [`PartBook::close_all`]).
+    pub fn newest_in_log(&self, shard: u32, revision: i64) {
+        self.update(|b| b.newest[shard as usize] = revision);
+    }
+
     pub fn replayed(&self, shard: u32, revision: i64) {
         self.update(|b| b.replay[shard as usize] = Replay::Done { revision });
     }
 
     /// While the member starts: once no shard's replay can move any more
     /// (each is done, or holds a part no log can complete), the newest
-    /// revision in any log. Parts still undecided then were left incomplete
-    /// by a crash: [`PartBook::close_all`] at that revision drops them.
+    /// revision in any log (applied or not: see [`PartBook::newest_in_log`]).
+    /// Parts still undecided then were left incomplete by a crash:
+    /// [`PartBook::close_all`] at that revision drops them.
     pub fn replay_settled(&self) -> Option<i64> {
         let b = self.book.lock().expect("part book lock");
-        let mut last = 0;
+        let mut last = b.newest.iter().copied().max().unwrap_or(0);
         for r in &b.replay {
             match r {
                 Replay::Running => return None,
@@ -253,6 +266,23 @@ mod tests {
         assert_eq!(book.replay_settled(), Some(7), "shard 1 ended below 7");
         book.close_all(7);
         assert_eq!(a.now_or_never(), Some(Decision::Drop));
+    }
+
+    #[test]
+    fn settled_counts_entries_behind_a_held_part() {
+        let book = PartBook::new(2);
+        // Shard 1 holds the part of 10 (shard 0 never got its part); its
+        // log goes on to 25 behind it. Shard 0 is done at 9.
+        book.newest_in_log(0, 9);
+        book.newest_in_log(1, 25);
+        book.replayed(0, 9);
+        let mut held = Box::pin(book.hold(1, 10, &[0, 1], 9));
+        assert!(held.as_mut().now_or_never().is_none());
+        // Shard 0's progress (9) does not decide 10, so the hold stays until
+        // close_all; the newest revision is 25, not 10.
+        assert_eq!(book.replay_settled(), Some(25));
+        book.close_all(25);
+        assert_eq!(held.now_or_never(), Some(Decision::Drop));
     }
 
     #[test]

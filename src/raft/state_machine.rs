@@ -453,6 +453,10 @@ impl RaftStateMachine<ShardRaft> for ShardStateMachine {
         Strm: Stream<Item = Result<EntryResponder<ShardRaft>, io::Error>> + Unpin,
     {
         while let Some((entry, responder)) = entries.try_next().await? {
+            // Tests: a slow apply (`sleep(ms)`), or a failing one (`return`).
+            fail::fail_point!("raft::apply", |_| Err(io::Error::other(
+                "raft::apply failpoint"
+            )));
             let log_id = entry.log_id();
             match &entry.payload {
                 EntryPayload::Blank => {}

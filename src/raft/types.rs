@@ -32,6 +32,21 @@ pub enum ShardCommand {
     Writes { writes: Vec<(i64, Vec<Change>)> },
 }
 
+impl ShardCommand {
+    /// The newest revision this entry carries (a Tick's `closed`); None for
+    /// a compaction.
+    pub fn newest_revision(&self) -> Option<i64> {
+        match self {
+            ShardCommand::Write { revision, .. } | ShardCommand::Part { revision, .. } => {
+                Some(*revision)
+            }
+            ShardCommand::Writes { writes } => writes.last().map(|(r, _)| *r),
+            ShardCommand::Tick { closed } => Some(*closed),
+            ShardCommand::Compact { .. } => None,
+        }
+    }
+}
+
 impl std::fmt::Display for ShardCommand {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

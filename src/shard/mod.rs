@@ -444,7 +444,11 @@ async fn run(
     let sm = ShardStateMachine::open(store.clone(), cfg.dir.join("snapshots"))
         .map_err(|x| e("loading the snapshot")(&x))?
         .with_parts(cfg.parts.clone(), cfg.id as u32);
-    let log_store: WalLogStore<ShardRaft, DmaStorage> = WalLogStore::new(wal.clone(), 0);
+    let mut log_store: WalLogStore<ShardRaft, DmaStorage> = WalLogStore::new(wal.clone(), 0);
+    let newest = newest_revision_in_log(&wal, &mut log_store)
+        .await
+        .map_err(|x| e("reading the log's tail")(&x))?;
+    cfg.parts.newest_in_log(cfg.id as u32, newest);
     let config = Arc::new(raft_config(cfg.snapshot_count)?);
     let raft = Raft::new(
         cfg.member_id,
@@ -661,20 +665,43 @@ where
         .map_err(|e| e.to_string())
 }
 
-/// Waits until every entry committed at start is applied.
+/// The newest revision (or `closed`) in a shard's log, applied or not; 0 if
+/// none. Scans back from the last entry past those without one.
+async fn newest_revision_in_log(
+    wal: &Wal<DmaStorage>,
+    log: &mut WalLogStore<ShardRaft, DmaStorage>,
+) -> Result<i64, std::io::Error> {
+    use openraft::RaftLogReader;
+    let Some((first, last)) = wal.entry_range(0) else {
+        return Ok(0);
+    };
+    let mut end = last + 1;
+    while end > first {
+        let start = end.saturating_sub(64).max(first);
+        for entry in log.try_get_log_entries(start..end).await?.iter().rev() {
+            if let openraft::EntryPayload::Normal(command) = &entry.payload {
+                if let Some(revision) = command.newest_revision() {
+                    return Ok(revision);
+                }
+            }
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// Waits until every entry in the log at start is applied. Called once this
+/// member leads the group alone (`lead_alone`): then every entry in its log
+/// commits, also those above the committed index it had saved (saved
+/// lazily, it may lag), so waiting for the last index covers them all.
 async fn replay<C, SM>(raft: &Raft<C, SM>, timeout: Option<Duration>) -> Result<(), String>
 where
     C: openraft::RaftTypeConfig<NodeId = u64, Node = BasicNode>,
     SM: openraft::storage::RaftStateMachine<C>,
 {
-    let committed = raft
-        .metrics()
-        .borrow_watched()
-        .local_committed
-        .as_ref()
-        .map(|l| l.index());
+    let last = raft.metrics().borrow_watched().last_log_index;
     raft.wait(timeout)
-        .applied_index_at_least(committed, "replaying the log")
+        .applied_index_at_least(last, "replaying the log")
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())

@@ -121,6 +121,22 @@ impl DmaStorage {
     }
 }
 
+impl DmaStorage {
+    /// Failpoint `name` (test builds): `return` fails the call on every
+    /// shard's WAL with `errno`, `return(TEXT)` only on WALs whose directory
+    /// path contains TEXT (e.g. `shard-0/`); `sleep(ms)` delays it.
+    fn failpoint(&self, name: &str, errno: i32) -> io::Result<()> {
+        #[cfg(feature = "failpoints")]
+        if let Some(only) = fail::eval(name, |arg| arg) {
+            if only.is_none_or(|text| self.dir.to_string_lossy().contains(text.as_str())) {
+                return Err(io::Error::from_raw_os_error(errno));
+            }
+        }
+        let _ = (name, errno);
+        Ok(())
+    }
+}
+
 fn to_io(e: glommio::GlommioError<()>) -> io::Error {
     io::Error::from(e)
 }
@@ -140,9 +156,7 @@ impl Storage for DmaStorage {
     }
 
     async fn create_zeroed(&self, name: &str, bytes: u64) -> io::Result<()> {
-        fail::fail_point!("wal::create", |_| Err(io::Error::from_raw_os_error(
-            libc::ENOSPC
-        )));
+        self.failpoint("wal::create", libc::ENOSPC)?;
         self.ensure_probe().await?;
         let file = OpenOptions::new()
             .read(true)
@@ -196,9 +210,7 @@ impl Storage for DmaStorage {
     }
 
     async fn write_at(&self, file: &DmaFile, offset: u64, data: &[u8]) -> io::Result<()> {
-        fail::fail_point!("wal::write", |_| Err(io::Error::from_raw_os_error(
-            libc::EIO
-        )));
+        self.failpoint("wal::write", libc::EIO)?;
         let mut done = 0usize;
         while done < data.len() {
             let rest = &data[done..];
@@ -232,9 +244,7 @@ impl Storage for DmaStorage {
     }
 
     async fn sync(&self, file: &DmaFile) -> io::Result<()> {
-        fail::fail_point!("wal::sync", |_| Err(io::Error::from_raw_os_error(
-            libc::EIO
-        )));
+        self.failpoint("wal::sync", libc::EIO)?;
         if self.no_fsync {
             return Ok(());
         }
