@@ -17,12 +17,15 @@ use tokio::sync::watch;
 #[derive(Debug)]
 pub struct Fatal {
     reason: watch::Sender<Option<String>>,
+    /// Set with the reason (the fast check on the write path).
+    latched: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Fatal {
     fn default() -> Self {
         Self {
             reason: watch::channel(None).0,
+            latched: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -38,8 +41,17 @@ impl Fatal {
             }
             eprintln!("cairn: fatal: {reason}");
             *latched = Some(reason);
+            self.latched
+                .store(true, std::sync::atomic::Ordering::Release);
             true
         })
+    }
+
+    /// Whether a reason is latched: a shard stamps nothing more then (a
+    /// write that could not commit may have left its effects in the
+    /// shard's speculative state, which no later write may build on).
+    pub fn is_latched(&self) -> bool {
+        self.latched.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The latched reason, if any.
@@ -68,6 +80,7 @@ mod tests {
         let f = Fatal::default();
         assert_eq!(f.reason(), None);
         assert!(f.latch("shard 0: WAL write failed"));
+        assert!(f.is_latched());
         assert!(!f.latch("shard 1: later"));
         assert_eq!(f.reason().as_deref(), Some("shard 0: WAL write failed"));
     }

@@ -40,7 +40,12 @@ fn raft_thread() -> JobThread<Job> {
                 .await
                 .expect("open");
             let wal = Rc::new(wal);
-            cairn::shard::spawn_wal_upkeep(wal.clone(), |e| panic!("WAL failed: {e}"));
+            cairn::shard::spawn_wal_upkeep(wal.clone(), |upkeep| {
+                assert!(
+                    !matches!(upkeep, cairn::shard::Upkeep::Failed(_)),
+                    "WAL failed: {upkeep:?}"
+                )
+            });
             let store = Rc::new(RefCell::new(Store::new()));
             let sm = ShardStateMachine::new(store);
             // The shard's own Raft settings (`--snapshot-count` default).

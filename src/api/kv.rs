@@ -89,7 +89,7 @@ impl Member {
 
     /// Runs a write on one shard and waits until C covers it.
     async fn write(&self, shard: usize, op: m::RequestOp) -> Result<WriteOutcome, Status> {
-        if self.fatal.reason().is_some() {
+        if self.fatal.is_latched() {
             return Err(EtcdError::Stopped.status());
         }
         let outcome = self

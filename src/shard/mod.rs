@@ -793,6 +793,11 @@ async fn latched(
                 participants,
                 reply,
             } => {
+                // As in `write`: nothing builds on a failed write's effects.
+                if fatal.is_latched() {
+                    let _ = reply.send(Err(EtcdError::Stopped));
+                    continue;
+                }
                 // Like a write: applied now, answered once committed. The
                 // coordinator marks the revision committed when every part is.
                 store.borrow_mut().apply(revision, &changes);
@@ -934,6 +939,13 @@ async fn write(
     // Stamp, apply and queue in order; an entry is proposed before the next
     // write is stamped, so the log holds this shard's writes in revision order.
     for (op, reply) in batch {
+        // Nothing is evaluated or stamped after a fatal error: a write that
+        // could not commit may have left its effects in this shard's
+        // speculative state, and nothing may build on them.
+        if ctx.fatal.is_latched() {
+            let _ = reply.send(Err(EtcdError::Stopped));
+            continue;
+        }
         if ctx.no_space.load(std::sync::atomic::Ordering::Relaxed) {
             // Nothing is evaluated or stamped: the write changes nothing.
             let _ = reply.send(Err(EtcdError::DiskFull));
