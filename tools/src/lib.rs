@@ -3,5 +3,6 @@
 //! loopback ports that concurrent test processes never share.
 
 pub mod etcd;
+pub mod harness;
 pub mod loadgen;
 pub mod ports;
