@@ -435,3 +435,56 @@ fn a_restart_stamps_above_writes_behind_an_incomplete_part() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A snapshot that cannot be written (Defragment takes one on every shard)
+/// stops the member the same way; nothing acknowledged is lost.
+#[test]
+fn a_failed_snapshot_write_stops_the_member() {
+    use cairn_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+    use cairn_proto::etcdserverpb::DefragmentRequest;
+    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tmp");
+    let dir = base.path().join("member");
+    let log = base.path().join("stderr");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut child = start(&dir, port, &log, &[]);
+    let rt = rt();
+    rt.block_on(async {
+        let ch = common::channel(&url).await;
+        assert_eq!(put_keys(&mut KvClient::new(ch.clone()), 0, 40).await, 40);
+        let (code, _) =
+            http(port, "PUT", "/failpoints/snapshot::write", "return").expect("answers");
+        assert_eq!(code, 200);
+        let mut maintenance = MaintenanceClient::new(ch);
+        let defrag = maintenance.defragment(DefragmentRequest {});
+        let answer = tokio::time::timeout(Duration::from_secs(30), defrag).await;
+        assert!(
+            !matches!(answer, Ok(Ok(_))),
+            "the snapshot cannot be written"
+        );
+    });
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    assert!(!status.success(), "{status}");
+    let stderr = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        stderr.contains("stopping after a fatal error") && stderr.contains("Input/output error"),
+        "the member says why it stopped:\n{stderr}"
+    );
+    let mut child = start(&dir, port, &log, &[]);
+    rt.block_on(async {
+        let mut kv = KvClient::new(common::channel(&url).await);
+        let all = kv
+            .range(RangeRequest {
+                key: b"k".to_vec(),
+                range_end: b"l".to_vec(),
+                count_only: true,
+                ..Default::default()
+            })
+            .await
+            .expect("range")
+            .into_inner();
+        assert_eq!(all.count, 40, "every acknowledged key is there");
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+}

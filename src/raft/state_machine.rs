@@ -226,6 +226,10 @@ fn write_snapshot_file(
     meta: &SnapshotMetaOf<ShardRaft>,
     data: &[u8],
 ) -> io::Result<()> {
+    // Tests: a failed (`return`: EIO) or slow (`sleep(ms)`) snapshot write.
+    fail::fail_point!("snapshot::write", |_| Err(io::Error::from_raw_os_error(
+        libc::EIO
+    )));
     let (header, prefix) = encode_snapshot_file(meta, data)?;
     write_durably(dir, SNAPSHOT_FILE, &[&header, &prefix, data])
 }
