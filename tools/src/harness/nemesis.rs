@@ -5,8 +5,9 @@
 //! Faults of one member (all of them run on a single member):
 //! - `kill`: SIGKILL, a pause, restart;
 //! - `pause`: SIGSTOP for longer than the election timeout, then SIGCONT;
-//! - `disk-error`: the WAL's write failpoint returns EIO: the member must
-//!   stop with an error (it exits non-zero), and is restarted;
+//! - `disk-error`: a failpoint makes the WAL's writes (all shards', or one
+//!   shard's) or the apply of committed entries fail: the member must stop
+//!   with an error (it exits non-zero), and is restarted;
 //! - `slow-disk`: every WAL write sleeps a while, for a few seconds;
 //! - `power-loss` (needs a loop disk): SIGKILL, then the file system is shut
 //!   down without flushing, unmounted and mounted again, then restart;
@@ -141,18 +142,26 @@ pub fn inject(
             format!("SIGSTOP for {pause:?}")
         }
         Kind::DiskError => {
-            member.failpoint("wal::write", "return")?;
-            // It fails on its next WAL write (the clients keep writing).
+            // Every shard's WAL, one shard's (the others go on writing until
+            // the member stops), or applying committed entries.
+            let (name, action) = [
+                ("wal::write", "return"),
+                ("wal::write", "return(shard-0/)"),
+                ("wal::write", "return(shard-1/)"),
+                ("raft::apply", "return"),
+            ][rng.random_range(0..4)];
+            member.failpoint(name, action)?;
+            // It fails on its next WAL write or apply (the clients keep writing).
             match member.wait_exit(STOP_MAX) {
                 Some(status) if !status.success() => {}
                 Some(status) => bail!("{} exited with {status} after a disk error", member.name),
                 None => bail!(
-                    "{} still running {STOP_MAX:?} after its WAL writes failed",
+                    "{} still running {STOP_MAX:?} after {name}={action}",
                     member.name
                 ),
             }
             member.start()?;
-            "wal::write returned EIO; the member stopped non-zero and was restarted".into()
+            format!("{name}={action}: the member stopped non-zero and was restarted")
         }
         Kind::SlowDisk => {
             let spell = ms(rng, SPELL);
