@@ -11,8 +11,8 @@
 //! [`Compactor`] is the clock-free policy; [`run`] drives it on the front
 //! runtime.
 
-use crate::api::kv::Member;
 use crate::api::EtcdError;
+use crate::member::Member;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,6 +1,9 @@
 //! cairn: an etcd-v3-compatible replicated key-value store.
 //!
-//! - [`api`]: etcd's error table and request validation at the edge.
+//! - [`api`]: the gRPC and HTTP adapters: etcd's error table, request validation.
+//! - [`member`]: the node: shard handles, sequencer, watch hub, alarms, routing of
+//!   requests, cross-shard writes.
+//! - [`fatal`]: the member's fatal-error latch.
 //! - [`mvcc`]: one shard's keys and revision histories, and request evaluation.
 //! - [`sequencer`]: the write leader's revision counter and committed prefix C.
 //! - [`watch`]: the member's recent events in revision order, for watchers.
@@ -14,6 +17,7 @@ pub mod check_host;
 pub mod compactor;
 pub mod config;
 pub mod fatal;
+pub mod member;
 pub mod mvcc;
 pub mod raft;
 pub mod sequencer;

@@ -1,10 +1,12 @@
 //! Starting and stopping a member: data dir, shard cores, sequencer, and the
 //! gRPC front on a small tokio runtime.
 
-use crate::api::kv::{ClusterService, KvService, Member};
-use crate::api::maintenance::{Alarms, MaintenanceService, DEFAULT_QUOTA_BYTES};
+use crate::api::kv::{ClusterService, KvService};
+use crate::api::maintenance::MaintenanceService;
 use crate::api::watch::WatchService;
 use crate::config::Config;
+use crate::member::alarms::{Alarms, DEFAULT_QUOTA_BYTES};
+use crate::member::Member;
 use crate::raft::meta::MemberRecord;
 use crate::raft::parts::PartBook;
 use crate::sequencer::SharedSequencer;

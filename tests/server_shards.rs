@@ -470,7 +470,7 @@ fn cross_shard_txns_are_all_or_nothing_across_sigkill() {
         let mut y_suffix = 0;
         let y = loop {
             let y = format!("pair/{round}/{w}/{i:05}/y{y_suffix}").into_bytes();
-            if cairn::api::kv::shard_of(&y, 2) != cairn::api::kv::shard_of(&x, 2) {
+            if cairn::shard::route::shard_of(&y, 2) != cairn::shard::route::shard_of(&x, 2) {
                 break y;
             }
             y_suffix += 1;

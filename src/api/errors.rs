@@ -208,6 +208,24 @@ impl From<crate::mvcc::MvccError> for EtcdError {
     }
 }
 
+impl From<crate::shard::ShardError> for EtcdError {
+    fn from(e: crate::shard::ShardError) -> Self {
+        use crate::shard::ShardError;
+        match e {
+            ShardError::Eval(e) => e.into(),
+            ShardError::TooLarge => EtcdError::RequestTooLarge,
+            ShardError::NoSpace => EtcdError::DiskFull,
+            ShardError::Stopped => EtcdError::Stopped,
+        }
+    }
+}
+
+impl From<crate::shard::ShardError> for tonic::Status {
+    fn from(e: crate::shard::ShardError) -> Self {
+        EtcdError::from(e).status()
+    }
+}
+
 impl From<crate::mvcc::txn::EvalError> for EtcdError {
     fn from(e: crate::mvcc::txn::EvalError) -> Self {
         use crate::mvcc::txn::EvalError;

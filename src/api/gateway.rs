@@ -7,8 +7,9 @@
 //! `{"error": msg, "message": msg, "code": grpc_code}` with the HTTP status
 //! grpc-gateway maps the code to. Other `/v3/` paths answer 501.
 
-use super::kv::{ClusterService, KvService, Member};
+use super::kv::{ClusterService, KvService};
 use super::maintenance::MaintenanceService;
+use crate::member::Member;
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

@@ -1,65 +1,15 @@
 //! HTTP/1.1 on the client port, beside gRPC: `GET /health`, `GET /version`,
 //! `GET /metrics` (Prometheus text), and the JSON gateway ([`super::gateway`]).
 
-use super::kv::{Member, ETCD_API_VERSION};
+use crate::member::{Member, ETCD_API_VERSION};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use cairn_wal::Histogram;
 use std::fmt::Write;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Per-RPC latency histograms (their counts are the request counts).
-pub struct RpcMetrics {
-    rpcs: Vec<Histogram>,
-}
-
-impl Default for RpcMetrics {
-    fn default() -> Self {
-        Self {
-            // 100 µs … 13 s.
-            rpcs: RPCS
-                .iter()
-                .map(|_| Histogram::exponential(0.0001, 2.0, 18))
-                .collect(),
-        }
-    }
-}
-
-/// The RPCs counted, in `RpcMetrics` order.
-pub const RPCS: [&str; 5] = ["Range", "Put", "DeleteRange", "Txn", "Compact"];
-
-impl RpcMetrics {
-    /// Counts one call of `rpc` that took `elapsed`.
-    pub fn record(&self, rpc: &str, elapsed: Duration) {
-        if let Some(i) = RPCS.iter().position(|r| *r == rpc) {
-            self.rpcs[i].observe(elapsed);
-        }
-    }
-}
-
-/// Times a request and records it when dropped.
-pub struct Timed<'a> {
-    metrics: &'a RpcMetrics,
-    rpc: &'static str,
-    start: Instant,
-}
-
-impl<'a> Timed<'a> {
-    pub fn new(metrics: &'a RpcMetrics, rpc: &'static str) -> Self {
-        Self {
-            metrics,
-            rpc,
-            start: Instant::now(),
-        }
-    }
-}
-
-impl Drop for Timed<'_> {
-    fn drop(&mut self) {
-        self.metrics.record(self.rpc, self.start.elapsed());
-    }
-}
+pub use super::rpc_metrics::{RpcMetrics, Timed, RPCS};
 
 /// The routes, for the member's router.
 pub fn routes(member: Arc<Member>) -> axum::Router {
@@ -231,7 +181,7 @@ async fn metrics(member: Arc<Member>) -> impl IntoResponse {
         "# HELP cairn_grpc_requests_total KV requests answered, by RPC.\n# TYPE cairn_grpc_requests_total counter"
     );
     for (i, rpc) in RPCS.iter().enumerate() {
-        let (buckets, _) = member.metrics.rpcs[i].cumulative();
+        let (buckets, _) = member.metrics.of(i).cumulative();
         let n = buckets.last().map_or(0, |(_, c)| *c);
         let _ = writeln!(s, "cairn_grpc_requests_total{{rpc=\"{rpc}\"}} {n}");
     }
@@ -244,7 +194,7 @@ async fn metrics(member: Arc<Member>) -> impl IntoResponse {
             &mut s,
             "cairn_grpc_request_duration_seconds",
             &format!("rpc=\"{rpc}\""),
-            &member.metrics.rpcs[i],
+            member.metrics.of(i),
         );
     }
     let _ = writeln!(

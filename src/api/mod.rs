@@ -2,9 +2,11 @@
 //! validated before it is routed to a shard or proposed, so a bad request
 //! changes nothing.
 //!
-//! - [`kv`]: the member as the front sees it, KV and Cluster services.
-//! - [`cross`]: requests whose keys span shards (DESIGN §2.1 point 4).
-//! - [`maintenance`]: Maintenance service, alarms, the space quota, snapshots.
+//! Adapters only: they hold the member (`crate::member::Member`) and turn
+//! etcd's messages into its calls and back.
+//!
+//! - [`kv`]: the KV and Cluster services.
+//! - [`maintenance`]: the Maintenance service, snapshots.
 //! - [`watch`]: the Watch service (events from the member's `WatchHub`).
 //! - [`gateway`], [`http`]: etcd's JSON gateway, health, version, metrics.
 //! - [`coalesce`]: the listener of client connections (coalesced writes).
@@ -13,12 +15,12 @@
 
 pub mod coalesce;
 pub mod convert;
-pub mod cross;
 pub mod errors;
 pub mod gateway;
 pub mod http;
 pub mod kv;
 pub mod maintenance;
+pub mod rpc_metrics;
 pub mod validate;
 pub mod watch;
 

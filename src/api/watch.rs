@@ -25,7 +25,7 @@
 //! (etcd's compaction message; etcd 3.4 leaves it empty).
 //! `fragment` is accepted; responses are never fragmented.
 
-use super::kv::Member;
+use crate::member::Member;
 use crate::mvcc::store::ERR_COMPACTED;
 use crate::mvcc::{Event, RangeEnd};
 use crate::shard::ShardMsg;
@@ -313,8 +313,10 @@ impl Stream {
     /// shards it covers, and the revision they reach.
     /// Err(Some(compaction point)), or Err(None) if a shard is gone.
     async fn history(&self, w: &Watcher, c: i64) -> Result<(Vec<Event>, i64), Option<i64>> {
-        let shards =
-            super::cross::shards_touched(&[(&w.key, &w.range_end)], self.member.shards.len());
+        let shards = crate::shard::route::shards_touched(
+            &[(&w.key, &w.range_end)],
+            self.member.shards.len(),
+        );
         let mut events = Vec::new();
         let mut reached = c;
         for shard in shards {

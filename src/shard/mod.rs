@@ -9,7 +9,10 @@
 //! committed. A request that changes nothing consumes no revision: its reply
 //! names the revision its evaluation saw, and the front waits for C to reach it.
 
-use crate::api::EtcdError;
+mod error;
+pub mod route;
+pub use error::ShardError;
+
 use crate::fatal::Fatal;
 use crate::mvcc::txn::{
     no_leases, stamp, Eval, RangeRequest, RangeResponse, RequestOp, ResponseOp,
@@ -58,7 +61,7 @@ pub struct WriteOutcome {
 }
 
 /// Where a write's answer goes.
-pub type WriteReply = oneshot::Sender<Result<WriteOutcome, EtcdError>>;
+pub type WriteReply = oneshot::Sender<Result<WriteOutcome, ShardError>>;
 
 /// Requests to a shard core.
 pub enum ShardMsg {
@@ -68,11 +71,11 @@ pub enum ShardMsg {
     },
     Range {
         req: RangeRequest,
-        reply: oneshot::Sender<Result<RangeResponse, EtcdError>>,
+        reply: oneshot::Sender<Result<RangeResponse, ShardError>>,
     },
     Compact {
         revision: i64,
-        reply: oneshot::Sender<Result<(), EtcdError>>,
+        reply: oneshot::Sender<Result<(), ShardError>>,
     },
     Status {
         reply: oneshot::Sender<ShardStatus>,
@@ -80,7 +83,7 @@ pub enum ShardMsg {
     /// The hash of this shard's keys at `revision`, and its compaction point.
     HashKv {
         revision: i64,
-        reply: oneshot::Sender<Result<(u32, i64), EtcdError>>,
+        reply: oneshot::Sender<Result<(u32, i64), ShardError>>,
     },
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -93,7 +96,7 @@ pub enum ShardMsg {
     /// [`StoreImage`] (Maintenance.Snapshot).
     Image {
         upto: i64,
-        reply: oneshot::Sender<Result<Vec<u8>, EtcdError>>,
+        reply: oneshot::Sender<Result<Vec<u8>, ShardError>>,
     },
     /// The events on keys of the range with revisions in `from..=to`, at
     /// most about `limit` (see [`Store::events_between`]), and the revision
@@ -109,7 +112,7 @@ pub enum ShardMsg {
     },
     /// Take a snapshot now, so the WAL behind it is reclaimed (Defragment).
     Snapshot {
-        reply: oneshot::Sender<Result<(), EtcdError>>,
+        reply: oneshot::Sender<Result<(), ShardError>>,
     },
     /// Stop taking other requests and serve only `ctl` until it closes: a
     /// cross-shard request is being evaluated and written (DESIGN §2.1
@@ -133,7 +136,7 @@ pub enum LatchCtl {
         revision: i64,
         changes: Vec<Change>,
         participants: Vec<u32>,
-        reply: oneshot::Sender<Result<(), EtcdError>>,
+        reply: oneshot::Sender<Result<(), ShardError>>,
     },
 }
 
@@ -190,11 +193,11 @@ impl ShardHandle {
     }
 
     /// Sends a request; `Stopped` if the shard core is gone.
-    pub async fn send(&self, msg: ShardMsg) -> Result<(), EtcdError> {
+    pub async fn send(&self, msg: ShardMsg) -> Result<(), ShardError> {
         self.tx
             .send_async(msg)
             .await
-            .map_err(|_| EtcdError::Stopped)
+            .map_err(|_| ShardError::Stopped)
     }
 }
 
@@ -362,7 +365,9 @@ fn watch_raft<C: openraft::RaftTypeConfig<NodeId = u64, Term = u64>>(
                 m.running_state.as_ref().err().map(|e| e.to_string())
             };
             if let Some(e) = failed {
-                fatal.latch(format!("{group}: raft stopped: {e}"));
+                if !stopping.get() {
+                    fatal.latch(format!("{group}: raft stopped: {e}"));
+                }
                 return;
             }
             if metrics.changed().await.is_err() {
@@ -557,7 +562,7 @@ async fn run(
                     }
                     Err(_) => {
                         for (_, reply) in batch {
-                            let _ = reply.send(Err(EtcdError::Stopped));
+                            let _ = reply.send(Err(ShardError::Stopped));
                         }
                     }
                 }
@@ -569,19 +574,19 @@ async fn run(
                     Eval::new(&store, &no_leases)
                         .current_revision(req.revision)
                         .range(&req)
-                        .map_err(EtcdError::from),
+                        .map_err(ShardError::from),
                 );
             }
             ShardMsg::Compact { revision, reply } => {
                 let r = raft.client_write(ShardCommand::Compact { revision }).await;
-                let _ = reply.send(r.map(|_| ()).map_err(|_| EtcdError::Stopped));
+                let _ = reply.send(r.map(|_| ()).map_err(|_| ShardError::Stopped));
             }
             ShardMsg::HashKv { revision, reply } => {
                 let s = store.borrow();
                 let _ = reply.send(
                     s.hash_kv(revision)
                         .map(|h| (h, s.compacted()))
-                        .map_err(EtcdError::from),
+                        .map_err(ShardError::from),
                 );
             }
             ShardMsg::Status { reply } => {
@@ -607,7 +612,7 @@ async fn run(
                 let encoded = postcard::to_stdvec(&store.borrow().image_at(upto));
                 let _ = reply.send(encoded.map_err(|e| {
                     eprintln!("cairn: shard: encoding a snapshot image: {e}");
-                    EtcdError::Stopped
+                    ShardError::Stopped
                 }));
             }
             ShardMsg::Events {
@@ -751,14 +756,14 @@ async fn start_meta(
 }
 
 /// Builds a snapshot of everything applied and waits until it is kept.
-async fn snapshot_now(raft: &Raft<ShardRaft, ShardStateMachine>) -> Result<(), EtcdError> {
+async fn snapshot_now(raft: &Raft<ShardRaft, ShardStateMachine>) -> Result<(), ShardError> {
     let Some(applied) = raft.metrics().borrow_watched().last_applied else {
         return Ok(()); // nothing applied, nothing to keep
     };
     raft.trigger()
         .snapshot()
         .await
-        .map_err(|_| EtcdError::Stopped)?;
+        .map_err(|_| ShardError::Stopped)?;
     raft.wait(Some(Duration::from_secs(600)))
         .metrics(
             |m| m.snapshot.is_some_and(|s| s.index >= applied.index),
@@ -766,7 +771,7 @@ async fn snapshot_now(raft: &Raft<ShardRaft, ShardStateMachine>) -> Result<(), E
         )
         .await
         .map(|_| ())
-        .map_err(|_| EtcdError::Stopped)
+        .map_err(|_| ShardError::Stopped)
 }
 
 /// Serves a cross-shard coordinator until it lets go of the latch.
@@ -795,7 +800,7 @@ async fn latched(
             } => {
                 // As in `write`: nothing builds on a failed write's effects.
                 if fatal.is_latched() {
-                    let _ = reply.send(Err(EtcdError::Stopped));
+                    let _ = reply.send(Err(ShardError::Stopped));
                     continue;
                 }
                 // Like a write: applied now, answered once committed. The
@@ -814,7 +819,7 @@ async fn latched(
                 // As for a write (see `propose`): a part that cannot commit stops the member.
                 if let Err(err) = raft.client_write_ff(command, Some(responder)).await {
                     fatal.latch(format!("shard: raft refused part {revision}: {err}"));
-                    let _ = reply.send(Err(EtcdError::Stopped));
+                    let _ = reply.send(Err(ShardError::Stopped));
                     continue;
                 }
                 let fatal = fatal.clone();
@@ -823,7 +828,7 @@ async fn latched(
                         fatal.latch(format!(
                             "shard: part {revision} could not be committed: {err}"
                         ));
-                        EtcdError::Stopped
+                        ShardError::Stopped
                     });
                     let _ = reply.send(r);
                     let _ = applied.await;
@@ -880,7 +885,7 @@ pub fn fit_entry(
     op: &RequestOp,
     changes: Vec<Change>,
     entry_bytes_max: usize,
-) -> Result<(Vec<Change>, usize), EtcdError> {
+) -> Result<(Vec<Change>, usize), ShardError> {
     let bytes = changes_bytes(&changes);
     if bytes <= entry_bytes_max {
         return Ok((changes, bytes));
@@ -894,7 +899,7 @@ pub fn fit_entry(
             let bytes = changes_bytes(&range);
             Ok((range, bytes))
         }
-        _ => Err(EtcdError::RequestTooLarge),
+        _ => Err(ShardError::TooLarge),
     }
 }
 
@@ -943,12 +948,12 @@ async fn write(
         // could not commit may have left its effects in this shard's
         // speculative state, and nothing may build on them.
         if ctx.fatal.is_latched() {
-            let _ = reply.send(Err(EtcdError::Stopped));
+            let _ = reply.send(Err(ShardError::Stopped));
             continue;
         }
         if ctx.no_space.load(std::sync::atomic::Ordering::Relaxed) {
             // Nothing is evaluated or stamped: the write changes nothing.
-            let _ = reply.send(Err(EtcdError::DiskFull));
+            let _ = reply.send(Err(ShardError::NoSpace));
             continue;
         }
         let evaluated = {
@@ -1031,7 +1036,7 @@ async fn propose(ctx: &WriteCtx<'_>, entry: Entry, permit: Rc<glommio::sync::Sta
     if let Err(e) = ctx.raft.client_write_ff(command, Some(responder)).await {
         ctx.fatal.latch(format!("shard: raft refused a write: {e}"));
         for (_, _, reply) in answers {
-            let _ = reply.send(Err(EtcdError::Stopped));
+            let _ = reply.send(Err(ShardError::Stopped));
         }
         return 0;
     }
@@ -1058,7 +1063,7 @@ async fn propose(ctx: &WriteCtx<'_>, entry: Entry, permit: Rc<glommio::sync::Sta
                     "shard: writes {revisions:?} could not be committed: {e}"
                 ));
                 for (_, _, reply) in answers {
-                    let _ = reply.send(Err(EtcdError::Stopped));
+                    let _ = reply.send(Err(ShardError::Stopped));
                 }
             }
         }

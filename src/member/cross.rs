@@ -18,41 +18,16 @@
 //! It runs as its own task: a client that goes away midway cannot leave a
 //! stamped revision undecided (C would stop).
 
-use super::kv::{shard_of, Member};
-use super::EtcdError;
+use super::Member;
+use crate::api::EtcdError;
 use crate::mvcc::txn::{self as m, no_leases, Eval};
-use crate::mvcc::{Change, RangeEnd, Store, StoreImage};
+use crate::mvcc::{RangeEnd, Store, StoreImage};
+use crate::shard::route::{shards_touched, split};
 use crate::shard::{LatchCtl, ShardMsg, WriteOutcome};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 use tonic::Status;
-
-/// The shards that own any key in `touched` (key, range_end pairs).
-pub fn shards_touched<K: AsRef<[u8]>, E: AsRef<[u8]>>(
-    touched: &[(K, E)],
-    shards: usize,
-) -> BTreeSet<usize> {
-    let mut out = BTreeSet::new();
-    for (key, range_end) in touched {
-        if range_end.as_ref().is_empty() {
-            out.insert(shard_of(key.as_ref(), shards));
-        } else {
-            return (0..shards).collect();
-        }
-    }
-    out
-}
-
-/// Splits a request's changes by owning shard.
-fn split(changes: Vec<Change>, shards: usize) -> BTreeMap<usize, Vec<Change>> {
-    let mut parts: BTreeMap<usize, Vec<Change>> = BTreeMap::new();
-    for c in changes {
-        let key = c.key().expect("evaluation yields one change per key");
-        parts.entry(shard_of(key, shards)).or_default().push(c);
-    }
-    parts
-}
 
 impl Member {
     /// Runs `op`, which touches the keys in `touched`, across shards.
@@ -129,7 +104,7 @@ impl Member {
         for part in parts.values_mut() {
             let changes = std::mem::take(part);
             *part = crate::shard::fit_entry(&op, changes, self.entry_bytes_max)
-                .map_err(EtcdError::status)?
+                .map_err(Status::from)?
                 .0;
         }
         let participants: Vec<u32> = parts.keys().map(|s| *s as u32).collect();
@@ -156,7 +131,7 @@ impl Member {
         for done in committed {
             match done.await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(e.status()),
+                Ok(Err(e)) => return Err(e.into()),
                 Err(_) => return Err(EtcdError::Stopped.status()),
             }
         }

@@ -1,0 +1,201 @@
+//! The member: the node itself as the front threads see it — its shard
+//! cores (by handle), the sequencer and committed prefix C, the watch hub,
+//! alarms and the fatal latch — and what it does with a request once the API
+//! edge has validated and converted it: route it to the shard that owns its
+//! key (`crate::shard::route`), or fan it out for a range; answer once C
+//! covers what it wrote or saw; coordinate writes over several shards
+//! ([`cross`]).
+//!
+//! Runs on the tokio front runtime. Its errors are etcd's (`EtcdError` from
+//! the API's error table, a leaf module), as gRPC statuses.
+
+pub mod alarms;
+mod cross;
+
+use crate::api::EtcdError;
+use crate::mvcc::txn as m;
+use crate::sequencer::SharedSequencer;
+use crate::shard::{ShardHandle, ShardMsg, ShardStatus, WriteOutcome};
+use cairn_proto::etcdserverpb as pb;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use tonic::Status;
+
+/// The etcd API version cairn speaks (what `Status.version` reports).
+pub const ETCD_API_VERSION: &str = "3.4.0";
+
+/// A running member, shared by the front threads.
+/// (Its name and URLs are in the meta group: see `ClusterService`.)
+pub struct Member {
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub shards: Vec<ShardHandle>,
+    pub seq: Arc<SharedSequencer>,
+    /// Events for watchers (see `crate::watch`).
+    pub hub: Arc<crate::watch::WatchHub>,
+    pub max_txn_ops: usize,
+    pub max_request_bytes: usize,
+    /// Bound on the changes of one log entry (`crate::shard::entry_bytes_max`).
+    pub entry_bytes_max: usize,
+    /// The highest Raft term any shard reports.
+    pub raft_term: Arc<std::sync::atomic::AtomicU64>,
+    pub metrics: crate::api::rpc_metrics::RpcMetrics,
+    /// Held by a cross-shard write (and compaction): one at a time.
+    pub cross: tokio::sync::Mutex<()>,
+    /// `--quota-backend-bytes` (0 replaced by etcd's default).
+    pub quota_bytes: u64,
+    pub alarms: alarms::Alarms,
+    /// Set when the member cannot go on (see `crate::fatal`).
+    pub fatal: Arc<crate::fatal::Fatal>,
+}
+
+impl Member {
+    pub fn header(&self, revision: i64, raft_term: u64) -> pb::ResponseHeader {
+        pb::ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term,
+        }
+    }
+
+    pub fn check_size(&self, len: usize) -> Result<(), Status> {
+        if len > self.max_request_bytes {
+            return Err(EtcdError::RequestTooLarge.status());
+        }
+        Ok(())
+    }
+
+    /// The shards a request touches: None = all of them.
+    pub fn route<K: AsRef<[u8]>, E: AsRef<[u8]>>(&self, keys: &[(K, E)]) -> Option<usize> {
+        let owners = crate::shard::route::shards_touched(keys, self.shards.len());
+        match owners.len() {
+            0 | 1 => owners.first().copied().or(Some(0)),
+            _ => None,
+        }
+    }
+
+    pub async fn ask<T>(
+        &self,
+        shard: usize,
+        make: impl FnOnce(oneshot::Sender<T>) -> ShardMsg,
+    ) -> Result<T, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.shards[shard].send(make(tx)).await?;
+        rx.await.map_err(|_| EtcdError::Stopped.status())
+    }
+
+    /// Runs a write on one shard and waits until C covers it.
+    pub async fn write(&self, shard: usize, op: m::RequestOp) -> Result<WriteOutcome, Status> {
+        if self.fatal.is_latched() {
+            return Err(EtcdError::Stopped.status());
+        }
+        let outcome = self
+            .ask(shard, |reply| ShardMsg::Write { op, reply })
+            .await??;
+        self.seq.wait_committed(outcome.view).await;
+        Ok(outcome)
+    }
+
+    /// A range at C (or at the requested revision), merged over the shards.
+    pub async fn range(&self, req: m::RangeRequest) -> Result<(m::RangeResponse, i64), Status> {
+        let c = self.seq.committed();
+        if req.revision > c {
+            return Err(EtcdError::FutureRev.status());
+        }
+        let at = if req.revision > 0 { req.revision } else { c };
+        if let Some(shard) = self.route(&[(&req.key, &req.range_end)]) {
+            let req = m::RangeRequest {
+                revision: at,
+                ..req
+            };
+            let r = self
+                .ask(shard, |reply| ShardMsg::Range { req, reply })
+                .await??;
+            return Ok((r, c));
+        }
+        let mut shard_req = m::RangeRequest {
+            revision: at,
+            ..req.clone()
+        };
+        // Every shard returns its keys in key order (before sort and limit;
+        // the per-shard `limit` suffices when the result is in key order).
+        let key_order = req.sort_target == m::SortTarget::Key
+            && matches!(req.sort_order, m::SortOrder::None | m::SortOrder::Ascend);
+        shard_req.sort_order = m::SortOrder::None;
+        shard_req.sort_target = m::SortTarget::Key;
+        shard_req.keys_only = false;
+        if key_order {
+            // One more than asked, so that `more` is right after merging.
+            shard_req.limit = req.limit.saturating_add(i64::from(req.limit > 0));
+        } else {
+            shard_req.limit = 0;
+        }
+        let mut kvs = Vec::new();
+        let mut count = 0;
+        for shard in 0..self.shards.len() {
+            let r = self
+                .ask(shard, |reply| ShardMsg::Range {
+                    req: shard_req.clone(),
+                    reply,
+                })
+                .await??;
+            count += r.count;
+            kvs.extend(r.kvs);
+        }
+        kvs.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok((m::finish_range(kvs, count, &req), c))
+    }
+
+    /// The member's key-value hash at `revision` (0: at C): the shards'
+    /// hashes, combined in shard order. Returns (hash, compaction point, revision).
+    pub async fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), Status> {
+        let c = self.seq.committed();
+        if revision > c {
+            return Err(EtcdError::FutureRev.status());
+        }
+        let at = if revision > 0 { revision } else { c };
+        let mut combined = crc32fast::Hasher::new();
+        let mut compacted = 0;
+        for shard in 0..self.shards.len() {
+            let (h, comp) = self
+                .ask(shard, |reply| ShardMsg::HashKv {
+                    revision: at,
+                    reply,
+                })
+                .await??;
+            combined.update(&h.to_le_bytes());
+            compacted = comp;
+        }
+        Ok((combined.finalize(), compacted, at))
+    }
+
+    /// Compacts every shard at `revision` (at most C, above the last
+    /// compaction).
+    pub async fn compact(&self, revision: i64) -> Result<(), Status> {
+        if revision > self.seq.committed() {
+            return Err(EtcdError::FutureRev.status());
+        }
+        // Not while a cross-shard request reads histories.
+        let _cross = self.cross.lock().await;
+        let compacted = self.status_of(0).await?.compacted;
+        if revision <= compacted {
+            return Err(EtcdError::Compacted.status());
+        }
+        for shard in 0..self.shards.len() {
+            self.ask(shard, |reply| ShardMsg::Compact { revision, reply })
+                .await??;
+        }
+        Ok(())
+    }
+
+    /// A shard's Raft and store figures.
+    pub async fn status_of(&self, shard: usize) -> Result<ShardStatus, Status> {
+        self.ask(shard, |reply| ShardMsg::Status { reply }).await
+    }
+
+    /// The highest Raft term any shard reports.
+    pub fn raft_term(&self) -> u64 {
+        self.raft_term.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
