@@ -152,6 +152,29 @@ impl Config {
         {
             return Err("--cert-file/--key-file/--trusted-ca-file/--client-cert-auth: TLS is not implemented yet".into());
         }
+        if 5 * self.heartbeat_interval > self.election_timeout {
+            return Err(format!(
+                "--election-timeout[{}ms] should be at least as 5 times as --heartbeat-interval[{}ms]",
+                self.election_timeout, self.heartbeat_interval
+            ));
+        }
+        if self.heartbeat_interval == 0 || self.election_timeout > 50_000 {
+            return Err(format!(
+                "--heartbeat-interval must be positive and --election-timeout[{}ms] at most 50000ms",
+                self.election_timeout
+            ));
+        }
+        let members = self
+            .initial_cluster
+            .as_deref()
+            .map_or(1, |c| c.split(',').filter(|m| !m.is_empty()).count());
+        if members > 1 {
+            return Err(format!(
+                "--initial-cluster: names {members} members, but cairn does not replicate yet: \
+                 a member that ran alone would acknowledge writes no other member holds. \
+                 Start single members (one name in --initial-cluster) until clusters are built."
+            ));
+        }
         if self.initial_cluster_state != "new" && self.initial_cluster_state != "existing" {
             return Err(format!(
                 "--initial-cluster-state: {:?} is not \"new\" or \"existing\"",
@@ -165,20 +188,6 @@ impl Config {
     /// Socket addresses of `--listen-client-urls`.
     pub fn client_addrs(&self) -> Result<Vec<SocketAddr>, String> {
         parse_urls("--listen-client-urls", &self.listen_client_urls)
-    }
-
-    /// Flags accepted for compatibility whose effect is not implemented yet,
-    /// with a non-default value (the member says so at start).
-    pub fn not_yet_in_effect(&self) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        if self
-            .initial_cluster
-            .as_deref()
-            .is_some_and(|c| c.contains(','))
-        {
-            v.push("--initial-cluster with several members (this member runs alone)");
-        }
-        v
     }
 
     /// The auto-compaction policy, if on.
@@ -280,6 +289,35 @@ mod tests {
         assert!(e.contains("--initial-cluster-state"), "{e}");
         let e = parse(&["--cert-file", "x.pem"]).validate().unwrap_err();
         assert!(e.contains("TLS"), "{e}");
+        // etcd's rule and message.
+        let e = parse(&["--heartbeat-interval", "300"])
+            .validate()
+            .unwrap_err();
+        assert!(
+            e.contains("--election-timeout[1000ms] should be at least as 5 times as --heartbeat-interval[300ms]"),
+            "{e}"
+        );
+        assert!(
+            parse(&["--heartbeat-interval", "50", "--election-timeout", "250"])
+                .validate()
+                .is_ok()
+        );
+        // Several members: refused until clusters exist (it would run alone).
+        let e = parse(&[
+            "--initial-cluster",
+            "a=http://127.0.0.1:2380,b=http://127.0.0.1:2381",
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(
+            e.contains("--initial-cluster") && e.contains("2 members"),
+            "{e}"
+        );
+        assert!(
+            parse(&["--initial-cluster", "default=http://localhost:2380"])
+                .validate()
+                .is_ok()
+        );
     }
 
     #[test]

@@ -98,9 +98,6 @@ fn split_urls(urls: &str) -> Vec<String> {
 /// Runs a member until SIGINT or SIGTERM.
 pub fn run(cfg: Config) -> Result<(), String> {
     cfg.validate()?;
-    for flag in cfg.not_yet_in_effect() {
-        eprintln!("cairn: warning: {flag} is accepted but not in effect yet");
-    }
     if cfg.unsafe_no_fsync {
         eprintln!(
             "cairn: WARNING: --unsafe-no-fsync: the WAL does not fsync. Acknowledged writes \
@@ -142,6 +139,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
             wal_io: cfg.wal_io,
             parts: parts.clone(),
             fatal: fatal.clone(),
+            raft_timing: shard::RaftTiming {
+                heartbeat_ms: cfg.heartbeat_interval,
+                election_ms: cfg.election_timeout,
+            },
         })
         .collect();
     let (started, last) = shard::start_all(cfgs, &parts)?;

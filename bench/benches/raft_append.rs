@@ -49,7 +49,7 @@ fn raft_thread() -> JobThread<Job> {
             let store = Rc::new(RefCell::new(Store::new()));
             let sm = ShardStateMachine::new(store);
             // The shard's own Raft settings (`--snapshot-count` default).
-            let config = cairn::shard::raft_config(100_000).expect("config");
+            let config = cairn::shard::raft_config(100_000, Default::default()).expect("config");
             let raft: Raft<ShardRaft, ShardStateMachine> = Raft::new(
                 1,
                 Arc::new(config),

@@ -228,6 +228,7 @@ pub struct ShardConfig {
     /// The member's fatal-error latch: set when this shard's log or Raft
     /// group fails, or a write it proposed cannot be committed.
     pub fatal: Arc<Fatal>,
+    pub raft_timing: RaftTiming,
 }
 
 /// A started shard core: its handle and its thread.
@@ -381,16 +382,36 @@ fn watch_raft<C: openraft::RaftTypeConfig<NodeId = u64, Term = u64>>(
     .detach();
 }
 
+/// Raft timing, from `--heartbeat-interval` and `--election-timeout` (ms):
+/// heartbeats every `heartbeat_ms`; a follower that hears nothing campaigns
+/// after a random time in [`election_ms`, 2 × `election_ms`), as etcd
+/// randomizes its election ticks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RaftTiming {
+    pub heartbeat_ms: u64,
+    pub election_ms: u64,
+}
+
+impl Default for RaftTiming {
+    /// etcd's defaults.
+    fn default() -> Self {
+        RaftTiming {
+            heartbeat_ms: 100,
+            election_ms: 1000,
+        }
+    }
+}
+
 /// The Raft settings of a shard group. `--snapshot-count` counts writes, as
 /// etcd's does (one request per entry there); the shard triggers those
 /// snapshots itself since an entry may carry many writes. The policy here is
 /// the backstop for entries that carry none.
-pub fn raft_config(snapshot_count: u64) -> Result<openraft::Config, String> {
+pub fn raft_config(snapshot_count: u64, timing: RaftTiming) -> Result<openraft::Config, String> {
     openraft::Config {
         cluster_name: "cairn".into(),
-        heartbeat_interval: 100,
-        election_timeout_min: 300,
-        election_timeout_max: 600,
+        heartbeat_interval: timing.heartbeat_ms,
+        election_timeout_min: timing.election_ms,
+        election_timeout_max: timing.election_ms * 2,
         // The log behind a snapshot is purged (keeping a tail for slow
         // followers), and the WAL reclaims it.
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_count),
@@ -454,7 +475,7 @@ async fn run(
         .await
         .map_err(|x| e("reading the log's tail")(&x))?;
     cfg.parts.newest_in_log(cfg.id as u32, newest);
-    let config = Arc::new(raft_config(cfg.snapshot_count)?);
+    let config = Arc::new(raft_config(cfg.snapshot_count, cfg.raft_timing)?);
     let raft = Raft::new(
         cfg.member_id,
         config,
@@ -662,6 +683,12 @@ where
     if !raft.is_initialized().await.map_err(|e| e.to_string())? {
         let members = BTreeMap::from([(member_id, BasicNode::new(peer_url))]);
         raft.initialize(members).await.map_err(|e| e.to_string())?;
+    } else if raft.metrics().borrow_watched().current_leader != Some(member_id) {
+        // The sole voter: campaign now rather than after an election timeout.
+        raft.trigger()
+            .elect(false)
+            .await
+            .map_err(|e| e.to_string())?;
     }
     raft.wait(Some(Duration::from_secs(60)))
         .current_leader(member_id, "becoming leader")
@@ -722,9 +749,9 @@ async fn start_meta(
     let sm = MetaStateMachine::open(cfg.dir.join("meta")).map_err(|e| e.to_string())?;
     let config = openraft::Config {
         cluster_name: "cairn-meta".into(),
-        heartbeat_interval: 100,
-        election_timeout_min: 300,
-        election_timeout_max: 600,
+        heartbeat_interval: cfg.raft_timing.heartbeat_ms,
+        election_timeout_min: cfg.raft_timing.election_ms,
+        election_timeout_max: cfg.raft_timing.election_ms * 2,
         // The meta group shares shard 0's WAL, whose segments are reclaimed
         // only once no group needs them: its rare entries must not pin them.
         // A snapshot (a few hundred bytes) after every entry purges its log.
