@@ -13,9 +13,38 @@ use cairn_proto::etcdserverpb::kv_client::KvClient;
 use cairn_proto::etcdserverpb::{PutRequest, RangeRequest};
 use common::{free_port, rt, wait_serving};
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+/// A test's places: a temp dir (kept while the first value lives), the
+/// member's data dir and stderr log in it, a client port and its URL.
+fn scene() -> (tempfile::TempDir, PathBuf, PathBuf, u16, String) {
+    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tmp");
+    let (dir, log) = (base.path().join("member"), base.path().join("stderr"));
+    let port = free_port();
+    (base, dir, log, port, format!("http://127.0.0.1:{port}"))
+}
+
+/// SIGKILL by PID, and reap it.
+fn kill(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// How many keys there are in [`from`, `to`).
+async fn count_keys(kv: &mut KvClient<tonic::transport::Channel>, from: &[u8], to: &[u8]) -> i64 {
+    kv.range(RangeRequest {
+        key: from.to_vec(),
+        range_end: to.to_vec(),
+        count_only: true,
+        ..Default::default()
+    })
+    .await
+    .expect("range")
+    .into_inner()
+    .count
+}
 
 /// Starts a member whose stderr goes to `log`.
 fn start(dir: &Path, port: u16, log: &Path, extra: &[&str]) -> Child {
@@ -101,11 +130,7 @@ async fn put_keys(kv: &mut KvClient<tonic::transport::Channel>, from: usize, n: 
 }
 
 fn log_failure_stops_the_member(failpoint: &str, extra: &[&str]) {
-    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tmp");
-    let dir = base.path().join("member");
-    let log = base.path().join("stderr");
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
+    let (_base, dir, log, port, url) = scene();
     let mut child = start(&dir, port, &log, extra);
     let rt = rt();
     let mut kv = rt.block_on(async { KvClient::new(common::channel(&url).await) });
@@ -168,8 +193,7 @@ fn log_failure_stops_the_member(failpoint: &str, extra: &[&str]) {
         }
         assert_eq!(put_keys(&mut kv, 100, 5).await, 5, "writes resume");
     });
-    let _ = child.kill();
-    let _ = child.wait();
+    kill(child);
 }
 
 #[test]
@@ -186,16 +210,8 @@ fn a_failed_fsync_stops_the_member() {
 
 #[test]
 fn no_room_for_the_next_segment_refuses_writes_until_there_is() {
-    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tmp");
-    let log = base.path().join("stderr");
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut child = start(
-        &base.path().join("member"),
-        port,
-        &log,
-        &["--wal-segment-bytes", "1048576"],
-    );
+    let (_base, dir, log, port, url) = scene();
+    let mut child = start(&dir, port, &log, &["--wal-segment-bytes", "1048576"]);
     // Every new segment file now fails with ENOSPC.
     let (code, _) = http(port, "PUT", "/failpoints/wal::create", "return").expect("answers");
     assert_eq!(code, 200);
@@ -260,28 +276,14 @@ fn no_room_for_the_next_segment_refuses_writes_until_there_is() {
             assert!(Instant::now() < deadline, "still unhealthy: {body}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let all = kv
-            .range(RangeRequest {
-                key: b"k".to_vec(),
-                range_end: b"l".to_vec(),
-                count_only: true,
-                ..Default::default()
-            })
-            .await
-            .expect("range")
-            .into_inner();
-        assert_eq!(
-            all.count,
-            acked.len() as i64,
-            "every acknowledged key is there"
-        );
+        let count = count_keys(&mut kv, b"k", b"l").await;
+        assert_eq!(count, acked.len() as i64, "every acknowledged key is there");
     });
     assert!(
         child.try_wait().expect("wait").is_none(),
         "the member kept running"
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    kill(child);
 }
 
 /// A member restarted after a SIGKILL with a committed index it never saved
@@ -290,11 +292,7 @@ fn no_room_for_the_next_segment_refuses_writes_until_there_is() {
 /// last one written, and every key is there.
 #[test]
 fn a_restart_replays_the_whole_log_before_stamping() {
-    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tmp");
-    let dir = base.path().join("member");
-    let log = base.path().join("stderr");
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
+    let (_base, dir, log, port, url) = scene();
     let mut child = start_with_failpoints(&dir, port, &log, &[], "raft::save_committed=return");
     let rt = rt();
     rt.block_on(async {
@@ -325,24 +323,14 @@ fn a_restart_replays_the_whole_log_before_stamping() {
             revision, 62,
             "above the 60 puts replayed (revisions 2..=61)"
         );
-        let all = kv
-            .range(RangeRequest {
-                key: b"k".to_vec(),
-                range_end: b"l".to_vec(),
-                count_only: true,
-                ..Default::default()
-            })
-            .await
-            .expect("range")
-            .into_inner();
-        assert_eq!(all.count, 60);
+        let count = count_keys(&mut kv, b"k", b"l").await;
+        assert_eq!(count, 60);
     });
     assert!(
         child.try_wait().expect("wait").is_none(),
         "the member kept running"
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    kill(child);
 }
 
 /// Keys `prefix{i}` that live on `shard` of 2.
@@ -362,11 +350,7 @@ fn keys_on(shard: usize, prefix: &str, n: usize) -> Vec<String> {
 /// after M" on the first write after such a restart).
 #[test]
 fn a_restart_stamps_above_writes_behind_an_incomplete_part() {
-    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tmp");
-    let dir = base.path().join("member");
-    let log = base.path().join("stderr");
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
+    let (_base, dir, log, port, url) = scene();
     let mut child = start(&dir, port, &log, &[]);
     let (on0, on1) = (keys_on(0, "x", 1), keys_on(1, "y", 64));
     let rt = rt();
@@ -446,8 +430,7 @@ fn a_restart_stamps_above_writes_behind_an_incomplete_part() {
         "the member stopped after the restart:\n{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    kill(child);
 }
 
 /// A snapshot that cannot be written (Defragment takes one on every shard)
@@ -456,11 +439,7 @@ fn a_restart_stamps_above_writes_behind_an_incomplete_part() {
 fn a_failed_snapshot_write_stops_the_member() {
     use cairn_proto::etcdserverpb::maintenance_client::MaintenanceClient;
     use cairn_proto::etcdserverpb::DefragmentRequest;
-    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tmp");
-    let dir = base.path().join("member");
-    let log = base.path().join("stderr");
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
+    let (_base, dir, log, port, url) = scene();
     let mut child = start(&dir, port, &log, &[]);
     let rt = rt();
     rt.block_on(async {
@@ -487,18 +466,8 @@ fn a_failed_snapshot_write_stops_the_member() {
     let mut child = start(&dir, port, &log, &[]);
     rt.block_on(async {
         let mut kv = KvClient::new(common::channel(&url).await);
-        let all = kv
-            .range(RangeRequest {
-                key: b"k".to_vec(),
-                range_end: b"l".to_vec(),
-                count_only: true,
-                ..Default::default()
-            })
-            .await
-            .expect("range")
-            .into_inner();
-        assert_eq!(all.count, 40, "every acknowledged key is there");
+        let count = count_keys(&mut kv, b"k", b"l").await;
+        assert_eq!(count, 40, "every acknowledged key is there");
     });
-    let _ = child.kill();
-    let _ = child.wait();
+    kill(child);
 }

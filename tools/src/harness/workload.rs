@@ -66,6 +66,25 @@ impl Ctx {
         self.max_revision.fetch_max(revision, Ordering::Relaxed);
     }
 
+    /// Records `call`'s outcome from `answer` (`done` describes an answered
+    /// one); the answer, if there was one.
+    fn settle<T>(
+        &self,
+        client: u32,
+        invoke_us: u64,
+        call: Call,
+        answer: Answer<T>,
+        done: impl FnOnce(&T) -> Done,
+    ) -> Option<T> {
+        let (outcome, answered) = match answer {
+            Answer::Ok(r) => (Outcome::Ok(done(&r)), Some(r)),
+            Answer::Failed(error) => (Outcome::Failed { error }, None),
+            Answer::Unknown(error) => (Outcome::Unknown { error }, None),
+        };
+        self.op(client, invoke_us, call, outcome);
+        answered
+    }
+
     fn op(&self, client: u32, invoke_us: u64, call: Call, outcome: Outcome) {
         if let Outcome::Ok(done) = &outcome {
             self.saw(done.revision);
@@ -182,29 +201,23 @@ pub async fn get(
         key: key.into(),
         serializable: false,
     };
-    match answer {
-        Answer::Ok(r) => {
-            let kv = r.kvs.first();
-            let value = kv.map(|kv| text(&kv.value));
-            let mod_revision = kv.map_or(0, |kv| kv.mod_revision);
-            let done = Done {
-                revision: header_revision(&r.header),
-                value: value.clone(),
-                mod_revision,
-                ..Default::default()
-            };
-            ctx.op(client, invoke, call_, Outcome::Ok(done));
-            Some((value, mod_revision))
+    let value_of = |r: &cairn_proto::etcdserverpb::RangeResponse| {
+        let kv = r.kvs.first();
+        (
+            kv.map(|kv| text(&kv.value)),
+            kv.map_or(0, |kv| kv.mod_revision),
+        )
+    };
+    let r = ctx.settle(client, invoke, call_, answer, |r| {
+        let (value, mod_revision) = value_of(r);
+        Done {
+            revision: header_revision(&r.header),
+            value,
+            mod_revision,
+            ..Default::default()
         }
-        Answer::Failed(error) => {
-            ctx.op(client, invoke, call_, Outcome::Failed { error });
-            None
-        }
-        Answer::Unknown(error) => {
-            ctx.op(client, invoke, call_, Outcome::Unknown { error });
-            None
-        }
-    }
+    })?;
+    Some(value_of(&r))
 }
 
 /// One register client until the deadline.
@@ -246,25 +259,18 @@ pub async fn register_client(
                     key: key.clone(),
                     value: value.clone(),
                 };
-                match answer {
-                    Answer::Ok(r) => {
-                        let revision = header_revision(&r.header);
-                        seen.insert(key, (Some(value), revision));
-                        let done = Done {
-                            revision,
-                            ..Default::default()
-                        };
-                        ctx.op(client, invoke, call_, Outcome::Ok(done));
+                let revision =
+                    |r: &cairn_proto::etcdserverpb::PutResponse| header_revision(&r.header);
+                let answered = ctx.settle(client, invoke, call_, answer, |r| Done {
+                    revision: revision(r),
+                    ..Default::default()
+                });
+                match answered {
+                    Some(r) => {
+                        seen.insert(key, (Some(value), revision(&r)));
                         false
                     }
-                    Answer::Failed(error) => {
-                        ctx.op(client, invoke, call_, Outcome::Failed { error });
-                        true
-                    }
-                    Answer::Unknown(error) => {
-                        ctx.op(client, invoke, call_, Outcome::Unknown { error });
-                        true
-                    }
+                    None => true,
                 }
             } else {
                 let last = seen.get(&key).cloned().unwrap_or((None, 0));
@@ -284,28 +290,19 @@ pub async fn register_client(
                     expect,
                     value: value.clone(),
                 };
-                match answer {
-                    Answer::Ok(r) => {
-                        let revision = header_revision(&r.header);
+                let answered = ctx.settle(client, invoke, call_, answer, |r| Done {
+                    revision: header_revision(&r.header),
+                    succeeded: Some(r.succeeded),
+                    ..Default::default()
+                });
+                match answered {
+                    Some(r) => {
                         if r.succeeded {
-                            seen.insert(key, (Some(value), revision));
+                            seen.insert(key, (Some(value), header_revision(&r.header)));
                         }
-                        let done = Done {
-                            revision,
-                            succeeded: Some(r.succeeded),
-                            ..Default::default()
-                        };
-                        ctx.op(client, invoke, call_, Outcome::Ok(done));
                         false
                     }
-                    Answer::Failed(error) => {
-                        ctx.op(client, invoke, call_, Outcome::Failed { error });
-                        true
-                    }
-                    Answer::Unknown(error) => {
-                        ctx.op(client, invoke, call_, Outcome::Unknown { error });
-                        true
-                    }
+                    None => true,
                 }
             }
         };
