@@ -168,7 +168,7 @@ fn log_failure_stops_the_member(failpoint: &str, extra: &[&str]) {
 
     // Restarted without the failpoint: every acknowledged write is there and
     // writes resume.
-    let mut child = start(&dir, port, &log, extra);
+    let child = start(&dir, port, &log, extra);
     rt.block_on(async {
         let mut kv = KvClient::new(common::channel(&url).await);
         let r = kv
@@ -463,7 +463,7 @@ fn a_failed_snapshot_write_stops_the_member() {
         stderr.contains("stopping after a fatal error") && stderr.contains("Input/output error"),
         "the member says why it stopped:\n{stderr}"
     );
-    let mut child = start(&dir, port, &log, &[]);
+    let child = start(&dir, port, &log, &[]);
     rt.block_on(async {
         let mut kv = KvClient::new(common::channel(&url).await);
         let count = count_keys(&mut kv, b"k", b"l").await;
