@@ -67,6 +67,13 @@ enum Cmd {
         /// NAME=ACTION (the fail crate's syntax); repeatable.
         #[arg(long)]
         failpoint: Vec<String>,
+        /// One more flag for every member (repeatable), e.g.
+        /// `--member-arg=--unsafe-no-fsync`.
+        #[arg(long, allow_hyphen_values = true)]
+        member_arg: Vec<String>,
+        /// The members' --snapshot-count.
+        #[arg(long, default_value_t = 2000)]
+        snapshot_count: u64,
     },
     /// Check a recorded history again.
     Check {
@@ -109,6 +116,8 @@ fn real_main() -> Result<bool> {
             no_loop_disk,
             check_seconds,
             failpoint,
+            member_arg,
+            snapshot_count,
         } => {
             let cairn = match cairn {
                 Some(c) => c,
@@ -139,6 +148,8 @@ fn real_main() -> Result<bool> {
             if no_loop_disk {
                 cfg.loop_disk_mib = None;
             }
+            cfg.member_args = member_arg;
+            cfg.snapshot_count = snapshot_count;
             for f in failpoint {
                 let (name, action) = f.split_once('=').context("--failpoint NAME=ACTION")?;
                 cfg.failpoints.push((name.into(), action.into()));

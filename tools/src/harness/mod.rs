@@ -65,6 +65,9 @@ pub struct Config {
     pub member_args: Vec<String>,
     /// Failpoints (name, action) set on every member after every start.
     pub failpoints: Vec<(String, String)>,
+    /// The members' `--snapshot-count` (small: snapshots and log purges
+    /// happen within a short run).
+    pub snapshot_count: u64,
 }
 
 impl Config {
@@ -92,6 +95,7 @@ impl Config {
             },
             member_args: Vec::new(),
             failpoints: Vec::new(),
+            snapshot_count: 2000,
         }
     }
 }
@@ -175,7 +179,7 @@ pub fn run(cfg: &Config) -> Result<Summary> {
         "--wal-segment-bytes".into(),
         "65536".into(),
         "--snapshot-count".into(),
-        "2000".into(),
+        cfg.snapshot_count.to_string(),
     ];
     args.extend(cfg.member_args.iter().cloned());
     let port = crate::ports::free_port();
@@ -300,12 +304,23 @@ pub fn run(cfg: &Config) -> Result<Summary> {
         std::thread::sleep(rest);
     }
     if !member.running() || member.try_exit().is_some() {
-        member.start()?;
+        // A member that does not come back (e.g. it refuses its data dir
+        // after a power loss) is a finding; the history is still checked.
+        if let Err(e) = member.start() {
+            nemesis_errors.push(format!("start after the faults: {e:#}"));
+        }
     }
     ctx.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let up = member.running();
     let stuck = rt.block_on(async {
         for c in clients {
             let _ = c.await;
+        }
+        if !up {
+            for w in watchers {
+                w.abort();
+            }
+            return Ok(vec!["the member is down: no final reads".to_string()]);
         }
         // The final reads: every key, linearizable, after every fault.
         let mut kv = cairn_proto::etcdserverpb::kv_client::KvClient::new(
