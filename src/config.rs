@@ -108,7 +108,8 @@ pub struct Config {
     pub wal_segment_bytes: u64,
     /// Shard cores (default: online CPUs). Fixed when the data dir is
     /// created; a restart with another count is refused.
-    #[arg(long, env = "ETCD_SHARDS")]
+    /// (Also read from `ETCD_SHARDS`, deprecated: etcd has no such flag.)
+    #[arg(long, env = "CAIRN_SHARDS")]
     pub shards: Option<usize>,
 }
 
@@ -117,6 +118,24 @@ impl Config {
         self.data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("{}.cairn", self.name)))
+    }
+
+    /// Takes settings from deprecated environment variables that nothing
+    /// newer set (`ETCD_SHARDS` → `--shards`); returns a warning for each.
+    pub fn apply_deprecated_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(v) = env("ETCD_SHARDS") {
+            warnings.push(
+                "ETCD_SHARDS is deprecated (etcd has no --shards): use CAIRN_SHARDS".to_string(),
+            );
+            if self.shards.is_none() {
+                match v.trim().parse() {
+                    Ok(n) => self.shards = Some(n),
+                    Err(_) => warnings.push(format!("ETCD_SHARDS={v:?} is not a number: ignored")),
+                }
+            }
+        }
+        warnings
     }
 
     pub fn shards(&self) -> usize {
@@ -318,6 +337,22 @@ mod tests {
                 .validate()
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn etcd_shards_still_works_with_a_warning() {
+        let env = |v: &'static str| move |k: &str| (k == "ETCD_SHARDS").then(|| v.to_string());
+        let mut c = parse(&[]);
+        let w = c.apply_deprecated_env(env("3"));
+        assert_eq!(c.shards, Some(3));
+        assert!(w[0].contains("CAIRN_SHARDS"), "{w:?}");
+        // The flag (or CAIRN_SHARDS) wins.
+        let mut c = parse(&["--shards", "2"]);
+        c.apply_deprecated_env(env("3"));
+        assert_eq!(c.shards, Some(2));
+        let mut c = parse(&[]);
+        assert!(c.apply_deprecated_env(|_| None).is_empty());
+        assert_eq!(c.shards, None);
     }
 
     #[test]

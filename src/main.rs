@@ -55,7 +55,10 @@ fn main() -> ExitCode {
         eprintln!("cairn: WARNING: built with failpoints (a test build)");
         fail::FailScenario::setup()
     };
-    let cfg = cairn::config::Config::parse();
+    let mut cfg = cairn::config::Config::parse();
+    for warning in cfg.apply_deprecated_env(|k| std::env::var(k).ok()) {
+        eprintln!("cairn: warning: {warning}");
+    }
     match cairn::server::run(cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

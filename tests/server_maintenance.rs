@@ -270,3 +270,25 @@ fn shards_default_to_and_stay_on_the_cpus_cairn_may_use() {
         "{shard_threads:?} not all on CPU {cpu}"
     );
 }
+
+/// Defragment answers as etcd 3.4's does: an empty response, no header
+/// (client libraries check `header` is absent).
+#[test]
+fn defragment_answers_without_a_header_as_etcd() {
+    use cairn_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+    use cairn_proto::etcdserverpb::DefragmentRequest;
+    let tmp = tempfile::tempdir().unwrap();
+    let cairn = Cairn::start(tmp.path(), 2);
+    let etcd = common::etcd();
+    let rt = common::rt();
+    for url in [cairn.url(), etcd.url.clone()] {
+        let r = rt.block_on(async {
+            MaintenanceClient::new(common::channel(&url).await)
+                .defragment(DefragmentRequest {})
+                .await
+                .expect("defragment")
+                .into_inner()
+        });
+        assert_eq!(r.header, None, "{url}");
+    }
+}
