@@ -471,3 +471,41 @@ fn a_failed_snapshot_write_stops_the_member() {
     });
     kill(child);
 }
+
+/// A member restarted on a full disk starts (it writes nothing new to start),
+/// serves reads, refuses writes for want of room, and takes them once there
+/// is room. Before, every start wrote a probe file and a full disk kept the
+/// member from starting (found by the harness's soak: a disk-full spell whose
+/// freed space a power cut took back). Needs root (a loop-mounted ext4).
+#[test]
+fn a_member_starts_on_a_full_disk() {
+    use cairn_tools::harness::members::LoopDisk;
+    let (base, _, log, port, url) = scene();
+    let disk = LoopDisk::create(base.path(), 64).expect("a loop-mounted ext4 (run as root)");
+    let dir = disk.mount.join("member");
+    let extra = ["--wal-segment-bytes", "1048576"];
+    let child = start(&dir, port, &log, &extra);
+    let rt = rt();
+    rt.block_on(async {
+        let mut kv = KvClient::new(common::channel(&url).await);
+        assert_eq!(put_keys(&mut kv, 0, 40).await, 40);
+    });
+    kill(child);
+    disk.fill(0).expect("fill the disk");
+    let child = start(&dir, port, &log, &extra);
+    rt.block_on(async {
+        let mut kv = KvClient::new(common::channel(&url).await);
+        assert_eq!(
+            count_keys(&mut kv, b"k", b"l").await,
+            40,
+            "reads on a full disk"
+        );
+        disk.unfill().expect("room again");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while put_keys(&mut kv, 100, 1).await != 1 {
+            assert!(Instant::now() < deadline, "writes did not resume");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    kill(child);
+}

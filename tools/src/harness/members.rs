@@ -272,7 +272,19 @@ impl LoopDisk {
 
     pub fn unmount(&mut self) -> Result<()> {
         if self.mounted {
-            run(Command::new("umount").arg(&self.mount))?;
+            // A killed member's io_uring requests may hold its files for a
+            // moment after it is reaped: retry a busy unmount briefly.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                match run(Command::new("umount").arg(&self.mount)) {
+                    Ok(()) => break,
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        let _ = e;
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             self.mounted = false;
         }
         Ok(())
@@ -315,12 +327,16 @@ impl LoopDisk {
         Ok(())
     }
 
-    /// Removes the ballast.
+    /// Removes the ballast, durably: a later power cut must not bring it
+    /// back (the file system's journal would otherwise replay the disk to
+    /// full).
     pub fn unfill(&self) -> Result<()> {
         match std::fs::remove_file(self.mount.join("ballast")) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
         }
+        std::fs::File::open(&self.mount)?.sync_all()?;
+        Ok(())
     }
 
     pub fn free_bytes(&self) -> Result<u64> {

@@ -281,6 +281,22 @@ pub fn run(cfg: &Config) -> Result<Summary> {
         let Some(kind) = schedule.next(&mut rng) else {
             break;
         };
+        // A member may stop on its own after a fault (e.g. a snapshot that
+        // could not be written once the disk was full): it must stop
+        // non-zero, and is restarted before the next fault.
+        if let Some(status) = member.try_exit() {
+            eprintln!(
+                "cairn-harness: {} had stopped on its own ({status}); restarting",
+                member.name
+            );
+            if status.success() {
+                nemesis_errors.push(format!("{} exited with {status} on its own", member.name));
+            }
+            if let Err(e) = member.start() {
+                nemesis_errors.push(format!("restart: {e:#}"));
+                break;
+            }
+        }
         match nemesis::inject(kind, &mut member, disk.as_mut(), &mut rng, &recorder) {
             Ok(detail) => eprintln!("cairn-harness: {}: {detail}", kind.name()),
             Err(e) => {

@@ -185,6 +185,14 @@ impl Storage for DmaStorage {
     }
 
     async fn open(&self, name: &str) -> io::Result<DmaFile> {
+        let path = self.dir.join(name);
+        if !self.probed.get() && std::fs::metadata(&path).is_ok_and(|m| m.len() >= 4096) {
+            // An existing segment holds durable blocks (it was zero-filled
+            // and synced before it got its name): glommio's probe of it is
+            // a real one, and no probe file has to be written — which a
+            // member starting on a full disk could not do.
+            self.probed.set(true);
+        }
         self.ensure_probe().await?;
         let dsync = if self.io == WalIo::Dsync && !self.no_fsync {
             libc::O_DSYNC
@@ -195,7 +203,7 @@ impl Storage for DmaStorage {
             .read(true)
             .write(true)
             .custom_flags(dsync)
-            .dma_open(self.dir.join(name))
+            .dma_open(path)
             .await
             .map_err(to_io)
     }
