@@ -188,7 +188,8 @@ impl pb::cluster_server::Cluster for ClusterService {
             .await?
             .ok_or_else(|| Status::internal("shard 0 runs no meta group"))?;
         Ok(Response::new(pb::MemberListResponse {
-            header: Some(m.header(m.seq.committed(), m.raft_term())),
+            // etcd 3.4's MemberList header carries no revision.
+            header: Some(m.header(0, m.raft_term())),
             members: members
                 .into_iter()
                 .map(|r| pb::Member {

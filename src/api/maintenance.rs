@@ -1,10 +1,13 @@
 //! The Maintenance service, alarms and the space quota.
 //!
 //! - `Status`: version, db size, leader, Raft index/term, alarms as errors.
-//! - `Hash`/`HashKV`: cairn's own hash of the key-value state (equal states
-//!   hash equally; the values differ from etcd's, which hashes its bbolt file).
-//! - `Alarm`: GET, ACTIVATE and DEACTIVATE, kept durably in the data dir
-//!   (`alarms`, one `member_id alarm` line each).
+//! - `Hash`/`HashKV`: cairn's own hash of the live keys at a revision (equal
+//!   states hash equally; the values differ from etcd's, which hashes its
+//!   bbolt file (`Hash`) or every revision kept since the last compaction
+//!   (`HashKV`), so a compaction changes etcd's HashKV and not cairn's).
+//! - `Alarm`: GET, ACTIVATE and DEACTIVATE as etcd 3.4 (no header; exact
+//!   (member, type) pairs), kept durably in the data dir (`alarms`, one
+//!   `member_id alarm` line each).
 //! - Space quota: the store's size ([`crate::mvcc::Store::bytes`], every
 //!   version not compacted away) is what `Status.dbSize` reports and
 //!   `--quota-backend-bytes` limits (0: etcd's default, 2 GiB). A put or a
@@ -17,7 +20,12 @@
 //!   at once; defragment makes every shard write a fresh snapshot so the WAL
 //!   behind it is reclaimed on disk.
 //! - `Snapshot`: a consistent point-in-time copy of every key's history at
-//!   the committed revision, streamed in 32 KiB chunks (format below).
+//!   the committed revision (format below), streamed as etcd streams its
+//!   file: 32 KiB chunks of the data, then the SHA-256 in a message of its own.
+//! - `MoveLeader`: a lone member leads every shard; only itself is a target.
+//!
+//! Response shapes (which fields are set, headers or none) are etcd 3.4.23's,
+//! checked side by side with a real etcd in `tests/server_shapes.rs`.
 //!
 //! Snapshot format (all integers little-endian):
 //! ```text
@@ -29,6 +37,7 @@
 //! The padding makes `etcdctl snapshot save` accept the stream: it checks that
 //! a snapshot is whole 512-byte pages followed by a SHA-256, as etcd's are.
 
+use crate::api::EtcdError;
 use crate::member::{Member, ETCD_API_VERSION};
 use crate::mvcc::StoreImage;
 use crate::shard::ShardMsg;
@@ -64,12 +73,27 @@ pub fn txn_cost(t: &pb::TxnRequest) -> u64 {
         .sum()
 }
 
+/// An alarm as etcd 3.4 writes it in `Status.errors`: gogo protobuf's
+/// compact text form of the `AlarmMember`, each field followed by a space
+/// and zero fields left out (`memberID:5 alarm:NOSPACE `, `alarm:NOSPACE `
+/// for member 0, `memberID:5 ` for NONE, a number for a type it has no
+/// name for).
+fn alarm_text(member_id: u64, alarm: i32) -> String {
+    let mut text = String::new();
+    if member_id != 0 {
+        text.push_str(&format!("memberID:{member_id} "));
+    }
+    if alarm != 0 {
+        match AlarmType::try_from(alarm) {
+            Ok(t) => text.push_str(&format!("alarm:{} ", t.as_str_name())),
+            Err(_) => text.push_str(&format!("alarm:{alarm} ")),
+        }
+    }
+    text
+}
+
 /// See the module docs.
 pub struct MaintenanceService(pub Arc<Member>);
-
-fn unimplemented(rpc: &str) -> Status {
-    Status::unimplemented(format!("cairn: Maintenance.{rpc} is not implemented yet"))
-}
 
 type SnapshotStream =
     Pin<Box<dyn futures::Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
@@ -105,51 +129,54 @@ impl MaintenanceService {
 
 #[tonic::async_trait]
 impl pb::maintenance_server::Maintenance for MaintenanceService {
+    /// As etcd 3.4: no header; GET lists the alarms of the requested type
+    /// (NONE: every alarm); ACTIVATE records any (member, type) pair as
+    /// asked — member 0 and type NONE included — and answers it; DEACTIVATE
+    /// removes exactly that pair and answers it if it was raised (clients
+    /// such as `etcdctl alarm disarm` list the alarms and disarm each).
     async fn alarm(
         &self,
         request: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
         let r = request.into_inner();
         let m = &self.0;
-        let member = |list: Vec<(u64, i32)>| -> Vec<pb::AlarmMember> {
-            list.into_iter()
-                .map(|(member_id, alarm)| pb::AlarmMember { member_id, alarm })
-                .collect()
-        };
+        let pair = (r.member_id, r.alarm);
         let alarms = match AlarmAction::try_from(r.action) {
-            Ok(AlarmAction::Get) => member(m.alarms.list()),
+            Ok(AlarmAction::Get) => m
+                .alarms
+                .list()
+                .into_iter()
+                .filter(|(_, alarm)| r.alarm == AlarmType::None as i32 || *alarm == r.alarm)
+                .collect(),
             Ok(AlarmAction::Activate) => {
-                if r.alarm == AlarmType::None as i32 {
-                    Vec::new()
-                } else {
-                    m.alarms.change(|a| {
-                        a.insert((r.member_id, r.alarm));
-                    })?;
-                    member(vec![(r.member_id, r.alarm)])
-                }
+                m.alarms.change(|a| {
+                    a.insert(pair);
+                })?;
+                vec![pair]
             }
             Ok(AlarmAction::Deactivate) => {
-                let doomed: Vec<(u64, i32)> = m
-                    .alarms
-                    .list()
-                    .into_iter()
-                    .filter(|(id, alarm)| {
-                        (r.member_id == 0 || *id == r.member_id)
-                            && (r.alarm == AlarmType::None as i32 || *alarm == r.alarm)
-                    })
-                    .collect();
-                m.alarms.change(|a| {
-                    for d in &doomed {
-                        a.remove(d);
-                    }
-                })?;
-                member(doomed)
+                let mut was_raised = false;
+                m.alarms.change(|a| was_raised = a.remove(&pair))?;
+                if was_raised {
+                    vec![pair]
+                } else {
+                    Vec::new()
+                }
             }
-            Err(_) => return Err(Status::invalid_argument("etcdserver: unknown alarm action")),
+            // etcd 3.4.23 dereferences a nil response and crashes here.
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "cairn: unknown alarm action {}",
+                    r.action
+                )))
+            }
         };
         Ok(Response::new(pb::AlarmResponse {
-            header: Some(m.header(m.seq.committed(), m.raft_term())),
-            alarms,
+            header: None,
+            alarms: alarms
+                .into_iter()
+                .map(|(member_id, alarm)| pb::AlarmMember { member_id, alarm })
+                .collect(),
         }))
     }
 
@@ -171,10 +198,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             .alarms
             .list()
             .into_iter()
-            .map(|(id, a)| {
-                let name = AlarmType::try_from(a).map_or("NONE", |t| t.as_str_name());
-                format!("memberID:{id} alarm:{name} ")
-            })
+            .map(|(id, a)| alarm_text(id, a))
             .collect();
         Ok(Response::new(pb::StatusResponse {
             header: Some(m.header(m.seq.committed(), term)),
@@ -232,32 +256,47 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     type SnapshotStream = SnapshotStream;
 
+    /// Streamed as etcd 3.4 streams its file: 32 KiB chunks of the data
+    /// (the last one shorter), each without a header and with the bytes of
+    /// data still to come, then one last message with the SHA-256 of the
+    /// data (`remaining_bytes` 0 again).
     async fn snapshot(
         &self,
         _: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        let bytes = self.snapshot_bytes().await?;
-        let header = self.0.header(self.0.seq.committed(), self.0.raft_term());
-        let total = bytes.len();
-        let chunks: Vec<Result<pb::SnapshotResponse, Status>> = bytes
+        let mut data = self.snapshot_bytes().await?;
+        let digest = data.split_off(data.len() - 32);
+        let total = data.len();
+        let mut messages: Vec<Result<pb::SnapshotResponse, Status>> = data
             .chunks(SNAPSHOT_CHUNK_BYTES)
             .scan(0usize, |sent, chunk| {
                 *sent += chunk.len();
                 Some(Ok(pb::SnapshotResponse {
-                    header: Some(header),
+                    header: None,
                     remaining_bytes: (total - *sent) as u64,
                     blob: chunk.to_vec(),
                 }))
             })
             .collect();
-        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+        messages.push(Ok(pb::SnapshotResponse {
+            header: None,
+            remaining_bytes: 0,
+            blob: digest,
+        }));
+        Ok(Response::new(Box::pin(futures::stream::iter(messages))))
     }
 
+    /// One member leads every shard: as etcd's lone member, it answers a
+    /// transfer to itself at once (empty response, no header) and refuses
+    /// any other target, which is not a member.
     async fn move_leader(
         &self,
-        _: Request<pb::MoveLeaderRequest>,
+        request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
-        Err(unimplemented("MoveLeader"))
+        if request.into_inner().target_id != self.0.member_id {
+            return Err(EtcdError::BadLeaderTransferee.status());
+        }
+        Ok(Response::new(pb::MoveLeaderResponse { header: None }))
     }
 }
 

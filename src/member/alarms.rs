@@ -1,5 +1,6 @@
 //! The member's alarms (kept durably in the data dir: `alarms`, one
-//! `member_id alarm` line each) and the space quota check (see
+//! `member_id alarm` line each: the id in hex, the type by name, or by
+//! number for a type without one) and the space quota check (see
 //! `crate::api::maintenance` for what etcd does and cairn follows).
 
 use super::Member;
@@ -36,7 +37,10 @@ impl Alarms {
                     let mut f = line.split_whitespace();
                     let parsed = (|| {
                         let member = u64::from_str_radix(f.next()?, 16).ok()?;
-                        let alarm = AlarmType::from_str_name(f.next()?)? as i32;
+                        let alarm = f.next()?;
+                        let alarm = AlarmType::from_str_name(alarm)
+                            .map(|t| t as i32)
+                            .or_else(|| alarm.parse().ok())?;
                         Some((member, alarm))
                     })();
                     active.insert(
@@ -80,7 +84,9 @@ impl Alarms {
         let text: String = next
             .iter()
             .map(|(m, a)| {
-                let name = AlarmType::try_from(*a).map_or("NONE", |t| t.as_str_name());
+                // A type etcd has no name for (it accepts any) as its number.
+                let name = AlarmType::try_from(*a)
+                    .map_or_else(|_| a.to_string(), |t| t.as_str_name().to_string());
                 format!("{m:x} {name}\n")
             })
             .collect();

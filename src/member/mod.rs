@@ -149,6 +149,11 @@ impl Member {
 
     /// The member's key-value hash at `revision` (0: at C): the shards'
     /// hashes, combined in shard order. Returns (hash, compaction point, revision).
+    ///
+    /// As etcd's HashKV: a revision at or below the compaction point is
+    /// compacted; a negative one names no revision (etcd hashes the empty
+    /// range of revisions (compaction, revision]), so its hash is that of
+    /// an empty store.
     pub async fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), Status> {
         let c = self.seq.committed();
         if revision > c {
@@ -164,8 +169,17 @@ impl Member {
                     reply,
                 })
                 .await??;
+            // A shard holding no key hashes to that of an empty hasher.
+            let h = if revision < 0 {
+                crc32fast::hash(&[])
+            } else {
+                h
+            };
             combined.update(&h.to_le_bytes());
             compacted = comp;
+        }
+        if revision > 0 && revision <= compacted {
+            return Err(EtcdError::Compacted.status());
         }
         Ok((combined.finalize(), compacted, at))
     }
