@@ -256,7 +256,10 @@ fn services_not_built_yet_answer_unimplemented() {
             .unwrap_err();
         assert_eq!(
             (e.code(), e.message()),
-            (Code::FailedPrecondition, "etcdserver: bad leader transferee")
+            (
+                Code::FailedPrecondition,
+                "etcdserver: bad leader transferee"
+            )
         );
         let mut auth = auth_client::AuthClient::new(ch);
         assert_eq!(
