@@ -58,6 +58,9 @@ struct Book {
     /// Per shard: the newest revision in its log at start, applied or not
     /// (entries behind a held part are applied only once it is decided).
     newest: Vec<i64>,
+    /// Per shard: the revision of its newest durable snapshot. A part at or
+    /// below every shard's is replayed by none of them.
+    snapshotted: Vec<i64>,
 }
 
 impl Book {
@@ -93,6 +96,7 @@ impl PartBook {
                 progress: vec![0; shards],
                 replay: vec![Replay::Running; shards],
                 newest: vec![0; shards],
+                snapshotted: vec![0; shards],
             }),
             changed: tokio::sync::watch::channel(0).0,
         }
@@ -146,6 +150,10 @@ impl PartBook {
                 .holds
                 .entry(revision)
                 .or_insert_with(|| (participants.to_vec(), BTreeSet::new(), 0));
+            // Registered by a snapshot, which does not know the participants.
+            if entry.0.is_empty() {
+                entry.0 = participants.to_vec();
+            }
             entry.1.insert(shard);
             entry.2 += 1;
             let r = &mut b.replay[shard as usize];
@@ -187,6 +195,35 @@ impl PartBook {
     /// [`PartBook::close_all`]).
     pub fn newest_in_log(&self, shard: u32, revision: i64) {
         self.update(|b| b.newest[shard as usize] = revision);
+    }
+
+    /// `shard`'s newest durable snapshot is at `revision`.
+    pub fn snapshotted(&self, shard: u32, revision: i64) {
+        self.update(|b| {
+            let s = &mut b.snapshotted[shard as usize];
+            *s = (*s).max(revision);
+        });
+    }
+
+    /// The lowest of every shard's newest snapshot revision: no shard
+    /// replays a part at or below it.
+    pub fn min_snapshotted(&self) -> i64 {
+        let b = self.book.lock().expect("part book lock");
+        b.snapshotted.iter().copied().min().unwrap_or(0)
+    }
+
+    /// `shard`'s snapshot holds its parts of `revisions` (they are not in
+    /// its log any more): it holds them as if it had replayed them.
+    pub fn held_in_snapshot(&self, shard: u32, revisions: impl IntoIterator<Item = i64>) {
+        self.update(|b| {
+            for r in revisions {
+                b.holds
+                    .entry(r)
+                    .or_insert_with(|| (Vec::new(), BTreeSet::new(), 0))
+                    .1
+                    .insert(shard);
+            }
+        });
     }
 
     pub fn replayed(&self, shard: u32, revision: i64) {
@@ -282,6 +319,22 @@ mod tests {
         // close_all; the newest revision is 25, not 10.
         assert_eq!(book.replay_settled(), Some(25));
         book.close_all(25);
+        assert_eq!(held.now_or_never(), Some(Decision::Drop));
+    }
+
+    #[test]
+    fn a_part_inside_a_snapshot_counts_as_held() {
+        let book = PartBook::new(2);
+        // Shard 0's snapshot holds its part of 10 and went on to 30; shard 1
+        // replays its part of 10 from its log.
+        book.held_in_snapshot(0, [10]);
+        book.reached(0, 30);
+        let held = Box::pin(book.hold(1, 10, &[0, 1], 9));
+        assert_eq!(held.now_or_never(), Some(Decision::Apply));
+        // Without the snapshot's word, shard 0 went past 10 without it.
+        let book = PartBook::new(2);
+        book.reached(0, 30);
+        let held = Box::pin(book.hold(1, 10, &[0, 1], 9));
         assert_eq!(held.now_or_never(), Some(Decision::Drop));
     }
 

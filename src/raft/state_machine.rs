@@ -38,6 +38,13 @@ struct Applied {
     revision: i64,
     /// The last snapshot, when there is no directory to keep it in (tests).
     snapshot: Option<(SnapshotMetaOf<ShardRaft>, Vec<u8>)>,
+    /// Revisions of the cross-shard parts this shard applied that some
+    /// shard may still replay from its log (not every shard has a snapshot
+    /// past them). A snapshot keeps this list beside it (`HELD_PARTS_FILE`):
+    /// a part inside a snapshot is no longer in the log, and without the
+    /// list a replay would take this shard for one that went past the part
+    /// without holding it, and drop the other shards' halves.
+    held: std::collections::BTreeSet<i64>,
 }
 
 /// See the module docs. Clones share the state (the builder is a clone).
@@ -63,6 +70,9 @@ const SNAPSHOT_MAGIC: &[u8; 8] = b"CAIRNSNP";
 const SNAPSHOT_VERSION: u32 = 1;
 const SNAPSHOT_HEADER_BYTES: usize = 24;
 pub(crate) const SNAPSHOT_FILE: &str = "current.snap";
+/// Beside the snapshot: the cross-shard parts it holds that some shard may
+/// still replay (postcard `Vec<i64>` of revisions; see `Applied::held`).
+const HELD_PARTS_FILE: &str = "held-parts";
 
 /// The file's header and the body's beginning (the meta and the data's length);
 /// the data follows as is. Together they are the header and the postcard
@@ -261,8 +271,14 @@ impl ShardStateMachine {
         }
     }
 
-    /// Lets `book` decide this shard's cross-shard parts.
+    /// Lets `book` decide this shard's cross-shard parts, telling it which
+    /// parts the loaded snapshot holds.
     pub fn with_parts(mut self, book: Arc<PartBook>, shard: u32) -> Self {
+        {
+            let a = self.applied.borrow();
+            book.snapshotted(shard, a.revision);
+            book.held_in_snapshot(shard, a.held.iter().copied());
+        }
         self.parts = Some((book, shard));
         self
     }
@@ -279,6 +295,12 @@ impl ShardStateMachine {
         };
         if let Some((meta, data)) = read_snapshot_file(&path)? {
             sm.load(&meta, data)?;
+            let held_path = sm.dir.as_ref().map(|d| d.join(HELD_PARTS_FILE));
+            if let Some(bytes) = held_path.and_then(|p| std::fs::read(p).ok()) {
+                let held: Vec<i64> = postcard::from_bytes(&bytes)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                sm.applied.borrow_mut().held = held.into_iter().collect();
+            }
         }
         Ok(sm)
     }
@@ -386,6 +408,7 @@ impl ShardStateMachine {
                 if decision != Some(Decision::Drop) {
                     let mut a = self.applied.borrow_mut();
                     a.revision = a.revision.max(*revision);
+                    a.held.insert(*revision);
                 }
                 self.reached(*revision);
             }
@@ -430,6 +453,25 @@ impl RaftSnapshotBuilder<ShardRaft> for ShardStateMachine {
             last_log_id: log_id,
             last_membership: membership,
         };
+        // The parts inside this snapshot that some shard may still replay
+        // (see `Applied::held`); durable before the snapshot is.
+        let held: Vec<i64> = {
+            let floor = self
+                .parts
+                .as_ref()
+                .map_or(i64::MIN, |(b, _)| b.min_snapshotted());
+            let mut a = self.applied.borrow_mut();
+            a.held.retain(|r| *r > floor);
+            a.held.range(..=revision).copied().collect()
+        };
+        if let Some(dir) = &self.dir {
+            let (dir, bytes) = (
+                dir.as_ref().clone(),
+                postcard::to_stdvec(&held).map_err(io::Error::other)?,
+            );
+            ShardRaft::spawn_blocking(move || write_durably(&dir, HELD_PARTS_FILE, &[&bytes]))
+                .await??;
+        }
         // Durable before openraft may purge the log behind it; the file is
         // written on a blocking thread, off the shard core.
         let data = match &self.dir {
@@ -445,6 +487,9 @@ impl RaftSnapshotBuilder<ShardRaft> for ShardStateMachine {
                 data
             }
         };
+        if let Some((book, shard)) = &self.parts {
+            book.snapshotted(*shard, revision);
+        }
         Ok(SnapshotOf::<ShardRaft, Vec<u8>> {
             meta,
             snapshot: data,
