@@ -4,6 +4,7 @@
 
 use cairn_wal::storage::WalIo;
 use clap::Parser;
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
@@ -93,6 +94,18 @@ pub struct Config {
     pub trusted_ca_file: Option<PathBuf>,
     #[arg(long, env = "ETCD_CLIENT_CERT_AUTH")]
     pub client_cert_auth: bool,
+    /// The member's certificate for `https://` peer URLs (mutual TLS).
+    #[arg(long, env = "ETCD_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    #[arg(long, env = "ETCD_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// The CA that peers' certificates must chain to.
+    #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Accepted for etcd's flags: with `https://` peer URLs cairn always
+    /// checks peers' certificates.
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH")]
+    pub peer_client_cert_auth: bool,
     /// How each shard's WAL writes and syncs (cairn's own): `dsync`
     /// (io_uring writes on O_DSYNC segments: one op per batch), `ring`
     /// (io_uring write, then io_uring fdatasync) or `blocking` (pwrite(2) +
@@ -171,6 +184,19 @@ impl Config {
         {
             return Err("--cert-file/--key-file/--trusted-ca-file/--client-cert-auth: TLS is not implemented yet".into());
         }
+        let https = self.initial_advertise_peer_urls.starts_with("https://")
+            || self.listen_peer_urls.starts_with("https://");
+        if https
+            && (self.peer_cert_file.is_none()
+                || self.peer_key_file.is_none()
+                || self.peer_trusted_ca_file.is_none())
+        {
+            return Err(
+                "https:// peer URLs need --peer-cert-file, --peer-key-file and \
+                 --peer-trusted-ca-file"
+                    .into(),
+            );
+        }
         if 5 * self.heartbeat_interval > self.election_timeout {
             return Err(format!(
                 "--election-timeout[{}ms] should be at least as 5 times as --heartbeat-interval[{}ms]",
@@ -183,17 +209,7 @@ impl Config {
                 self.election_timeout
             ));
         }
-        let members = self
-            .initial_cluster
-            .as_deref()
-            .map_or(1, |c| c.split(',').filter(|m| !m.is_empty()).count());
-        if members > 1 {
-            return Err(format!(
-                "--initial-cluster: names {members} members, but cairn does not replicate yet: \
-                 a member that ran alone would acknowledge writes no other member holds. \
-                 Start single members (one name in --initial-cluster) until clusters are built."
-            ));
-        }
+        self.initial_voters()?;
         if self.initial_cluster_state != "new" && self.initial_cluster_state != "existing" {
             return Err(format!(
                 "--initial-cluster-state: {:?} is not \"new\" or \"existing\"",
@@ -202,6 +218,69 @@ impl Config {
         }
         self.client_addrs()?;
         Ok(())
+    }
+
+    /// The members of `--initial-cluster` (id → (name, first peer URL)):
+    /// this member alone without one. Each id is computed as this member's
+    /// own (see [`Config::member_id`]), and this member must be among them.
+    pub fn initial_voters(&self) -> Result<BTreeMap<u64, (String, String)>, String> {
+        let Some(cluster) = self.initial_cluster.as_deref() else {
+            let url = first_url(&self.initial_advertise_peer_urls);
+            return Ok(BTreeMap::from([(
+                self.member_id(),
+                (self.name.clone(), url),
+            )]));
+        };
+        // etcd's form: name=url,name=url (a name may repeat, one per URL).
+        let mut by_name: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for item in cluster.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+            let (name, url) = item
+                .split_once('=')
+                .ok_or_else(|| format!("--initial-cluster: {item:?} is not name=peer-url"))?;
+            by_name
+                .entry(name.to_string())
+                .or_default()
+                .push(url.to_string());
+        }
+        let many = by_name.len() > 1;
+        let mut voters = BTreeMap::new();
+        for (name, urls) in by_name {
+            let listed = urls.join(",");
+            if name == self.name {
+                // Every member computes every id from --initial-cluster, so
+                // in a cluster this member's entry must be what it
+                // advertises (etcd checks the same).
+                if many && listed != self.initial_advertise_peer_urls {
+                    return Err(format!(
+                        "--initial-cluster has {name}={listed} but missing from \
+                         --initial-advertise-peer-urls={}",
+                        self.initial_advertise_peer_urls
+                    ));
+                }
+                voters.insert(
+                    self.member_id(),
+                    (name, first_url(&self.initial_advertise_peer_urls)),
+                );
+                continue;
+            }
+            let id = stable_id(&[&name, &listed, &self.initial_cluster_token]);
+            voters.insert(id, (name, urls[0].clone()));
+        }
+        if !voters.contains_key(&self.member_id()) {
+            return Err(format!(
+                "--initial-cluster: has no member named {:?} (--name must name one of its entries)",
+                self.name
+            ));
+        }
+        Ok(voters)
+    }
+
+    /// The UDP address of `--listen-peer-urls` (its first URL).
+    pub fn peer_listen_addr(&self) -> Result<SocketAddr, String> {
+        parse_urls("--listen-peer-urls", &self.listen_peer_urls)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| "--listen-peer-urls: no URL".to_string())
     }
 
     /// Socket addresses of `--listen-client-urls`.
@@ -230,6 +309,14 @@ impl Config {
             .unwrap_or_else(|| format!("{}={}", self.name, self.initial_advertise_peer_urls));
         stable_id(&[&cluster, &self.initial_cluster_token])
     }
+}
+
+fn first_url(urls: &str) -> String {
+    urls.split(',')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 fn stable_id(parts: &[&str]) -> u64 {
@@ -321,17 +408,22 @@ mod tests {
                 .validate()
                 .is_ok()
         );
-        // Several members: refused until clusters exist (it would run alone).
-        let e = parse(&[
+        // Several members, this one among them.
+        let two = [
+            "--name",
+            "a",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2380",
             "--initial-cluster",
             "a=http://127.0.0.1:2380,b=http://127.0.0.1:2381",
-        ])
-        .validate()
-        .unwrap_err();
-        assert!(
-            e.contains("--initial-cluster") && e.contains("2 members"),
-            "{e}"
-        );
+        ];
+        assert!(parse(&two).validate().is_ok());
+        assert_eq!(parse(&two).initial_voters().unwrap().len(), 2);
+        // This member must be one of them.
+        let e = parse(&["--initial-cluster", "a=http://127.0.0.1:2380"])
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("has no member named \"default\""), "{e}");
         assert!(
             parse(&["--initial-cluster", "default=http://localhost:2380"])
                 .validate()

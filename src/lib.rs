@@ -10,6 +10,7 @@
 //! - [`shard`]: a shard core (glommio executor owning a WAL, a Raft group and a store).
 //! - [`raft`]: openraft glue: log store over the WAL, glommio runtime adapter,
 //!   state machine over the store, cross-shard part decisions.
+//! - [`transport`]: how members reach each other (frames to a member by id).
 //! - [`compactor`]: auto-compaction policies.
 
 pub mod api;
@@ -23,4 +24,5 @@ pub mod raft;
 pub mod sequencer;
 pub mod server;
 pub mod shard;
+pub mod transport;
 pub mod watch;

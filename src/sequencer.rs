@@ -113,42 +113,145 @@ impl Sequencer {
     }
 }
 
+/// A revision handed out in one write leadership (see [`SharedSequencer`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    /// The leadership it was stamped in.
+    pub epoch: u64,
+    pub revision: i64,
+}
+
+struct State {
+    seq: Sequencer,
+    /// Bumped each time this member starts leading.
+    epoch: u64,
+    /// This member is the write leader and may stamp.
+    leading: bool,
+}
+
 /// The sequencer shared by a member's shard cores, publishing C.
+///
+/// A member stamps only while it is the write leader (DESIGN §2.1.1). Each
+/// leadership is an *epoch*: [`lead`](Self::lead) starts one above what the
+/// logs hold, [`follow`](Self::follow) ends it. A stamp of an ended epoch
+/// never commits here (the new leader's failover decides what became of
+/// it): commits and abandons of old stamps are ignored. While following, C
+/// is the member's visible revision, raised by [`observe`](Self::observe).
+///
+/// Invariant (checked in `publish`): the published C only moves forward,
+/// over every epoch and both modes.
 pub struct SharedSequencer {
-    inner: Mutex<Sequencer>,
+    inner: Mutex<State>,
     committed_tx: tokio::sync::watch::Sender<i64>,
+    /// While following: the newest revision any shard applied (see
+    /// [`last_stamped`](Self::last_stamped)).
+    applied: std::sync::atomic::AtomicI64,
 }
 
 impl SharedSequencer {
+    /// A write leader's sequencer (epoch 1) stamping above `last`.
     pub fn new(last: i64) -> Self {
         let (committed_tx, _) = tokio::sync::watch::channel(last);
         Self {
-            inner: Mutex::new(Sequencer::new(last)),
+            inner: Mutex::new(State {
+                seq: Sequencer::new(last),
+                epoch: 1,
+                leading: true,
+            }),
             committed_tx,
+            applied: std::sync::atomic::AtomicI64::new(last),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Sequencer> {
+    /// A follower's sequencer whose visible revision is `visible`.
+    pub fn following(visible: i64) -> Self {
+        let s = Self::new(visible);
+        s.lock().leading = false;
+        s
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock already stops the member.
         self.inner.lock().expect("sequencer lock")
     }
 
-    pub fn stamp(&self) -> i64 {
-        self.lock().stamp()
+    /// The next revision, if this member leads.
+    pub fn stamp(&self) -> Option<Stamp> {
+        let mut inner = self.lock();
+        inner.leading.then(|| Stamp {
+            epoch: inner.epoch,
+            revision: inner.seq.stamp(),
+        })
     }
 
-    pub fn commit(&self, rev: i64) {
+    /// Marks `stamp` committed (ignored if its leadership ended).
+    pub fn commit(&self, stamp: Stamp) {
         let mut inner = self.lock();
-        let c = inner.commit(rev);
-        self.publish(c);
+        if inner.leading && inner.epoch == stamp.epoch {
+            let c = inner.seq.commit(stamp.revision);
+            self.publish(c);
+        }
         drop(inner);
     }
 
-    pub fn abandon(&self, rev: i64) {
+    /// Marks `stamp` as never going to commit (ignored if its leadership ended).
+    pub fn abandon(&self, stamp: Stamp) {
         let mut inner = self.lock();
-        let c = inner.abandon(rev);
-        self.publish(c);
+        if inner.leading && inner.epoch == stamp.epoch {
+            let c = inner.seq.abandon(stamp.revision);
+            self.publish(c);
+        }
         drop(inner);
+    }
+
+    /// Starts a write leadership: every revision up to `last` is committed
+    /// (the failover saw to it), stamps continue above it. Returns the epoch.
+    ///
+    /// # Panics
+    /// If `last` is below C: a leader never stamps a revision already visible.
+    pub fn lead(&self, last: i64) -> u64 {
+        let mut inner = self.lock();
+        assert!(
+            last >= self.committed(),
+            "leading above {last}, below C {}",
+            self.committed()
+        );
+        inner.seq = Sequencer::new(last);
+        inner.epoch += 1;
+        inner.leading = true;
+        self.publish(last);
+        inner.epoch
+    }
+
+    /// Ends the write leadership: nothing more is stamped, and C stays where
+    /// it is until [`observe`](Self::observe) raises it.
+    pub fn follow(&self) {
+        let mut inner = self.lock();
+        inner.leading = false;
+        let c = self.committed();
+        self.applied
+            .fetch_max(c, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether this member stamps.
+    pub fn leading(&self) -> bool {
+        self.lock().leading
+    }
+
+    /// While following: the member's visible revision reached `visible`.
+    pub fn observe(&self, visible: i64) {
+        let inner = self.lock();
+        if !inner.leading && visible > self.committed() {
+            self.publish(visible);
+        }
+        drop(inner);
+    }
+
+    /// While following: a shard applied `revision` (before it asks the watch
+    /// hub whether to publish its events; see `last_stamped`).
+    pub fn note_applied(&self, revision: i64) {
+        self.applied
+            .fetch_max(revision, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Publishes `c`, computed under the lock the caller still holds (see
@@ -170,9 +273,16 @@ impl SharedSequencer {
         *self.committed_tx.borrow()
     }
 
-    /// The last revision handed out.
+    /// The last revision handed out (a leader), or the newest a shard
+    /// applied (a follower): a revision above it is stamped, or applied,
+    /// after this call, by a shard that then sees the watch hub recording.
     pub fn last_stamped(&self) -> i64 {
-        self.lock().last_stamped()
+        let inner = self.lock();
+        if inner.leading {
+            inner.seq.last_stamped()
+        } else {
+            self.applied.load(std::sync::atomic::Ordering::SeqCst)
+        }
     }
 
     /// C as it moves.
@@ -219,20 +329,21 @@ mod tests {
         use std::future::Future;
         use std::task::{Context, Poll, Waker};
         let s = SharedSequencer::new(10);
-        let (a, b) = (s.stamp(), s.stamp());
+        let (sa, sb) = (s.stamp().unwrap(), s.stamp().unwrap());
+        let (a, b) = (sa.revision, sb.revision);
         let mut wait = std::pin::pin!(s.wait_committed(b));
         let mut cx = Context::from_waker(Waker::noop());
         assert!(
             wait.as_mut().poll(&mut cx).is_pending(),
             "nothing committed"
         );
-        s.commit(b);
+        s.commit(sb);
         assert_eq!(s.committed(), 10, "{a} is still pending");
         assert!(
             wait.as_mut().poll(&mut cx).is_pending(),
             "{b} committed but C is below it"
         );
-        s.commit(a);
+        s.commit(sa);
         assert_eq!(s.committed(), 12);
         assert_eq!(wait.as_mut().poll(&mut cx), Poll::Ready(()));
         // Already covered: ready at once.
@@ -282,8 +393,9 @@ mod tests {
                         if s.committed() < before {
                             violations.fetch_add(1, SeqCst);
                         }
-                        let r = s.stamp();
-                        s.commit(r);
+                        let stamp = s.stamp().expect("leading");
+                        let r = stamp.revision;
+                        s.commit(stamp);
                         // Acknowledged once C covers it (as Member::write waits).
                         let deadline = Instant::now() + Duration::from_secs(30);
                         while s.committed() < r {
@@ -309,5 +421,37 @@ mod tests {
             0,
             "a read saw C below an acknowledged write, or C went back"
         );
+    }
+
+    #[test]
+    fn stamps_of_an_ended_leadership_never_move_c() {
+        let s = SharedSequencer::new(5);
+        let old = s.stamp().unwrap();
+        assert_eq!(old.revision, 6);
+        s.follow();
+        assert_eq!(s.stamp(), None, "a follower stamps nothing");
+        s.observe(4);
+        assert_eq!(s.committed(), 5, "C never goes back");
+        s.observe(9);
+        assert_eq!(s.committed(), 9, "a follower's C is its visible revision");
+        let epoch = s.lead(12);
+        assert_eq!(s.committed(), 12);
+        s.commit(old);
+        s.abandon(old);
+        assert_eq!(s.committed(), 12, "the old stamp is ignored");
+        let new = s.stamp().unwrap();
+        assert_eq!((new.epoch, new.revision), (epoch, 13));
+        s.commit(new);
+        assert_eq!(s.committed(), 13);
+        s.observe(20);
+        assert_eq!(s.committed(), 13, "a leader's C moves by commits only");
+    }
+
+    #[test]
+    #[should_panic(expected = "below C")]
+    fn leading_below_c_panics() {
+        let s = SharedSequencer::following(0);
+        s.observe(10);
+        s.lead(9);
     }
 }

@@ -6,16 +6,22 @@ use crate::api::maintenance::MaintenanceService;
 use crate::api::watch::WatchService;
 use crate::config::Config;
 use crate::member::alarms::{Alarms, DEFAULT_QUOTA_BYTES};
+use crate::member::peers::{MemberInbox, Peers};
 use crate::member::Member;
+use crate::raft::board::GroupBoard;
 use crate::raft::meta::MemberRecord;
 use crate::raft::parts::PartBook;
 use crate::sequencer::SharedSequencer;
 use crate::shard::{self, ShardConfig, ShardMsg};
+use crate::transport::channel::ChannelNet;
+use crate::transport::{NoPeers, SharedTransport};
 use crate::watch::WatchHub;
 use cairn_proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
     watch_server::WatchServer,
 };
+use std::collections::BTreeMap;
+use std::net::ToSocketAddrs;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -95,8 +101,115 @@ fn split_urls(urls: &str) -> Vec<String> {
     urls.split(',').map(String::from).collect()
 }
 
+/// How a member reaches the other members.
+pub enum Peering {
+    /// A single-member cluster: nobody to reach.
+    Alone,
+    /// Members in this process, over an in-memory net (tests).
+    Channel(ChannelNet),
+    /// Members over QUIC on the peer port (`--listen-peer-urls`).
+    Quic,
+}
+
+/// Starts the QUIC transport of a cluster member.
+fn quic(
+    cfg: &Config,
+    member_id: u64,
+    shards: usize,
+    inbox: Arc<MemberInbox>,
+) -> Result<SharedTransport, String> {
+    use crate::transport::quic::{Hello, PeerTls, QuicConfig, QuicTransport, PROTOCOL_VERSION};
+    let mut peers = BTreeMap::new();
+    for (id, (name, url)) in cfg.initial_voters()? {
+        if id == member_id {
+            continue;
+        }
+        let host_port = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .ok_or_else(|| format!("--initial-cluster: {name}={url} is not an http(s):// URL"))?
+            .trim_end_matches('/');
+        let addr = host_port
+            .to_socket_addrs()
+            .map_err(|e| format!("--initial-cluster: {name}={url}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("--initial-cluster: {name}={url}: no address"))?;
+        let host = host_port
+            .rsplit_once(':')
+            .map_or(host_port, |(h, _)| h)
+            .trim_matches(['[', ']'])
+            .to_string();
+        peers.insert(id, (addr, host));
+    }
+    let tls = match (
+        &cfg.peer_cert_file,
+        &cfg.peer_key_file,
+        &cfg.peer_trusted_ca_file,
+    ) {
+        (Some(cert), Some(key), Some(ca)) => PeerTls::Mutual {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: ca.clone(),
+        },
+        _ => {
+            eprintln!(
+                "cairn: WARNING: http:// peer URLs: peer traffic is encrypted (QUIC) but members \
+                 are not authenticated; use https:// peer URLs with --peer-cert-file, \
+                 --peer-key-file and --peer-trusted-ca-file"
+            );
+            PeerTls::Unauthenticated
+        }
+    };
+    let listen = cfg.peer_listen_addr()?;
+    let transport = QuicTransport::start(
+        QuicConfig {
+            me: member_id,
+            listen,
+            peers,
+            tls,
+            hello: Hello {
+                protocol: PROTOCOL_VERSION,
+                member_id,
+                cluster_token: cfg.initial_cluster_token.clone(),
+                shards: shards as u32,
+            },
+        },
+        inbox,
+    )?;
+    eprintln!("cairn: peers over QUIC on {listen} (UDP)");
+    Ok(transport)
+}
+
+/// A started member: its front runtime, servers and shard cores.
+pub struct Running {
+    pub member: Arc<Member>,
+    /// The addresses its clients connect to.
+    pub client_addrs: Vec<std::net::SocketAddr>,
+    rt: tokio::runtime::Runtime,
+    stop_tx: tokio::sync::broadcast::Sender<()>,
+    servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+    handles: Vec<shard::ShardHandle>,
+    threads: Vec<glommio::ExecutorJoinHandle<Result<(), String>>>,
+    /// The net this member is registered on, and its id there.
+    net: Option<(ChannelNet, u64)>,
+}
+
 /// Runs a member until SIGINT or SIGTERM.
 pub fn run(cfg: Config) -> Result<(), String> {
+    cfg.validate()?;
+    let peering = if cfg.initial_voters()?.len() > 1 {
+        Peering::Quic
+    } else {
+        Peering::Alone
+    };
+    let running = start(&cfg, peering)?;
+    let failed = running.wait();
+    running.stop(failed)
+}
+
+/// Starts a member: opens (or creates) its data dir, starts its shard cores,
+/// replays, and serves clients on `--listen-client-urls`.
+pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
     cfg.validate()?;
     if cfg.unsafe_no_fsync {
         eprintln!(
@@ -106,21 +219,51 @@ pub fn run(cfg: Config) -> Result<(), String> {
     }
     let dir = cfg.data_dir();
     std::fs::create_dir_all(&dir).map_err(|e| format!("--data-dir {}: {e}", dir.display()))?;
-    let shards = shard_count(&dir, &cfg)?;
+    let shards = shard_count(&dir, cfg)?;
     let cpus = allowed_cpus();
     let member_id = cfg.member_id();
+    let voters: BTreeMap<u64, String> = cfg
+        .initial_voters()?
+        .into_iter()
+        .map(|(id, (_, url))| (id, url))
+        .collect();
+    let clustered = voters.len() > 1;
     let peer_url = cfg
         .initial_advertise_peer_urls
         .split(',')
         .next()
         .unwrap_or_default()
         .to_string();
+    let timing = shard::RaftTiming {
+        heartbeat_ms: cfg.heartbeat_interval,
+        election_ms: cfg.election_timeout,
+    };
+    // The inbox exists before the shard cores: peers may call as soon as
+    // this member listens.
+    let (raft_in_tx, raft_in_rx): (Vec<_>, Vec<_>) = (0..shards)
+        .map(|_| flume::bounded(shard::peer::RAFT_IN_QUEUE_MAX))
+        .unzip();
+    let inbox = MemberInbox::new(raft_in_tx.clone());
+    let (transport, net): (SharedTransport, _) = match peering {
+        Peering::Alone if clustered => {
+            return Err("a cluster of several members needs a peer transport".into())
+        }
+        Peering::Alone => (Arc::new(NoPeers), None),
+        Peering::Channel(net) => {
+            net.register(member_id, inbox.clone());
+            (net.endpoint(member_id), Some((net, member_id)))
+        }
+        Peering::Quic => (quic(cfg, member_id, shards, inbox.clone())?, None),
+    };
+    let board = Arc::new(GroupBoard::new(shards));
 
     let raft_term = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let fatal = Arc::new(crate::fatal::Fatal::default());
     let parts = Arc::new(PartBook::new(shards));
-    let cfgs = (0..shards)
-        .map(|id| ShardConfig {
+    let cfgs = raft_in_rx
+        .into_iter()
+        .enumerate()
+        .map(|(id, raft_in)| ShardConfig {
             id,
             cpu: Some(cpus[id % cpus.len()]),
             dir: dir.join(format!("shard-{id}")),
@@ -139,20 +282,43 @@ pub fn run(cfg: Config) -> Result<(), String> {
             wal_io: cfg.wal_io,
             parts: parts.clone(),
             fatal: fatal.clone(),
-            raft_timing: shard::RaftTiming {
-                heartbeat_ms: cfg.heartbeat_interval,
-                election_ms: cfg.election_timeout,
-            },
+            raft_timing: timing,
+            shards,
+            transport: transport.clone(),
+            voters: voters.clone(),
+            raft_in,
+            board: board.clone(),
         })
         .collect();
-    let (started, last) = shard::start_all(cfgs, &parts)?;
-    // etcd's first revision is 1.
-    let last = last.max(1);
-    // Revisions are stamped above `last` from now on: a cross-shard part at or
-    // below it that some shard's log lacks never committed.
-    parts.close_all(last);
-    let seq = Arc::new(SharedSequencer::new(last));
-    let hub = Arc::new(WatchHub::new(last, cfg.watch_log_bytes));
+    let started = shard::start_all(cfgs, &parts);
+    let (started, last) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some((net, id)) = &net {
+                net.unregister(*id);
+            }
+            return Err(e);
+        }
+    };
+    let (seq, hub) = if clustered {
+        // A cluster member follows until its controller wins the write
+        // leadership; it shows what every shard applied.
+        let visible = parts.visible();
+        (
+            Arc::new(SharedSequencer::following(visible)),
+            Arc::new(WatchHub::new(visible, cfg.watch_log_bytes)),
+        )
+    } else {
+        // etcd's first revision is 1.
+        let last = last.max(1);
+        // Revisions are stamped above `last` from now on: a cross-shard part
+        // at or below it that some shard's log lacks never committed.
+        parts.close_all(last);
+        (
+            Arc::new(SharedSequencer::new(last)),
+            Arc::new(WatchHub::new(last, cfg.watch_log_bytes)),
+        )
+    };
     let (handles, threads): (Vec<_>, Vec<_>) = started
         .into_iter()
         .map(|s| s.serve(seq.clone(), hub.clone()))
@@ -162,7 +328,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         member_id,
         cluster_id: cfg.cluster_id(),
         shards: handles.clone(),
-        seq,
+        seq: seq.clone(),
         hub,
         max_txn_ops: cfg.max_txn_ops,
         max_request_bytes: cfg.max_request_bytes,
@@ -176,7 +342,21 @@ pub fn run(cfg: Config) -> Result<(), String> {
         },
         alarms: Alarms::open(&dir)?,
         fatal: fatal.clone(),
+        peers: Peers {
+            transport,
+            board,
+            raft_in: raft_in_tx,
+            voters: voters.keys().copied().collect(),
+            timing,
+            me: MemberRecord {
+                id: member_id,
+                name: cfg.name.clone(),
+                peer_urls: split_urls(&cfg.initial_advertise_peer_urls),
+                client_urls: split_urls(&cfg.advertise_client_urls),
+            },
+        },
     });
+    inbox.serve(&member);
     let addrs = cfg.client_addrs()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(FRONT_THREADS)
@@ -185,14 +365,28 @@ pub fn run(cfg: Config) -> Result<(), String> {
         .build()
         .map_err(|e| format!("front runtime: {e}"))?;
     let auto_compaction = cfg.auto_compaction()?;
-    let served = rt.block_on(async {
+    let max = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let servers = rt.block_on(async {
         if let Some(policy) = auto_compaction {
             tokio::spawn(crate::compactor::run(member.clone(), policy));
         }
-        let max = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
-        let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+        if clustered {
+            tokio::spawn(crate::member::leader::run(member.clone()));
+            // A follower's C is its visible revision.
+            let (seq, parts) = (seq.clone(), parts.clone());
+            let mut changed = parts.subscribe();
+            tokio::spawn(async move {
+                loop {
+                    seq.observe(parts.visible());
+                    if changed.changed().await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
         let mut servers = Vec::new();
-        for addr in addrs {
+        for addr in &addrs {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("--listen-client-urls {addr}: {e}"))?;
@@ -219,51 +413,101 @@ pub fn run(cfg: Config) -> Result<(), String> {
             }));
             eprintln!("cairn: serving clients on {addr} ({shards} shards, member {member_id:x})");
         }
-        let failed = tokio::select! {
-            _ = wait_for_signal() => None,
-            reason = fatal.wait() => Some(reason),
-        };
+        Ok::<_, String>(servers)
+    });
+    let servers = match servers {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some((net, id)) = &net {
+                net.unregister(*id);
+            }
+            return Err(e);
+        }
+    };
+    Ok(Running {
+        member,
+        client_addrs: addrs,
+        rt,
+        stop_tx,
+        servers,
+        handles,
+        threads,
+        net,
+    })
+}
+
+impl Running {
+    /// Blocks until SIGINT or SIGTERM (None) or a fatal error (its reason).
+    pub fn wait(&self) -> Option<String> {
+        let fatal = self.member.fatal.clone();
+        self.rt.block_on(async move {
+            tokio::select! {
+                _ = wait_for_signal() => None,
+                reason = fatal.wait() => Some(reason),
+            }
+        })
+    }
+
+    /// Stops the member: closes client connections (after a bounded
+    /// drain) and, unless it `failed`, shuts its shard cores down cleanly.
+    pub fn stop(self, failed: Option<String>) -> Result<(), String> {
+        let Running {
+            member,
+            rt,
+            stop_tx,
+            mut servers,
+            handles,
+            threads,
+            net,
+            ..
+        } = self;
         match &failed {
             None => eprintln!("cairn: shutting down"),
             Some(reason) => eprintln!("cairn: stopping after a fatal error: {reason}"),
         }
-        let _ = stop_tx.send(());
-        // Connections get a bounded drain; a client that never lets go must
-        // not keep the member from stopping.
-        let drain = futures::future::join_all(servers.iter_mut());
-        if tokio::time::timeout(SHUTDOWN_DRAIN, drain).await.is_err() {
-            eprintln!("cairn: clients still connected after {SHUTDOWN_DRAIN:?}; closing them");
-            for s in &servers {
-                s.abort();
+        if let Some((net, id)) = &net {
+            net.unregister(*id);
+        }
+        let stopped = rt.block_on(async {
+            let _ = stop_tx.send(());
+            // Connections get a bounded drain; a client that never lets go
+            // must not keep the member from stopping.
+            let drain = futures::future::join_all(servers.iter_mut());
+            if tokio::time::timeout(SHUTDOWN_DRAIN, drain).await.is_err() {
+                eprintln!("cairn: clients still connected after {SHUTDOWN_DRAIN:?}; closing them");
+                for s in &servers {
+                    s.abort();
+                }
+            }
+            if let Some(reason) = failed {
+                // A failed shard may never answer a shutdown; what it
+                // acknowledged is durable already. The process exits without
+                // waiting for the shard cores.
+                return Err(format!("stopped after a fatal error: {reason}"));
+            }
+            for h in &handles {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                if h.send(ShardMsg::Shutdown { reply: tx }).await.is_ok() {
+                    let _ = rx.await;
+                }
+            }
+            Ok::<(), String>(())
+        });
+        // A member that failed exits without waiting for its shard cores,
+        // which may be stuck behind the failure.
+        stopped?;
+        drop(member);
+        drop(handles);
+        drop(rt);
+        for t in threads {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => eprintln!("cairn: {e}"),
+                Err(e) => eprintln!("cairn: shard thread failed: {e:?}"),
             }
         }
-        if let Some(reason) = failed {
-            // A failed shard may never answer a shutdown; what it
-            // acknowledged is durable already. The process exits without
-            // waiting for the shard cores.
-            return Err(format!("stopped after a fatal error: {reason}"));
-        }
-        for h in &handles {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            if h.send(ShardMsg::Shutdown { reply: tx }).await.is_ok() {
-                let _ = rx.await;
-            }
-        }
-        Ok::<(), String>(())
-    });
-    // A member that failed (or never served) exits without waiting for its
-    // shard cores, which may be stuck behind the failure.
-    served?;
-    drop(member);
-    drop(handles);
-    for t in threads {
-        match t.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("cairn: {e}"),
-            Err(e) => eprintln!("cairn: shard thread failed: {e:?}"),
-        }
+        Ok(())
     }
-    Ok(())
 }
 
 async fn wait_for_signal() {

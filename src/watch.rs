@@ -167,6 +167,31 @@ impl WatchHub {
         }
     }
 
+    /// Drops the pending events above `revision` of the keys `owns` names:
+    /// a shard rolled back writes that will never commit (its revisions
+    /// may be reused by another leader for other writes).
+    pub fn retract_above(&self, revision: i64, owns: &dyn Fn(&[u8]) -> bool) {
+        let mut inner = self.lock();
+        debug_assert!(revision >= inner.released, "retracting released events");
+        for (_, events) in inner.pending.range_mut(revision + 1..) {
+            events.retain(|e| !owns(&e.kv.key));
+        }
+        inner.pending.retain(|_, events| !events.is_empty());
+    }
+
+    /// The revisions up to `revision` reached this member without passing
+    /// the hub (a snapshot was installed): watchers read them from the
+    /// histories.
+    pub fn skip_through(&self, revision: i64) {
+        let mut inner = self.lock();
+        if revision >= inner.start {
+            inner.log.clear();
+            inner.log_bytes = 0;
+            inner.start = revision + 1;
+        }
+        inner.pending.retain(|r, _| *r > revision);
+    }
+
     /// The released events from revision `from` on, after releasing what
     /// `committed` (the current C) covers.
     pub fn read(&self, from: i64, committed: i64) -> Read {

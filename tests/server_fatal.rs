@@ -75,7 +75,8 @@ fn start_with_failpoints(
         Duration::from_secs(60),
         || {
             if let Some(status) = child.try_wait().ok().flatten() {
-                panic!("cairn exited while starting: {status}");
+                let said = std::fs::read_to_string(log).unwrap_or_default();
+                panic!("cairn exited while starting: {status}; it said:\n{said}");
             }
         },
     );

@@ -10,7 +10,7 @@
 
 use cairn::mvcc::{Change, Store};
 use cairn::raft::log_store::WalLogStore;
-use cairn::raft::network::SingleMemberNetwork;
+use cairn::raft::network::PeerNetwork;
 use cairn::raft::state_machine::ShardStateMachine;
 use cairn::raft::types::{ShardCommand, ShardRaft};
 use cairn_benches::{JobThread, Jobs};
@@ -49,11 +49,12 @@ fn raft_thread() -> JobThread<Job> {
             let store = Rc::new(RefCell::new(Store::new()));
             let sm = ShardStateMachine::new(store);
             // The shard's own Raft settings (`--snapshot-count` default).
-            let config = cairn::shard::raft_config(100_000, Default::default()).expect("config");
+            let config =
+                cairn::shard::raft_config(100_000, Default::default(), false).expect("config");
             let raft: Raft<ShardRaft, ShardStateMachine> = Raft::new(
                 1,
                 Arc::new(config),
-                SingleMemberNetwork,
+                PeerNetwork::new(0, std::sync::Arc::new(cairn::transport::NoPeers)),
                 WalLogStore::new(wal.clone(), 0),
                 sm,
             )

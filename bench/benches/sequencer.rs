@@ -43,7 +43,7 @@ fn sequencer(c: &mut Criterion) {
     let shared = SharedSequencer::new(0);
     g.bench_function("shared_stamp_commit (uncontended)", |b| {
         b.iter(|| {
-            let r = shared.stamp();
+            let r = shared.stamp().expect("leading");
             shared.commit(r);
         })
     });

@@ -216,6 +216,7 @@ impl From<crate::shard::ShardError> for EtcdError {
             ShardError::TooLarge => EtcdError::RequestTooLarge,
             ShardError::NoSpace => EtcdError::DiskFull,
             ShardError::Stopped => EtcdError::Stopped,
+            ShardError::NotLeader | ShardError::LeaderChanged => EtcdError::LeaderChanged,
         }
     }
 }

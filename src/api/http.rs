@@ -84,6 +84,8 @@ async fn health(member: Arc<Member>) -> impl IntoResponse {
         (None, Some(shard)) => Some(format!(
             "shard {shard}: no space left on the data dir's device for the log"
         )),
+        // etcd: a member that knows no leader is not healthy.
+        (None, None) if member.leader().is_none() => Some("etcdserver: no leader".into()),
         (None, None) => {
             match tokio::time::timeout(Duration::from_secs(1), member.status_of(0)).await {
                 Ok(Ok(_)) => None,
@@ -150,7 +152,7 @@ async fn metrics(member: Arc<Member>) -> impl IntoResponse {
         &mut s,
         "etcd_server_has_leader",
         "Whether a leader exists (1) or not (0).",
-        &one("1".into()),
+        &one(u8::from(member.leader().is_some()).to_string()),
     );
     gauge(
         &mut s,

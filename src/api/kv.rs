@@ -45,7 +45,7 @@ impl pb::kv_server::Kv for KvService {
         self.0.check_size(r.encoded_len())?;
         validate::check_range(&r)?;
         let req = convert::range_request(&r)?;
-        let (resp, c) = self.0.range(req).await?;
+        let (resp, c) = self.0.range(req, r.serializable).await?;
         let header = self.0.header(c, self.0.raft_term());
         Ok(Response::new(convert::range_response(resp, header)))
     }
@@ -96,7 +96,7 @@ impl pb::kv_server::Kv for KvService {
         let m::ResponseOp::DeleteRange(d) = out.response else {
             return Err(Status::internal("delete answered with another op"));
         };
-        let revision = out.revision.unwrap_or_else(|| self.0.seq.committed());
+        let revision = out.revision.unwrap_or_else(|| self.0.seq.committed().max(out.view));
         let header = self.0.header(revision, self.0.raft_term());
         Ok(Response::new(pb::DeleteRangeResponse {
             header: Some(header),
@@ -124,7 +124,7 @@ impl pb::kv_server::Kv for KvService {
         let m::ResponseOp::Txn(t) = out.response else {
             return Err(Status::internal("txn answered with another op"));
         };
-        let revision = out.revision.unwrap_or_else(|| self.0.seq.committed());
+        let revision = out.revision.unwrap_or_else(|| self.0.seq.committed().max(out.view));
         let header = self.0.header(revision, self.0.raft_term());
         Ok(Response::new(convert::txn_response(
             t,

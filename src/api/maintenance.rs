@@ -190,7 +190,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         for shard in 0..m.shards.len() {
             let s = m.status_of(shard).await?;
             term = term.max(s.raft_term);
-            index += s.raft_index;
+            index += s.raft_committed_index;
             applied += s.raft_applied_index;
         }
         let size = m.db_size() as i64;
@@ -204,7 +204,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             header: Some(m.header(m.seq.committed(), term)),
             version: ETCD_API_VERSION.to_string(),
             db_size: size,
-            leader: m.member_id,
+            leader: m.leader().unwrap_or(0),
             raft_index: index,
             raft_term: term,
             raft_applied_index: applied,
@@ -286,17 +286,53 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         Ok(Response::new(Box::pin(futures::stream::iter(messages))))
     }
 
-    /// One member leads every shard: as etcd's lone member, it answers a
-    /// transfer to itself at once (empty response, no header) and refuses
-    /// any other target, which is not a member.
+    /// As etcd's: only the leader hands its leadership over, to a voter.
+    /// A lone member answers a transfer to itself at once (empty response,
+    /// no header) and refuses any other target, which is not a member. In
+    /// a cluster the meta group's leadership moves (the data groups follow
+    /// it, see `crate::member::leader`), and the answer comes once the
+    /// target leads it.
     async fn move_leader(
         &self,
         request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
-        if request.into_inner().target_id != self.0.member_id {
+        let m = &self.0;
+        let target = request.into_inner().target_id;
+        if !m.peers.clustered() {
+            if target != m.member_id {
+                return Err(EtcdError::BadLeaderTransferee.status());
+            }
+            return Ok(Response::new(pb::MoveLeaderResponse { header: None }));
+        }
+        if m.leader() != Some(m.member_id) {
+            return Err(EtcdError::NotLeader.status());
+        }
+        if target == m.member_id {
+            return Ok(Response::new(pb::MoveLeaderResponse { header: None }));
+        }
+        if !m.peers.voter_ids().contains(&target) {
             return Err(EtcdError::BadLeaderTransferee.status());
         }
-        Ok(Response::new(pb::MoveLeaderResponse { header: None }))
+        m.peers.tell(
+            0,
+            crate::shard::peer::Group::Meta,
+            crate::shard::peer::GroupCtl::Transfer(target),
+        );
+        let mut rx = m.peers.board.subscribe();
+        let moved = tokio::time::timeout(crate::member::peers::FORWARD_TTL, async {
+            while m.peers.board.meta_leader() != Some(target) {
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        if moved.is_err() {
+            return Err(EtcdError::Timeout.status());
+        }
+        Ok(Response::new(pb::MoveLeaderResponse {
+            header: Some(m.header(m.seq.committed(), m.raft_term())),
+        }))
     }
 }
 

@@ -30,8 +30,29 @@ use tokio::sync::oneshot;
 use tonic::Status;
 
 impl Member {
-    /// Runs `op`, which touches the keys in `touched`, across shards.
+    /// Runs `op`, which touches the keys in `touched`, across shards (on
+    /// the write leader: forwarded there if this member does not stamp).
     pub async fn write_across(
+        self: &Arc<Self>,
+        op: m::RequestOp,
+        touched: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<WriteOutcome, Status> {
+        if self.forwards() {
+            let fwd = super::peers::Forward::Write {
+                shard: None,
+                op,
+                touched,
+            };
+            return self
+                .forward(fwd)
+                .await?
+                .ok_or_else(|| Status::internal("a forwarded write came back without outcome"));
+        }
+        self.write_across_here(op, touched).await
+    }
+
+    /// Runs `op` across this member's shards.
+    pub(super) async fn write_across_here(
         self: &Arc<Self>,
         op: m::RequestOp,
         touched: Vec<(Vec<u8>, Vec<u8>)>,
@@ -87,11 +108,14 @@ impl Member {
             (response, eval.into_changes())
         };
         if changes.is_empty() {
-            return Ok(WriteOutcome {
-                response,
-                revision: None,
-                view,
-            });
+            drop(latches);
+            return self
+                .unchanged_is_current(WriteOutcome {
+                    response,
+                    revision: None,
+                    view,
+                })
+                .await;
         }
         // 4. One revision, one part per changed shard.
         let mut parts = split(changes, n);
@@ -108,7 +132,11 @@ impl Member {
                 .0;
         }
         let participants: Vec<u32> = parts.keys().map(|s| *s as u32).collect();
-        let revision = self.seq.stamp();
+        let stamped = self
+            .seq
+            .stamp()
+            .ok_or_else(|| EtcdError::LeaderChanged.status())?;
+        let revision = stamped.revision;
         let mut committed = Vec::with_capacity(parts.len());
         for (shard, changes) in parts {
             let (reply, done) = oneshot::channel();
@@ -135,7 +163,7 @@ impl Member {
                 Err(_) => return Err(EtcdError::Stopped.status()),
             }
         }
-        self.seq.commit(revision);
+        self.seq.commit(stamped);
         drop(latches);
         m::stamp(&mut response, revision);
         Ok(WriteOutcome {

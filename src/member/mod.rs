@@ -11,6 +11,8 @@
 
 pub mod alarms;
 mod cross;
+pub mod leader;
+pub mod peers;
 
 use crate::api::EtcdError;
 use crate::mvcc::txn as m;
@@ -47,6 +49,8 @@ pub struct Member {
     pub alarms: alarms::Alarms,
     /// Set when the member cannot go on (see `crate::fatal`).
     pub fatal: Arc<crate::fatal::Fatal>,
+    /// The other members, and this member's groups' leadership.
+    pub peers: peers::Peers,
 }
 
 impl Member {
@@ -85,8 +89,25 @@ impl Member {
         rx.await.map_err(|_| EtcdError::Stopped.status())
     }
 
-    /// Runs a write on one shard and waits until C covers it.
+    /// Runs a write on one shard (on the write leader: forwarded there if
+    /// this member does not stamp) and waits until C covers it.
     pub async fn write(&self, shard: usize, op: m::RequestOp) -> Result<WriteOutcome, Status> {
+        if self.forwards() {
+            let fwd = peers::Forward::Write {
+                shard: Some(shard),
+                op,
+                touched: Vec::new(),
+            };
+            return self
+                .forward(fwd)
+                .await?
+                .ok_or_else(|| Status::internal("a forwarded write came back without outcome"));
+        }
+        self.write_here(shard, op).await
+    }
+
+    /// Runs a write on one shard of this member and waits until C covers it.
+    async fn write_here(&self, shard: usize, op: m::RequestOp) -> Result<WriteOutcome, Status> {
         if self.fatal.is_latched() {
             return Err(EtcdError::Stopped.status());
         }
@@ -94,11 +115,42 @@ impl Member {
             .ask(shard, |reply| ShardMsg::Write { op, reply })
             .await??;
         self.seq.wait_committed(outcome.view).await;
+        self.unchanged_is_current(outcome).await
+    }
+
+    /// A request that changed nothing (a read-only txn, a compare that
+    /// failed, a delete of nothing) answers from this member's state: in a
+    /// cluster that is linearizable only if this member still leads once
+    /// it has evaluated it (as a ReadIndex read), and its answer then names
+    /// the confirmed C, which covers every write acknowledged before it was
+    /// asked, wherever it was acknowledged (and a member that forwarded it
+    /// waits until its own C covers that too).
+    async fn unchanged_is_current(
+        &self,
+        mut outcome: WriteOutcome,
+    ) -> Result<WriteOutcome, Status> {
+        if outcome.revision.is_none() && self.peers.clustered() {
+            let c = self.confirmed_c().await?;
+            outcome.view = outcome.view.max(c);
+        }
         Ok(outcome)
     }
 
     /// A range at C (or at the requested revision), merged over the shards.
-    pub async fn range(&self, req: m::RangeRequest) -> Result<(m::RangeResponse, i64), Status> {
+    /// A linearizable one (not `serializable`) first waits until C covers
+    /// the write leader's C at the time of the request (see
+    /// [`Member::read_index`]).
+    pub async fn range(
+        &self,
+        req: m::RangeRequest,
+        serializable: bool,
+    ) -> Result<(m::RangeResponse, i64), Status> {
+        if !serializable && self.peers.clustered() {
+            let index = self.read_index().await?;
+            tokio::time::timeout(peers::FORWARD_TTL, self.seq.wait_committed(index))
+                .await
+                .map_err(|_| EtcdError::Timeout.status())?;
+        }
         let c = self.seq.committed();
         if req.revision > c {
             return Err(EtcdError::FutureRev.status());
@@ -185,8 +237,18 @@ impl Member {
     }
 
     /// Compacts every shard at `revision` (at most C, above the last
-    /// compaction).
+    /// compaction), on the write leader.
     pub async fn compact(&self, revision: i64) -> Result<(), Status> {
+        if self.forwards() {
+            return self
+                .forward(peers::Forward::Compact { revision })
+                .await
+                .map(|_| ());
+        }
+        self.compact_here(revision).await
+    }
+
+    async fn compact_here(&self, revision: i64) -> Result<(), Status> {
         if revision > self.seq.committed() {
             return Err(EtcdError::FutureRev.status());
         }
@@ -206,6 +268,15 @@ impl Member {
     /// A shard's Raft and store figures.
     pub async fn status_of(&self, shard: usize) -> Result<ShardStatus, Status> {
         self.ask(shard, |reply| ShardMsg::Status { reply }).await
+    }
+
+    /// The write leader (the meta group's leader) as this member knows it.
+    pub fn leader(&self) -> Option<u64> {
+        if self.peers.clustered() {
+            self.peers.board.meta_leader()
+        } else {
+            Some(self.member_id)
+        }
     }
 
     /// The highest Raft term any shard reports.

@@ -13,7 +13,7 @@ pub const ERR_COMPACTED: &str = "etcdserver: mvcc: required revision has been co
 pub const ERR_FUTURE_REV: &str = "etcdserver: mvcc: required revision is a future revision";
 
 /// A key as a client sees it (etcd's `mvccpb.KeyValue`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KeyValue {
     pub key: Vec<u8>,
     pub create_revision: i64,

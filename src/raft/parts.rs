@@ -254,6 +254,23 @@ impl PartBook {
         Some(last)
     }
 
+    /// The member's visible revision while it follows (DESIGN §2.1 point 3):
+    /// every shard has applied each of its entries up to it.
+    pub fn visible(&self) -> i64 {
+        let b = self.book.lock().expect("part book lock");
+        b.progress
+            .iter()
+            .zip(&b.snapshotted)
+            .map(|(p, s)| *p.max(s))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Changes to the book as they happen (see [`PartBook::visible`]).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
     /// Revisions with a held part not yet forgotten (tests).
     pub fn held(&self) -> Vec<i64> {
         let b = self.book.lock().expect("part book lock");

@@ -17,6 +17,8 @@ use super::parts::{Decision, PartBook};
 use super::types::{ShardCommand, ShardRaft};
 use crate::mvcc::store::chunked;
 use crate::mvcc::{Change, Store, StoreImage};
+use crate::sequencer::SharedSequencer;
+use crate::watch::WatchHub;
 use futures::{Stream, TryStreamExt};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::entry::RaftEntry;
@@ -47,11 +49,35 @@ struct Applied {
     held: std::collections::BTreeSet<i64>,
 }
 
+/// What a serving shard's state machine reports applied entries to: a
+/// follower publishes their watch events and its progress (see
+/// [`ShardStateMachine::wire`]).
+pub struct Wiring {
+    pub seq: Arc<SharedSequencer>,
+    pub hub: Arc<WatchHub>,
+    /// Whether a key belongs to this shard (its events in the hub).
+    pub owns: KeyFilter,
+}
+
+/// Whether a key is this shard's.
+pub type KeyFilter = Box<dyn Fn(&[u8]) -> bool>;
+
+/// The leader id of a shard group's entries.
+pub type LeaderIdOf = openraft::alias::CommittedLeaderIdOf<ShardRaft>;
+
 /// See the module docs. Clones share the state (the builder is a clone).
 #[derive(Clone)]
 pub struct ShardStateMachine {
     store: Rc<RefCell<Store>>,
     applied: Rc<RefCell<Applied>>,
+    /// The leadership (of this group) under which this member stamped the
+    /// writes its store holds beyond what is applied; None if it holds
+    /// none. An entry of another leadership reaching `apply` means those
+    /// writes may never commit: the store is rolled back to what is applied
+    /// first (DESIGN §2.1.1 "Uncertain writes"). The write path stamps only
+    /// while this is set (see `crate::shard`).
+    spec: Rc<RefCell<Option<LeaderIdOf>>>,
+    wiring: Rc<RefCell<Option<Wiring>>>,
     /// Where snapshots are kept (None: in memory only, for tests).
     dir: Option<Rc<PathBuf>>,
     /// Decides cross-shard parts (None: parts apply at once, for tests of a
@@ -266,8 +292,66 @@ impl ShardStateMachine {
         Self {
             store,
             applied: Rc::default(),
+            spec: Rc::default(),
+            wiring: Rc::default(),
             dir: None,
             parts: None,
+        }
+    }
+
+    /// From now on, applied entries that this member did not stamp publish
+    /// their events to `wiring.hub`, and their revisions to `wiring.seq`.
+    pub fn wire(&self, wiring: Wiring) {
+        wiring.seq.note_applied(self.store.borrow().revision());
+        *self.wiring.borrow_mut() = Some(wiring);
+    }
+
+    /// The leadership this member stamps this shard's writes under (set by
+    /// the write leader's failover), or None.
+    pub fn stamping_as(&self) -> Option<LeaderIdOf> {
+        *self.spec.borrow()
+    }
+
+    /// This member stamps this shard's writes as the leader `leader` from
+    /// now on: its entries found in `apply` are already in the store.
+    pub fn stamp_as(&self, leader: LeaderIdOf) {
+        *self.spec.borrow_mut() = Some(leader);
+    }
+
+    /// Before applying an entry of `leader`: if the store holds writes
+    /// stamped under another leadership beyond what is applied, they may
+    /// never commit. Every entry before this one in the log is applied, so
+    /// every committed write of that leadership is in `applied`: the rest
+    /// is dropped, from the store and from the watch hub's pending events.
+    fn leader_of_next(&self, leader: &LeaderIdOf) {
+        let stale = matches!(&*self.spec.borrow(), Some(spec) if spec != leader);
+        if !stale {
+            return;
+        }
+        *self.spec.borrow_mut() = None;
+        let to = self.applied.borrow().revision;
+        let above = self.store.borrow().revision();
+        if above > to {
+            self.store.borrow_mut().rollback_to(to);
+            if let Some(w) = &*self.wiring.borrow() {
+                w.hub.retract_above(to, &w.owns);
+            }
+            eprintln!(
+                "cairn: dropped the uncommitted writes {}..={above} of an ended leadership",
+                to + 1
+            );
+        }
+    }
+
+    /// A write this member did not stamp was applied: its events go to the
+    /// hub (if watched), released as the visible revision passes it.
+    fn publish_applied(&self, revision: i64, changes: &[Change]) {
+        if let Some(w) = &*self.wiring.borrow() {
+            w.seq.note_applied(revision);
+            if w.hub.recording() {
+                let events = self.store.borrow().events_at(revision, changes);
+                w.hub.publish([(revision, events)], w.seq.committed());
+            }
         }
     }
 
@@ -290,6 +374,8 @@ impl ShardStateMachine {
         let sm = Self {
             store,
             applied: Rc::default(),
+            spec: Rc::default(),
+            wiring: Rc::default(),
             dir: Some(Rc::new(dir)),
             parts: None,
         };
@@ -353,12 +439,17 @@ impl ShardStateMachine {
     /// One request's changes; a write leader applied them already when it
     /// stamped them (so did a snapshot that holds them).
     fn apply_write(&self, revision: i64, changes: &[Change]) {
-        let mut store = self.store.borrow_mut();
-        if revision > store.revision() {
-            store.apply(revision, changes);
+        let fresh = revision > self.store.borrow().revision();
+        if fresh {
+            self.store.borrow_mut().apply(revision, changes);
         }
-        let mut a = self.applied.borrow_mut();
-        a.revision = a.revision.max(revision);
+        {
+            let mut a = self.applied.borrow_mut();
+            a.revision = a.revision.max(revision);
+        }
+        if fresh {
+            self.publish_applied(revision, changes);
+        }
     }
 
     async fn apply_one(&self, command: &ShardCommand) {
@@ -404,6 +495,7 @@ impl ShardStateMachine {
                 };
                 if decision == Some(Decision::Apply) {
                     self.store.borrow_mut().apply(*revision, changes);
+                    self.publish_applied(*revision, changes);
                 }
                 if decision != Some(Decision::Drop) {
                     let mut a = self.applied.borrow_mut();
@@ -518,6 +610,7 @@ impl RaftStateMachine<ShardRaft> for ShardStateMachine {
                 "raft::apply failpoint"
             )));
             let log_id = entry.log_id();
+            self.leader_of_next(&log_id.leader_id);
             match &entry.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(command) => self.apply_one(command).await,
@@ -544,7 +637,17 @@ impl RaftStateMachine<ShardRaft> for ShardStateMachine {
         snapshot: Vec<u8>,
     ) -> Result<(), io::Error> {
         self.keep(meta, &snapshot)?;
-        self.load(meta, snapshot)
+        *self.spec.borrow_mut() = None;
+        self.load(meta, snapshot)?;
+        if let Some(w) = &*self.wiring.borrow() {
+            let revision = self.store.borrow().revision();
+            w.seq.note_applied(revision);
+            w.hub.skip_through(revision);
+        }
+        if let Some((book, shard)) = &self.parts {
+            book.reached(*shard, self.applied.borrow().revision);
+        }
+        Ok(())
     }
 
     async fn get_current_snapshot(

@@ -17,6 +17,12 @@ pub enum ShardError {
     /// No room on the data dir's device for the WAL's next segment: the
     /// write was not evaluated; writes resume once there is room.
     NoSpace,
+    /// This member does not stamp writes (it is not the write leader, or
+    /// its leadership is changing): nothing changed.
+    NotLeader,
+    /// The write was proposed, and this member stopped leading before it
+    /// committed: it may still commit under the next leader, or not.
+    LeaderChanged,
     /// The shard is stopping, or the member stopped after a fatal error;
     /// a write answered so may or may not have been logged.
     Stopped,

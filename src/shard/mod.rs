@@ -1,38 +1,52 @@
 //! A shard core: one pinned glommio executor that alone owns its shard's WAL,
 //! Raft group and MVCC store (DESIGN §2). Other threads reach it only through
-//! [`ShardHandle`] messages; replies come back on oneshot channels.
+//! [`ShardHandle`] messages; replies come back on oneshot channels. Raft
+//! frames from peers and the write-leadership controller's requests arrive
+//! on a channel of their own ([`peer`]).
 //!
 //! Writes are evaluated here against the newest (speculative) state, stamped
 //! with the next revision from the member's [`SharedSequencer`], applied to the
 //! store at once, and queued into the Raft log in stamping order; the reply is
 //! sent when Raft reports the entry committed, after the revision is marked
-//! committed. A request that changes nothing consumes no revision: its reply
-//! names the revision its evaluation saw, and the front waits for C to reach it.
+//! committed ([`write`]). A request that changes nothing consumes no revision:
+//! its reply names the revision its evaluation saw, and the front waits for C
+//! to reach it. Only the write leader stamps; a follower's shard applies what
+//! its log commits (`crate::raft::state_machine`).
 
 mod error;
+mod groups;
+pub mod peer;
 pub mod route;
+mod upkeep;
+mod write;
 pub use error::ShardError;
+pub use groups::{raft_config, RaftTiming, META_FRAME_GROUP};
+pub use upkeep::{spawn_wal_upkeep, wal_config, Upkeep};
+pub use write::{entry_bytes_max, fit_entry};
 
 use crate::fatal::Fatal;
-use crate::mvcc::txn::{
-    no_leases, stamp, Eval, RangeRequest, RangeResponse, RequestOp, ResponseOp,
-};
+use crate::mvcc::txn::{no_leases, Eval, RangeRequest, RangeResponse, RequestOp, ResponseOp};
 use crate::mvcc::{Change, Event, RangeEnd, Store, StoreImage};
+use crate::raft::board::GroupBoard;
 use crate::raft::log_store::WalLogStore;
-use crate::raft::meta::{MemberRecord, MetaCommand, MetaRaft, MetaStateMachine, META_GROUP};
-use crate::raft::network::SingleMemberNetwork;
+use crate::raft::meta::MemberRecord;
+use crate::raft::network::PeerNetwork;
 use crate::raft::parts::PartBook;
-use crate::raft::state_machine::ShardStateMachine;
+use crate::raft::state_machine::{ShardStateMachine, Wiring};
 use crate::raft::types::{ShardCommand, ShardRaft};
 use crate::sequencer::SharedSequencer;
+use crate::transport::SharedTransport;
 use crate::watch::WatchHub;
 use cairn_wal::storage::DmaStorage;
 use cairn_wal::Wal;
 use glommio::{LocalExecutorBuilder, Placement};
-use openraft::impls::ProgressResponder;
-use openraft::{BasicNode, Raft};
+use groups::{
+    join, lead_alone, newest_revision_in_log, replay, snapshot_now, start_meta, watch_raft,
+};
+use openraft::Raft;
 use openraft_rt::WatchReceiver;
-use std::cell::RefCell;
+use peer::{Groups, RaftIn};
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -51,7 +65,7 @@ pub const SHARD_INFLIGHT_WRITES_MAX: u64 = 16384;
 pub const SHARD_WRITE_BATCH_MAX: usize = 256;
 
 /// What a write produced.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct WriteOutcome {
     pub response: ResponseOp,
     /// The revision the write got, or None if it changed nothing.
@@ -202,7 +216,7 @@ impl ShardHandle {
 }
 
 /// How to start a shard core.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ShardConfig {
     pub id: usize,
     /// CPU to pin to (None: unpinned, for tests).
@@ -229,6 +243,17 @@ pub struct ShardConfig {
     /// group fails, or a write it proposed cannot be committed.
     pub fatal: Arc<Fatal>,
     pub raft_timing: RaftTiming,
+    /// The member's shard count.
+    pub shards: usize,
+    /// How this member reaches the others.
+    pub transport: SharedTransport,
+    /// The cluster's first voters (member id → peer URL): this member alone,
+    /// or every member of `--initial-cluster`.
+    pub voters: BTreeMap<u64, String>,
+    /// Raft frames and leadership requests for this core's groups.
+    pub raft_in: flume::Receiver<RaftIn>,
+    /// Where this core publishes its groups' leadership.
+    pub board: Arc<GroupBoard>,
 }
 
 /// A started shard core: its handle and its thread.
@@ -311,117 +336,6 @@ fn start(cfg: ShardConfig) -> Result<StartedShard, String> {
     })
 }
 
-/// What a round of WAL upkeep found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Upkeep {
-    /// The next segment is ready.
-    Ready,
-    /// No room for the next segment: nothing was written; it is tried again.
-    NoSpace(String),
-    /// The WAL failed (latched); upkeep stops.
-    Failed(String),
-}
-
-/// Runs the WAL's upkeep off the write path every 50 ms (reclaim segments,
-/// prepare the next one), telling `report` each round's outcome, until the
-/// WAL fails.
-pub fn spawn_wal_upkeep(wal: Rc<Wal<DmaStorage>>, report: impl Fn(Upkeep) + 'static) {
-    glommio::spawn_local(async move {
-        loop {
-            match wal.maintain().await {
-                Ok(()) => report(Upkeep::Ready),
-                Err(e @ cairn_wal::WalError::NoSpace { .. }) => {
-                    report(Upkeep::NoSpace(e.to_string()))
-                }
-                Err(e) => {
-                    report(Upkeep::Failed(e.to_string()));
-                    return;
-                }
-            }
-            glommio::timer::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .detach();
-}
-
-/// Watches a Raft group until it stops: publishes its term to `term` as it
-/// changes and latches `fatal` if the group stops on its own (a storage
-/// error, a panic in its core) rather than because `stopping` was set.
-fn watch_raft<C: openraft::RaftTypeConfig<NodeId = u64, Term = u64>>(
-    group: String,
-    mut metrics: openraft::type_config::alias::WatchReceiverOf<C, openraft::RaftMetrics<C>>,
-    term: Option<Arc<std::sync::atomic::AtomicU64>>,
-    fatal: Arc<Fatal>,
-    stopping: Rc<std::cell::Cell<bool>>,
-) where
-    openraft::type_config::alias::WatchReceiverOf<C, openraft::RaftMetrics<C>>: 'static,
-{
-    glommio::spawn_local(async move {
-        loop {
-            let failed = {
-                let m = metrics.borrow_watched();
-                if let Some(term) = &term {
-                    term.fetch_max(m.current_term, std::sync::atomic::Ordering::Relaxed);
-                }
-                m.running_state.as_ref().err().map(|e| e.to_string())
-            };
-            if let Some(e) = failed {
-                if !stopping.get() {
-                    fatal.latch(format!("{group}: raft stopped: {e}"));
-                }
-                return;
-            }
-            if metrics.changed().await.is_err() {
-                if !stopping.get() {
-                    fatal.latch(format!("{group}: raft stopped"));
-                }
-                return;
-            }
-        }
-    })
-    .detach();
-}
-
-/// Raft timing, from `--heartbeat-interval` and `--election-timeout` (ms):
-/// heartbeats every `heartbeat_ms`; a follower that hears nothing campaigns
-/// after a random time in [`election_ms`, 2 × `election_ms`), as etcd
-/// randomizes its election ticks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RaftTiming {
-    pub heartbeat_ms: u64,
-    pub election_ms: u64,
-}
-
-impl Default for RaftTiming {
-    /// etcd's defaults.
-    fn default() -> Self {
-        RaftTiming {
-            heartbeat_ms: 100,
-            election_ms: 1000,
-        }
-    }
-}
-
-/// The Raft settings of a shard group. `--snapshot-count` counts writes, as
-/// etcd's does (one request per entry there); the shard triggers those
-/// snapshots itself since an entry may carry many writes. The policy here is
-/// the backstop for entries that carry none.
-pub fn raft_config(snapshot_count: u64, timing: RaftTiming) -> Result<openraft::Config, String> {
-    openraft::Config {
-        cluster_name: "cairn".into(),
-        heartbeat_interval: timing.heartbeat_ms,
-        election_timeout_min: timing.election_ms,
-        election_timeout_max: timing.election_ms * 2,
-        // The log behind a snapshot is purged (keeping a tail for slow
-        // followers), and the WAL reclaims it.
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_count),
-        max_in_snapshot_log_to_keep: snapshot_count.min(1000),
-        ..Default::default()
-    }
-    .validate()
-    .map_err(|e| e.to_string())
-}
-
 async fn run(
     cfg: ShardConfig,
     rx: flume::Receiver<ShardMsg>,
@@ -466,6 +380,8 @@ async fn run(
     }
     // Set once this shard is told to stop: its groups stopping then is no failure.
     let stopping = Rc::new(std::cell::Cell::new(false));
+    // The meta group's state machine, once started (core 0).
+    let meta: RefCell<Option<crate::raft::meta::MetaStateMachine>> = RefCell::new(None);
     let store = Rc::new(RefCell::new(Store::new()));
     let sm = ShardStateMachine::open(store.clone(), cfg.dir.join("snapshots"))
         .map_err(|x| e("loading the snapshot")(&x))?
@@ -475,59 +391,89 @@ async fn run(
         .await
         .map_err(|x| e("reading the log's tail")(&x))?;
     cfg.parts.newest_in_log(cfg.id as u32, newest);
-    let config = Arc::new(raft_config(cfg.snapshot_count, cfg.raft_timing)?);
+    let cluster = cfg.voters.len() > 1;
+    let config = Arc::new(raft_config(cfg.snapshot_count, cfg.raft_timing, cluster)?);
     let raft = Raft::new(
         cfg.member_id,
         config,
-        SingleMemberNetwork,
+        PeerNetwork::new(cfg.id as u64, cfg.transport.clone()),
         log_store,
         sm.clone(),
     )
     .await
     .map_err(|x| e("starting raft")(&x))?;
-    lead_alone(&raft, cfg.member_id, &cfg.peer_url)
-        .await
-        .map_err(|x| e("becoming leader")(&x))?;
+    let groups = Rc::new(Groups {
+        data: raft.clone(),
+        sm: sm.clone(),
+        store: store.clone(),
+        wal: wal.clone(),
+        meta: RefCell::new(None),
+        ticked: Cell::new(0),
+    });
+    peer::serve(cfg.raft_in.clone(), groups.clone());
+    if cluster {
+        join(&raft, &cfg.voters)
+            .await
+            .map_err(|x| e("joining the cluster")(&x))?;
+    } else {
+        lead_alone(&raft, cfg.member_id, &cfg.peer_url)
+            .await
+            .map_err(|x| e("becoming leader")(&x))?;
+    }
     watch_raft::<ShardRaft>(
         format!("shard {}", cfg.id),
         raft.metrics(),
         Some(cfg.raft_term.clone()),
+        (cfg.board.clone(), cfg.id),
         cfg.fatal.clone(),
         stopping.clone(),
     );
-    // Replay: every committed entry applied before serving, except behind a
-    // cross-shard part that waits for the other shards' logs (or for the
-    // member to start: parts left incomplete by a crash are dropped then).
-    replay(&raft, None)
-        .await
-        .map_err(|x| e("replaying the log")(&x))?;
+    // Replay (a single member): every committed entry applied before
+    // serving, except behind a cross-shard part that waits for the other
+    // shards' logs (or for the member to start: parts left incomplete by a
+    // crash are dropped then). A cluster member applies what the cluster
+    // commits, as it learns it.
+    if !cluster {
+        replay(&raft, None)
+            .await
+            .map_err(|x| e("replaying the log")(&x))?;
+    }
     cfg.parts.replayed(cfg.id as u32, store.borrow().revision());
     let (seq, hub) = start
         .await
         .map_err(|_| format!("shard {}: never told to serve", cfg.id))?;
-    // Everything at or below C is decided: say so in the log, so a later
-    // replay drops what this start dropped (DESIGN §2.1 point 5).
-    raft.client_write(ShardCommand::Tick {
-        closed: seq.committed(),
-    })
-    .await
-    .map_err(|x| e("starting to serve")(&x))?;
-    let meta = match &cfg.member {
-        Some(me) => Some(
-            start_meta(&cfg, wal.clone(), me.clone())
-                .await
-                .map_err(|x| e("starting the meta group")(&x))?,
-        ),
-        None => None,
-    };
-    if let Some((meta_raft, _)) = &meta {
-        watch_raft::<MetaRaft>(
+    let (id, shards) = (cfg.id, cfg.shards);
+    sm.wire(Wiring {
+        seq: seq.clone(),
+        hub: hub.clone(),
+        owns: Box::new(move |key| route::shard_of(key, shards) == id),
+    });
+    if !cluster {
+        // Everything at or below C is decided: say so in the log, so a later
+        // replay drops what this start dropped (DESIGN §2.1 point 5). This
+        // member stamps this shard's writes from now on.
+        let closed = seq.committed();
+        let resp = raft
+            .client_write(ShardCommand::Tick { closed })
+            .await
+            .map_err(|x| e("starting to serve")(&x))?;
+        groups.ticked.set(closed);
+        sm.stamp_as(resp.log_id.leader_id);
+    }
+    if let Some(me) = &cfg.member {
+        let (meta_raft, meta_sm) = start_meta(&cfg, wal.clone(), me.clone())
+            .await
+            .map_err(|x| e("starting the meta group")(&x))?;
+        watch_raft::<crate::raft::meta::MetaRaft>(
             "the meta group".into(),
             meta_raft.metrics(),
             None,
+            (cfg.board.clone(), cfg.board.meta()),
             cfg.fatal.clone(),
             stopping.clone(),
         );
+        *groups.meta.borrow_mut() = Some(meta_raft);
+        *meta.borrow_mut() = Some(meta_sm);
     }
 
     let inflight = Rc::new(glommio::sync::Semaphore::new(SHARD_INFLIGHT_WRITES_MAX));
@@ -565,8 +511,9 @@ async fn run(
                 // Acquired before proposing, released with the answers.
                 match inflight.acquire_static_permit(batch.len() as u64).await {
                     Ok(permit) => {
-                        let ctx = WriteCtx {
+                        let ctx = write::WriteCtx {
                             raft: &raft,
+                            sm: &sm,
                             store: &store,
                             seq: &seq,
                             hub: &hub,
@@ -574,7 +521,7 @@ async fn run(
                             fatal: &cfg.fatal,
                             no_space: &gauges.wal_no_space,
                         };
-                        since_snapshot += write(&ctx, batch, permit).await;
+                        since_snapshot += write::write(&ctx, batch, permit).await;
                         if since_snapshot >= cfg.snapshot_count {
                             since_snapshot = 0;
                             // Built from what is applied by then; not awaited.
@@ -626,7 +573,7 @@ async fn run(
             }
             ShardMsg::Latch { ctl, reply } => {
                 if reply.send(()).is_ok() {
-                    latched(&raft, &store, &seq, &hub, ctl, &cfg.fatal).await;
+                    write::latched(&raft, &sm, &store, &seq, &hub, ctl, &cfg.fatal).await;
                 }
             }
             ShardMsg::Image { upto, reply } => {
@@ -655,11 +602,12 @@ async fn run(
                 let _ = reply.send(snapshot_now(&raft).await);
             }
             ShardMsg::Members { reply } => {
-                let _ = reply.send(meta.as_ref().map(|(_, sm)| sm.members()));
+                let _ = reply.send(meta.borrow().as_ref().map(|sm| sm.members()));
             }
             ShardMsg::Shutdown { reply } => {
                 stopping.set(true);
-                if let Some((meta_raft, _)) = &meta {
+                let meta_raft = groups.meta.borrow().clone();
+                if let Some(meta_raft) = meta_raft {
                     let _ = meta_raft.shutdown().await;
                 }
                 let _ = raft.shutdown().await;
@@ -671,430 +619,4 @@ async fn run(
         publish_bytes();
     }
     Ok(())
-}
-
-/// Makes this member the group's only voter (the first time) and waits until
-/// it leads.
-async fn lead_alone<C, SM>(raft: &Raft<C, SM>, member_id: u64, peer_url: &str) -> Result<(), String>
-where
-    C: openraft::RaftTypeConfig<NodeId = u64, Node = BasicNode>,
-    SM: openraft::storage::RaftStateMachine<C>,
-{
-    if !raft.is_initialized().await.map_err(|e| e.to_string())? {
-        let members = BTreeMap::from([(member_id, BasicNode::new(peer_url))]);
-        raft.initialize(members).await.map_err(|e| e.to_string())?;
-    } else if raft.metrics().borrow_watched().current_leader != Some(member_id) {
-        // The sole voter: campaign now rather than after an election timeout.
-        raft.trigger()
-            .elect(false)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    raft.wait(Some(Duration::from_secs(60)))
-        .current_leader(member_id, "becoming leader")
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
-/// The newest revision (or `closed`) in a shard's log, applied or not; 0 if
-/// none. Scans back from the last entry past those without one.
-async fn newest_revision_in_log(
-    wal: &Wal<DmaStorage>,
-    log: &mut WalLogStore<ShardRaft, DmaStorage>,
-) -> Result<i64, std::io::Error> {
-    use openraft::RaftLogReader;
-    let Some((first, last)) = wal.entry_range(0) else {
-        return Ok(0);
-    };
-    let mut end = last + 1;
-    while end > first {
-        let start = end.saturating_sub(64).max(first);
-        for entry in log.try_get_log_entries(start..end).await?.iter().rev() {
-            if let openraft::EntryPayload::Normal(command) = &entry.payload {
-                if let Some(revision) = command.newest_revision() {
-                    return Ok(revision);
-                }
-            }
-        }
-        end = start;
-    }
-    Ok(0)
-}
-
-/// Waits until every entry in the log at start is applied. Called once this
-/// member leads the group alone (`lead_alone`): then every entry in its log
-/// commits, also those above the committed index it had saved (saved
-/// lazily, it may lag), so waiting for the last index covers them all.
-async fn replay<C, SM>(raft: &Raft<C, SM>, timeout: Option<Duration>) -> Result<(), String>
-where
-    C: openraft::RaftTypeConfig<NodeId = u64, Node = BasicNode>,
-    SM: openraft::storage::RaftStateMachine<C>,
-{
-    let last = raft.metrics().borrow_watched().last_log_index;
-    raft.wait(timeout)
-        .applied_index_at_least(last, "replaying the log")
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
-/// Starts the meta group on this core's WAL (DESIGN §2), replays it, and
-/// records this member in it if its record changed.
-async fn start_meta(
-    cfg: &ShardConfig,
-    wal: Rc<Wal<DmaStorage>>,
-    me: MemberRecord,
-) -> Result<(Raft<MetaRaft, MetaStateMachine>, MetaStateMachine), String> {
-    let sm = MetaStateMachine::open(cfg.dir.join("meta")).map_err(|e| e.to_string())?;
-    let config = openraft::Config {
-        cluster_name: "cairn-meta".into(),
-        heartbeat_interval: cfg.raft_timing.heartbeat_ms,
-        election_timeout_min: cfg.raft_timing.election_ms,
-        election_timeout_max: cfg.raft_timing.election_ms * 2,
-        // The meta group shares shard 0's WAL, whose segments are reclaimed
-        // only once no group needs them: its rare entries must not pin them.
-        // A snapshot (a few hundred bytes) after every entry purges its log.
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1),
-        max_in_snapshot_log_to_keep: 0,
-        purge_batch_size: 1,
-        ..Default::default()
-    }
-    .validate()
-    .map_err(|e| e.to_string())?;
-    let log_store: WalLogStore<MetaRaft, DmaStorage> = WalLogStore::new(wal, META_GROUP);
-    let raft = Raft::new(
-        cfg.member_id,
-        Arc::new(config),
-        SingleMemberNetwork,
-        log_store,
-        sm.clone(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    lead_alone(&raft, cfg.member_id, &cfg.peer_url).await?;
-    replay(&raft, Some(Duration::from_secs(60))).await?;
-    if !sm.members().contains(&me) {
-        raft.client_write(MetaCommand::PutMember(me))
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    Ok((raft, sm))
-}
-
-/// Builds a snapshot of everything applied and waits until it is kept.
-async fn snapshot_now(raft: &Raft<ShardRaft, ShardStateMachine>) -> Result<(), ShardError> {
-    let Some(applied) = raft.metrics().borrow_watched().last_applied else {
-        return Ok(()); // nothing applied, nothing to keep
-    };
-    raft.trigger()
-        .snapshot()
-        .await
-        .map_err(|_| ShardError::Stopped)?;
-    raft.wait(Some(Duration::from_secs(600)))
-        .metrics(
-            |m| m.snapshot.is_some_and(|s| s.index >= applied.index),
-            "defragment",
-        )
-        .await
-        .map(|_| ())
-        .map_err(|_| ShardError::Stopped)
-}
-
-/// Serves a cross-shard coordinator until it lets go of the latch.
-async fn latched(
-    raft: &Raft<ShardRaft, ShardStateMachine>,
-    store: &Rc<RefCell<Store>>,
-    seq: &SharedSequencer,
-    hub: &WatchHub,
-    ctl: flume::Receiver<LatchCtl>,
-    fatal: &Arc<Fatal>,
-) {
-    while let Ok(msg) = ctl.recv_async().await {
-        match msg {
-            LatchCtl::Export {
-                ranges,
-                upto,
-                reply,
-            } => {
-                let _ = reply.send(store.borrow().export_ranges(&ranges, upto));
-            }
-            LatchCtl::Part {
-                revision,
-                changes,
-                participants,
-                reply,
-            } => {
-                // As in `write`: nothing builds on a failed write's effects.
-                if fatal.is_latched() {
-                    let _ = reply.send(Err(ShardError::Stopped));
-                    continue;
-                }
-                // Like a write: applied now, answered once committed. The
-                // coordinator marks the revision committed when every part is.
-                store.borrow_mut().apply(revision, &changes);
-                if hub.recording() {
-                    let events = store.borrow().events_at(revision, &changes);
-                    hub.publish([(revision, events)], seq.committed());
-                }
-                let command = ShardCommand::Part {
-                    revision,
-                    changes,
-                    participants,
-                };
-                let (responder, committed, applied) = ProgressResponder::new();
-                // As for a write (see `propose`): a part that cannot commit stops the member.
-                if let Err(err) = raft.client_write_ff(command, Some(responder)).await {
-                    fatal.latch(format!("shard: raft refused part {revision}: {err}"));
-                    let _ = reply.send(Err(ShardError::Stopped));
-                    continue;
-                }
-                let fatal = fatal.clone();
-                glommio::spawn_local(async move {
-                    let r = committed.await.map(|_| ()).map_err(|err| {
-                        fatal.latch(format!(
-                            "shard: part {revision} could not be committed: {err}"
-                        ));
-                        ShardError::Stopped
-                    });
-                    let _ = reply.send(r);
-                    let _ = applied.await;
-                })
-                .detach();
-            }
-        }
-    }
-}
-
-/// The WAL configuration of a shard with `segment_bytes` segments.
-pub fn wal_config(segment_bytes: u64) -> cairn_wal::Config {
-    cairn_wal::Config {
-        segment_bytes,
-        batch_bytes_max: (segment_bytes as usize / 4).min(cairn_wal::DMA_BATCH_BYTES_MAX),
-        ..cairn_wal::Config::default()
-    }
-}
-
-/// Bound on the changes one log entry carries (as [`changes_bytes`] counts
-/// them): an entry is one WAL record, which must fit a batch; the margin
-/// covers the entry's own encoding.
-pub fn entry_bytes_max(wal: &cairn_wal::Config) -> usize {
-    wal.record_bytes_max() * 3 / 4
-}
-
-/// An upper estimate of the log bytes of one write's changes.
-fn changes_bytes(changes: &[Change]) -> usize {
-    16 + changes
-        .iter()
-        .map(|c| match c {
-            Change::Put { key, value, .. } => key.len() + value.len() + 32,
-            Change::Delete { key } => key.len() + 16,
-            Change::DeleteRange { key, end } => {
-                key.len()
-                    + 32
-                    + if let RangeEnd::Until(e) = end {
-                        e.len()
-                    } else {
-                        0
-                    }
-            }
-        })
-        .sum::<usize>()
-}
-
-/// `op`'s changes (on one shard) as one log entry holds them, and their
-/// [`changes_bytes`]: as they are if they fit `entry_bytes_max`; the deletes
-/// of a plain DeleteRange (outside a txn) that do not fit, as the one range
-/// change that stands for them all (valid because a shard applies a write on
-/// the state it was evaluated on); anything else that does not fit is
-/// refused with etcd's "request is too large".
-pub fn fit_entry(
-    op: &RequestOp,
-    changes: Vec<Change>,
-    entry_bytes_max: usize,
-) -> Result<(Vec<Change>, usize), ShardError> {
-    let bytes = changes_bytes(&changes);
-    if bytes <= entry_bytes_max {
-        return Ok((changes, bytes));
-    }
-    match op {
-        RequestOp::DeleteRange(d) => {
-            let range = vec![Change::DeleteRange {
-                key: d.key.clone(),
-                end: RangeEnd::from_request(&d.range_end),
-            }];
-            let bytes = changes_bytes(&range);
-            Ok((range, bytes))
-        }
-        _ => Err(ShardError::TooLarge),
-    }
-}
-
-/// What [`write`] works with.
-struct WriteCtx<'a> {
-    raft: &'a Raft<ShardRaft, ShardStateMachine>,
-    store: &'a Rc<RefCell<Store>>,
-    seq: &'a Arc<SharedSequencer>,
-    hub: &'a WatchHub,
-    entry_bytes_max: usize,
-    fatal: &'a Arc<Fatal>,
-    /// Set while the WAL has no room for its next segment.
-    no_space: &'a std::sync::atomic::AtomicBool,
-}
-
-/// Writes stamped for one log entry, with their answers and watch events.
-#[derive(Default)]
-struct Entry {
-    writes: Vec<(i64, Vec<Change>)>,
-    answers: Vec<(i64, ResponseOp, WriteReply)>,
-    events: Vec<(i64, Vec<Event>)>,
-    bytes: usize,
-}
-
-/// Evaluates, stamps and applies speculatively each of `batch` in order, and
-/// proposes the ones that changed something as log entries of at most
-/// `entry_bytes_max` (usually one); each is answered once its entry commits.
-/// A write whose changes alone exceed that bound is fitted by [`fit_entry`]
-/// or refused before it is stamped (nothing changes). Returns how many were
-/// proposed.
-async fn write(
-    ctx: &WriteCtx<'_>,
-    batch: Vec<(RequestOp, WriteReply)>,
-    permit: glommio::sync::StaticPermit,
-) -> u64 {
-    let store = ctx.store;
-    let seq = ctx.seq;
-    // Released when the last entry of the batch is answered.
-    let permit = Rc::new(permit);
-    let mut entry = Entry::default();
-    let mut proposed = 0;
-    // Stamp, apply and queue in order; an entry is proposed before the next
-    // write is stamped, so the log holds this shard's writes in revision order.
-    for (op, reply) in batch {
-        // Nothing is evaluated or stamped after a fatal error: a write that
-        // could not commit may have left its effects in this shard's
-        // speculative state, and nothing may build on them.
-        if ctx.fatal.is_latched() {
-            let _ = reply.send(Err(ShardError::Stopped));
-            continue;
-        }
-        if ctx.no_space.load(std::sync::atomic::Ordering::Relaxed) {
-            // Nothing is evaluated or stamped: the write changes nothing.
-            let _ = reply.send(Err(ShardError::NoSpace));
-            continue;
-        }
-        let evaluated = {
-            let s = store.borrow();
-            // The member's newest revision: reads of this shard's keys at any
-            // revision up to it are valid (it holds all of its own).
-            let current = seq.last_stamped();
-            let mut eval = Eval::new(&s, &no_leases).current_revision(current);
-            // A read at an older revision of the member is answered once C
-            // covers it (a range in a branch not taken may name a future one:
-            // ignored).
-            let view = s.revision().max(op.max_revision().min(current));
-            eval.op(&op).map(|resp| (resp, eval.into_changes(), view))
-        };
-        match evaluated {
-            Err(err) => {
-                let _ = reply.send(Err(err.into()));
-            }
-            Ok((response, changes, view)) if changes.is_empty() => {
-                let _ = reply.send(Ok(WriteOutcome {
-                    response,
-                    revision: None,
-                    view,
-                }));
-            }
-            Ok((mut response, changes, _)) => {
-                let (changes, bytes) = match fit_entry(&op, changes, ctx.entry_bytes_max) {
-                    Ok(fit) => fit,
-                    Err(err) => {
-                        let _ = reply.send(Err(err));
-                        continue;
-                    }
-                };
-                if entry.bytes + bytes > ctx.entry_bytes_max {
-                    proposed += propose(ctx, std::mem::take(&mut entry), permit.clone()).await;
-                }
-                let revision = seq.stamp();
-                store.borrow_mut().apply(revision, &changes);
-                // Asked after stamping: see WatchHub::add_watcher.
-                if ctx.hub.recording() {
-                    let events = store.borrow().events_at(revision, &changes);
-                    entry.events.push((revision, events));
-                }
-                stamp(&mut response, revision);
-                entry.bytes += bytes;
-                entry.writes.push((revision, changes));
-                entry.answers.push((revision, response, reply));
-            }
-        }
-    }
-    proposed + propose(ctx, entry, permit).await
-}
-
-/// Proposes one entry's writes; answers them once it commits. Returns how
-/// many writes it proposed.
-async fn propose(ctx: &WriteCtx<'_>, entry: Entry, permit: Rc<glommio::sync::StaticPermit>) -> u64 {
-    let Entry {
-        mut writes,
-        answers,
-        events,
-        ..
-    } = entry;
-    // Before any of them can commit: see crate::watch.
-    if !events.is_empty() {
-        ctx.hub.publish(events, ctx.seq.committed());
-    }
-    let proposed = writes.len() as u64;
-    let command = match writes.len() {
-        0 => return 0,
-        1 => {
-            let (revision, changes) = writes.pop().expect("one");
-            ShardCommand::Write { revision, changes }
-        }
-        _ => ShardCommand::Writes { writes },
-    };
-    let (responder, committed, applied) = ProgressResponder::new();
-    // A write that is stamped and applied here but cannot be committed leaves
-    // C below it for good: the member cannot take another write, so it stops
-    // (reads at C never saw it; nothing acknowledged depends on it).
-    if let Err(e) = ctx.raft.client_write_ff(command, Some(responder)).await {
-        ctx.fatal.latch(format!("shard: raft refused a write: {e}"));
-        for (_, _, reply) in answers {
-            let _ = reply.send(Err(ShardError::Stopped));
-        }
-        return 0;
-    }
-    let seq = ctx.seq.clone();
-    let fatal = ctx.fatal.clone();
-    glommio::spawn_local(async move {
-        let _permit = permit;
-        match committed.await {
-            Ok(_) => {
-                for (revision, response, reply) in answers {
-                    seq.commit(revision);
-                    let _ = reply.send(Ok(WriteOutcome {
-                        response,
-                        revision: Some(revision),
-                        view: revision,
-                    }));
-                }
-                // Keep the receiver until openraft reports the entry applied.
-                let _ = applied.await;
-            }
-            Err(e) => {
-                let revisions = answers.first().map(|a| a.0)..=answers.last().map(|a| a.0);
-                fatal.latch(format!(
-                    "shard: writes {revisions:?} could not be committed: {e}"
-                ));
-                for (_, _, reply) in answers {
-                    let _ = reply.send(Err(ShardError::Stopped));
-                }
-            }
-        }
-    })
-    .detach();
-    proposed
 }

@@ -2,6 +2,8 @@
 //! ports, temp data dirs, stopped by PID (SIGTERM, or SIGKILL for crashes).
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

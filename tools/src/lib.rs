@@ -2,6 +2,7 @@
 //! `etcd` starts a real etcd for side-by-side tests; `ports` hands out
 //! loopback ports that concurrent test processes never share.
 
+pub mod cluster;
 pub mod etcd;
 pub mod harness;
 pub mod loadgen;

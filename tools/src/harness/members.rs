@@ -184,7 +184,8 @@ impl Member {
         Some((code, out.split_once("\r\n\r\n")?.1.to_string()))
     }
 
-    /// Sets a failpoint (the member must be a `failpoints` build).
+    /// Sets a failpoint (the member must be a `failpoints` build). When
+    /// nothing answers, the error is a [`NoAnswer`].
     pub fn failpoint(&self, name: &str, action: &str) -> Result<()> {
         match self.http("PUT", &format!("/failpoints/{name}"), action) {
             Some((200, _)) => Ok(()),
@@ -194,7 +195,12 @@ impl Member {
                     self.name
                 )
             }
-            other => bail!("setting failpoint {name} on {}: {other:?}", self.name),
+            Some(other) => bail!("setting failpoint {name} on {}: {other:?}", self.name),
+            None => Err(NoAnswer {
+                member: self.name.clone(),
+                request: format!("setting failpoint {name}"),
+            }
+            .into()),
         }
     }
 
@@ -203,6 +209,24 @@ impl Member {
         let _ = self.http("DELETE", &format!("/failpoints/{name}"), "");
     }
 }
+
+/// A request that got no answer from a member: nothing listened on its
+/// port, or the connection broke or timed out before a reply. The member is
+/// stopping or gone (or hangs): [`Member::wait_exit`] tells which.
+#[derive(Debug)]
+pub struct NoAnswer {
+    pub member: String,
+    /// What was asked, e.g. `setting failpoint wal::write`.
+    pub request: String,
+}
+
+impl std::fmt::Display for NoAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} on {}: no answer", self.request, self.member)
+    }
+}
+
+impl std::error::Error for NoAnswer {}
 
 impl Drop for Member {
     fn drop(&mut self) {

@@ -105,7 +105,9 @@ impl Config {
 pub struct Summary {
     pub verdict: check::Verdict,
     /// Faults that could not be injected or healed (e.g. a member that did
-    /// not come back): each is a finding too.
+    /// not come back): each is a finding too. A fault not injected because
+    /// the member was stopping on its own is not one: the member is
+    /// restarted and the history has a `recovery` instead.
     pub nemesis_errors: Vec<String>,
     pub history: PathBuf,
     pub pictures: Vec<String>,
@@ -285,20 +287,43 @@ pub fn run(cfg: &Config) -> Result<Summary> {
         // could not be written once the disk was full): it must stop
         // non-zero, and is restarted before the next fault.
         if let Some(status) = member.try_exit() {
-            eprintln!(
-                "cairn-harness: {} had stopped on its own ({status}); restarting",
-                member.name
-            );
-            if status.success() {
-                nemesis_errors.push(format!("{} exited with {status} on its own", member.name));
-            }
-            if let Err(e) = member.start() {
-                nemesis_errors.push(format!("restart: {e:#}"));
+            let since = recorder.now_us();
+            let found = "found before the next fault";
+            if !nemesis::restart_stopped(
+                &mut member,
+                status,
+                since,
+                found,
+                &recorder,
+                &mut nemesis_errors,
+            ) {
                 break;
             }
         }
         match nemesis::inject(kind, &mut member, disk.as_mut(), &mut rng, &recorder) {
-            Ok(detail) => eprintln!("cairn-harness: {}: {detail}", kind.name()),
+            Ok(nemesis::Injected::Done(detail)) => {
+                eprintln!("cairn-harness: {}: {detail}", kind.name())
+            }
+            // Stopping on its own when the fault came: a recovery, not an
+            // error; the next fault comes on the restarted member.
+            Ok(nemesis::Injected::MemberStopped {
+                status,
+                since_us,
+                why,
+            }) => {
+                let found = format!("{} not injected: {why}", kind.name());
+                eprintln!("cairn-harness: {found}");
+                if !nemesis::restart_stopped(
+                    &mut member,
+                    status,
+                    since_us,
+                    &found,
+                    &recorder,
+                    &mut nemesis_errors,
+                ) {
+                    break;
+                }
+            }
             Err(e) => {
                 let e = format!("{}: {e:#}", kind.name());
                 eprintln!("cairn-harness: nemesis error: {e}");

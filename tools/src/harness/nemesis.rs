@@ -15,16 +15,26 @@
 //!   the member either keeps serving or stops with an error; the space is
 //!   given back and a stopped member restarted.
 //!
+//! A member may also stop on its own, after a fault (e.g. a snapshot that
+//! hit ENOSPC after a disk-full spell is a fatal error): [`restart_stopped`]
+//! restarts it, as after a kill, and records a `recovery` in the history.
+//! When the request that injects a fault (a failpoint) gets no answer
+//! because the member is stopping that way, the fault is not injected: the
+//! nemesis waits for the exit (at most [`GONE_MAX`]) and the member is
+//! restarted ([`Injected::MemberStopped`]). Only a member that is still
+//! running and did not take the fault is a nemesis error.
+//!
 //! Cluster faults (partitions, a UDP relay with delay and loss) come with
 //! clusters.
 
-use super::members::{LoopDisk, Member};
+use super::members::{LoopDisk, Member, NoAnswer};
 use super::recorder::Recorder;
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use cairn_check::history::{Entry, Fault};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::RngExt;
+use std::process::ExitStatus;
 use std::time::Duration;
 
 /// The kinds of fault.
@@ -86,6 +96,11 @@ const STOP_MAX: Duration = Duration::from_secs(60);
 const SPELL: (u64, u64) = (1000, 3000);
 /// How long the disk stays full, ms.
 const FULL_SPELL: (u64, u64) = (3000, 8000);
+/// How long a member that did not answer the request that injects a fault
+/// may take to exit (it was stopping on its own) before that is an error.
+pub const GONE_MAX: Duration = Duration::from_secs(30);
+/// The history's name of a restart of a member that stopped on its own.
+pub const RECOVERY: &str = "recovery";
 
 fn ms(rng: &mut StdRng, (lo, hi): (u64, u64)) -> Duration {
     Duration::from_millis(rng.random_range(lo..=hi))
@@ -115,15 +130,93 @@ impl Schedule {
     }
 }
 
+/// What [`inject`] did.
+#[derive(Debug)]
+pub enum Injected {
+    /// The fault was injected and healed: a line for the log.
+    Done(String),
+    /// The fault was not injected: the member did not answer the request
+    /// that injects it and exited on its own (`status`) within
+    /// [`GONE_MAX`]; it was stopping already. Not a finding by itself: the
+    /// caller restarts it with [`restart_stopped`] and goes on.
+    MemberStopped {
+        status: ExitStatus,
+        /// When the fault was tried (the recovery's start in the history).
+        since_us: u64,
+        /// Why it was not injected, for the log.
+        why: String,
+    },
+}
+
+/// After a failpoint that injects a fault was not set (`e`): when the
+/// member did not answer ([`NoAnswer`]), `wait_exit` waits (bounded) for it
+/// to exit on its own, and an exit makes [`Injected::MemberStopped`]. A
+/// member that answered and refused, or did not answer and did not exit
+/// either, is an error.
+fn not_set(
+    e: anyhow::Error,
+    since_us: u64,
+    wait_exit: impl FnOnce() -> Option<ExitStatus>,
+) -> Result<Injected> {
+    if !e.is::<NoAnswer>() {
+        return Err(e);
+    }
+    match wait_exit() {
+        Some(status) => Ok(Injected::MemberStopped {
+            status,
+            since_us,
+            why: format!("{e:#}"),
+        }),
+        None => Err(anyhow!(
+            "{e:#}, and the member did not exit within {GONE_MAX:?} either"
+        )),
+    }
+}
+
+/// Restarts a member that stopped on its own with `status`, as after a
+/// kill ([`Member::start`]), and records the restart in the history as a
+/// [`RECOVERY`] from `since_us`, with how it was found (`found`). A member
+/// stops on its own only on a fatal error, so non-zero: a zero status is a
+/// nemesis error (it is restarted all the same), and so is a restart that
+/// failed. Errors go to `errors`; returns whether the member is up again.
+pub fn restart_stopped(
+    member: &mut Member,
+    status: ExitStatus,
+    since_us: u64,
+    found: &str,
+    recorder: &Recorder,
+    errors: &mut Vec<String>,
+) -> bool {
+    eprintln!(
+        "cairn-harness: {} had stopped on its own ({status}; {found}); restarting",
+        member.name
+    );
+    if status.success() {
+        errors.push(format!("{} exited with {status} on its own", member.name));
+    }
+    if let Err(e) = member.start() {
+        errors.push(format!("restart: {e:#}"));
+        return false;
+    }
+    recorder.record(Entry::Fault(Fault {
+        at_us: since_us,
+        until_us: recorder.now_us(),
+        fault: RECOVERY.into(),
+        target: member.name.clone(),
+        detail: format!("stopped on its own ({status}; {found}), restarted"),
+    }));
+    true
+}
+
 /// Injects one fault of `kind` into `member` and heals it; records it.
-/// Returns a line for the log.
+/// See [`Injected`] for a member that was stopping on its own.
 pub fn inject(
     kind: Kind,
     member: &mut Member,
     disk: Option<&mut LoopDisk>,
     rng: &mut StdRng,
     recorder: &Recorder,
-) -> Result<String> {
+) -> Result<Injected> {
     let at_us = recorder.now_us();
     let detail = match kind {
         Kind::Kill => {
@@ -150,7 +243,9 @@ pub fn inject(
                 ("wal::write", "return(shard-1/)"),
                 ("raft::apply", "return"),
             ][rng.random_range(0..4)];
-            member.failpoint(name, action)?;
+            if let Err(e) = member.failpoint(name, action) {
+                return not_set(e, at_us, || member.wait_exit(GONE_MAX));
+            }
             // It fails on its next WAL write or apply (the clients keep writing).
             match member.wait_exit(STOP_MAX) {
                 Some(status) if !status.success() => {}
@@ -166,7 +261,9 @@ pub fn inject(
         Kind::SlowDisk => {
             let spell = ms(rng, SPELL);
             let delay = rng.random_range(20..=200);
-            member.failpoint("wal::write", &format!("sleep({delay})"))?;
+            if let Err(e) = member.failpoint("wal::write", &format!("sleep({delay})")) {
+                return not_set(e, at_us, || member.wait_exit(GONE_MAX));
+            }
             std::thread::sleep(spell);
             member.clear_failpoint("wal::write");
             format!("each WAL write {delay} ms slower for {spell:?}")
@@ -222,7 +319,7 @@ pub fn inject(
         target: member.name.clone(),
         detail: detail.clone(),
     }));
-    Ok(detail)
+    Ok(Injected::Done(detail))
 }
 
 #[cfg(test)]
@@ -250,6 +347,96 @@ mod tests {
         };
         assert_eq!(run(3), run(3));
         assert_ne!(run(3), run(4));
+    }
+
+    fn exit(code: i32) -> ExitStatus {
+        std::os::unix::process::ExitStatusExt::from_raw(code << 8)
+    }
+
+    /// A member that is never started, on a port nothing listens on.
+    fn member(port: u16) -> Member {
+        let dir = std::env::temp_dir();
+        Member::new(
+            std::path::Path::new("/nonexistent/cairn"),
+            "m0",
+            port,
+            dir.join("m0-not-started"),
+            dir.join("m0-not-started.log"),
+            Vec::new(),
+        )
+    }
+
+    #[test]
+    fn a_failpoint_nothing_answers_is_no_answer() {
+        let m = member(crate::ports::free_port());
+        let e = m.failpoint("wal::write", "return").unwrap_err();
+        assert!(e.is::<NoAnswer>(), "{e:#}");
+        assert_eq!(
+            format!("{e:#}"),
+            "setting failpoint wal::write on m0: no answer"
+        );
+    }
+
+    #[test]
+    fn a_failpoint_refused_is_not_no_answer() {
+        use std::io::{Read, Write};
+        let port = crate::ports::free_port();
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            // Read the whole request (head and its 6-byte body) before
+            // answering, so closing does not reset the connection.
+            let mut req = Vec::new();
+            let mut buf = [0; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") || !req.ends_with(b"return") {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "the request ended early");
+                req.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope")
+                .unwrap();
+        });
+        let m = member(port);
+        let e = m.failpoint("wal::write", "return").unwrap_err();
+        server.join().unwrap();
+        assert!(!e.is::<NoAnswer>(), "{e:#}");
+        // An alive member that refuses the fault: an error at once, without
+        // waiting for an exit.
+        let e = not_set(e, 0, || panic!("waited for a member that answered")).unwrap_err();
+        assert!(format!("{e:#}").contains("500"), "{e:#}");
+    }
+
+    #[test]
+    fn a_member_that_did_not_answer_and_exited_is_restarted_not_an_error() {
+        let e = member(crate::ports::free_port())
+            .failpoint("wal::write", "sleep(50)")
+            .unwrap_err();
+        match not_set(e, 42, || Some(exit(1))).unwrap() {
+            Injected::MemberStopped {
+                status,
+                since_us,
+                why,
+            } => {
+                assert_eq!(status.code(), Some(1));
+                assert_eq!(since_us, 42);
+                assert_eq!(why, "setting failpoint wal::write on m0: no answer");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_member_that_did_not_answer_and_runs_on_is_an_error() {
+        let e = member(crate::ports::free_port())
+            .failpoint("raft::apply", "return")
+            .unwrap_err();
+        let e = not_set(e, 0, || None).unwrap_err();
+        assert_eq!(
+            format!("{e:#}"),
+            format!(
+                "setting failpoint raft::apply on m0: no answer, and the member did not exit within {GONE_MAX:?} either"
+            )
+        );
     }
 
     #[test]

@@ -1,0 +1,206 @@
+//! Write leadership across the member's N+1 Raft groups (DESIGN §2.1 points
+//! 1 and 5, §2.1.1), run by each member of a cluster on its front runtime.
+//!
+//! openraft elects a leader per group; cairn needs one member to lead them
+//! all, since only the member that leads the meta group and every data group
+//! may stamp revisions. How the groups are brought together:
+//!
+//! - The meta group elects on its own timers (openraft's randomized
+//!   election timeouts). Its leader is the write leader.
+//! - Data groups never campaign on a timer (`enable_elect` off, see
+//!   `crate::shard::raft_config`). This controller decides instead:
+//!   1. a member that leads a data group while another member leads the
+//!      meta group hands the data group over (`transfer_leader`: the target
+//!      catches up first, then campaigns);
+//!   2. the meta leader campaigns for a data group that nobody hands over
+//!      (its leader is gone) after an election timeout;
+//!   3. any member campaigns for a data group that has had no leader for
+//!      two election timeouts or more (with a random part): the meta leader
+//!      may be unable to win it (a data group's voters refuse a candidate
+//!      whose log of that group is behind theirs), and someone must lead it
+//!      so that rule 1 can hand it over once the meta leader caught up.
+//! - A member stamps only in an *epoch*: it leads every group, and has run
+//!   the failover (DESIGN §2.1 point 5) in the terms it leads them in:
+//!   each data group commits an entry of this term (so everything in its
+//!   log is committed), then every group is closed at the newest revision
+//!   any log holds (cross-shard parts at or below it are decided), and the
+//!   sequencer stamps above it. When any group's term changes or its
+//!   leadership is lost, the epoch ends at once: the sequencer stops
+//!   stamping and C freezes; writes in flight are answered by the shards
+//!   (`leader changed`: unknown outcome); speculative state is rolled back
+//!   by each shard's state machine when an entry of another leadership
+//!   reaches it (`crate::raft::state_machine`).
+//! - While it stamps, the leader appends a Tick with its C to data groups
+//!   that have nothing newer, so followers' visible revision moves.
+
+use super::Member;
+use crate::raft::board::GroupView;
+use crate::shard::peer::{Group, GroupCtl};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often the controller looks, besides on every leadership change.
+const LOOK_EVERY: Duration = Duration::from_millis(20);
+
+/// Where the member's write leadership is.
+#[derive(Debug, PartialEq, Eq)]
+enum State {
+    Following,
+    /// Stamping in `epoch`, with every group at these terms.
+    Leading {
+        epoch: u64,
+        terms: Vec<u64>,
+    },
+}
+
+fn terms(views: &[GroupView]) -> Vec<u64> {
+    views.iter().map(|v| v.term).collect()
+}
+
+/// Runs the controller until the member goes away.
+pub async fn run(member: Arc<Member>) {
+    let peers = &member.peers;
+    let me = member.member_id;
+    let n = member.shards.len();
+    let election = Duration::from_millis(peers.timing.election_ms);
+    let mut board = peers.board.subscribe();
+    let mut state = State::Following;
+    // Per data group: when it was last asked to elect or transfer, and
+    // since when it has had no leader.
+    let mut asked: Vec<Option<Instant>> = vec![None; n];
+    let mut leaderless: Vec<Option<Instant>> = vec![None; n];
+    let mut meta_leader_since: Option<Instant> = None;
+    let mut seed = me ^ 0x9e37_79b9_7f4a_7c15;
+    // Publishing this member's record: not yet (None), under way, or done.
+    let mut publish: Option<tokio::task::JoinHandle<bool>> = None;
+    let mut published = false;
+    loop {
+        if member.fatal.is_latched() {
+            member.seq.follow();
+            return;
+        }
+        let _ = tokio::time::timeout(LOOK_EVERY, board.changed()).await;
+        let views = peers.board.views();
+        let meta = &views[n];
+        let leads_all = views.iter().all(|v| v.leading);
+        match &state {
+            State::Leading { epoch, terms: t } => {
+                if !leads_all || *t != terms(&views) {
+                    member.seq.follow();
+                    eprintln!("cairn: member {me:x}: write leadership (epoch {epoch}) ended");
+                    state = State::Following;
+                }
+            }
+            State::Following if leads_all => match failover(&member, &views).await {
+                Ok(epoch) => {
+                    eprintln!("cairn: member {me:x}: write leader (epoch {epoch})");
+                    state = State::Leading {
+                        epoch,
+                        terms: terms(&views),
+                    };
+                }
+                Err(e) => eprintln!("cairn: member {me:x}: failover: {e}"),
+            },
+            State::Following => {}
+        }
+        // This member's record in the meta group, once a leader exists.
+        if !published {
+            publish = match publish {
+                None if meta.leader.is_some() => {
+                    let m = member.clone();
+                    Some(tokio::spawn(async move { m.publish_self().await.is_ok() }))
+                }
+                Some(task) if task.is_finished() => {
+                    published = task.await.unwrap_or(false);
+                    None
+                }
+                other => other,
+            };
+        }
+        if let State::Leading { .. } = state {
+            let closed = member.seq.committed();
+            for shard in 0..n {
+                peers.tell(shard, Group::Data, GroupCtl::Tick { closed });
+            }
+        }
+        // Bringing the data groups to the meta leader.
+        let now = Instant::now();
+        meta_leader_since = match (meta.leading, meta_leader_since) {
+            (true, None) => Some(now),
+            (true, since) => since,
+            (false, _) => None,
+        };
+        for (shard, v) in views[..n].iter().enumerate() {
+            leaderless[shard] = match (v.leader, leaderless[shard]) {
+                (None, None) => Some(now),
+                (None, since) => since,
+                (Some(_), _) => None,
+            };
+            let quiet = asked[shard].is_none_or(|t| now - t >= election);
+            if !quiet {
+                continue;
+            }
+            let ask = if v.leading {
+                // Rule 1.
+                match meta.leader {
+                    Some(m) if m != me && !meta.leading => Some(GroupCtl::Transfer(m)),
+                    _ => None,
+                }
+            } else if meta_leader_since.is_some_and(|t| now - t >= election) {
+                // Rule 2.
+                Some(GroupCtl::Elect)
+            } else {
+                // Rule 3, with a random part so members do not all campaign.
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let jitter = Duration::from_millis(seed % peers.timing.election_ms.max(1));
+                leaderless[shard]
+                    .is_some_and(|t| now - t >= 2 * election + jitter)
+                    .then_some(GroupCtl::Elect)
+            };
+            if let Some(ctl) = ask {
+                asked[shard] = Some(now);
+                peers.tell(shard, Group::Data, ctl);
+            }
+        }
+    }
+}
+
+/// DESIGN §2.1 point 5, once this member leads every group (as `views`
+/// show): returns the epoch it stamps in.
+async fn failover(member: &Member, views: &[GroupView]) -> Result<u64, String> {
+    let peers = &member.peers;
+    let n = member.shards.len();
+    let ttl = Duration::from_millis(3 * peers.timing.election_ms).max(Duration::from_secs(3));
+    // 1. An entry of this term committed in each data group: every entry of
+    // its log is committed; the newest revision any of them holds.
+    let settles = (0..n).map(|shard| peers.ask(shard, Group::Data, GroupCtl::Settle));
+    let settled = tokio::time::timeout(ttl, futures::future::join_all(settles))
+        .await
+        .map_err(|_| "the data groups did not commit an entry of this term in time")?;
+    // etcd's first revision is 1: a new cluster's first write gets 2.
+    let mut last = member.seq.committed().max(1);
+    for r in settled {
+        last = last.max(r??);
+    }
+    // 2. Every group closed at `last`, and applied up to it.
+    let closes = (0..n).map(|shard| {
+        peers.ask(shard, Group::Data, |reply| GroupCtl::Close {
+            closed: last,
+            reply,
+        })
+    });
+    let closed = tokio::time::timeout(ttl, futures::future::join_all(closes))
+        .await
+        .map_err(|_| "the data groups did not apply their close in time")?;
+    for r in closed {
+        r??;
+    }
+    // 3. Still the leader of every group, in the same terms.
+    let now = peers.board.views();
+    if now.iter().any(|v| !v.leading) || terms(&now) != terms(views) {
+        return Err("leadership changed during the failover".into());
+    }
+    Ok(member.seq.lead(last))
+}

@@ -1,0 +1,76 @@
+//! [`GroupBoard`]: what each of a member's Raft groups last reported about its
+//! leadership, published by the shard cores (from openraft's metrics) for the
+//! member's write-leadership controller on the front.
+//!
+//! Groups `0..n` are the data groups (shard ids); group `n` is the meta group.
+
+use std::sync::Mutex;
+
+/// One group's leadership as its Raft reported it last.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupView {
+    pub term: u64,
+    /// The leader this member knows of in `term`.
+    pub leader: Option<u64>,
+    /// This member is the group's leader (openraft's Leader state).
+    pub leading: bool,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+}
+
+/// See the module docs.
+pub struct GroupBoard {
+    views: Mutex<Vec<GroupView>>,
+    changed: tokio::sync::watch::Sender<u64>,
+    data_groups: usize,
+}
+
+impl GroupBoard {
+    /// A board for `data_groups` data groups and the meta group.
+    pub fn new(data_groups: usize) -> Self {
+        Self {
+            views: Mutex::new(vec![GroupView::default(); data_groups + 1]),
+            changed: tokio::sync::watch::channel(0).0,
+            data_groups,
+        }
+    }
+
+    /// The meta group's index.
+    pub fn meta(&self) -> usize {
+        self.data_groups
+    }
+
+    pub fn data_groups(&self) -> usize {
+        self.data_groups
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<GroupView>> {
+        self.views.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Group `group` reports `view`.
+    pub fn set(&self, group: usize, view: GroupView) {
+        let changed = {
+            let mut views = self.lock();
+            std::mem::replace(&mut views[group], view.clone()) != view
+        };
+        if changed {
+            self.changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Every group's view (data groups, then the meta group).
+    pub fn views(&self) -> Vec<GroupView> {
+        self.lock().clone()
+    }
+
+    /// The meta group's leader, as this member knows it.
+    pub fn meta_leader(&self) -> Option<u64> {
+        self.lock()[self.data_groups].leader
+    }
+
+    /// Wakes on every change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}

@@ -1,0 +1,239 @@
+//! A shard core's side of the cluster: Raft frames from peers for its groups
+//! (its data group; on core 0 the meta group too), and what the member's
+//! write-leadership controller (`crate::member::leader`) asks of them.
+//!
+//! Served by a task of its own, beside the shard's request loop: a shard
+//! latched by a cross-shard write, or waiting for write permits, still
+//! answers heartbeats and votes. At most [`PEER_TASKS_MAX`] are handled at
+//! once per core; the transport's queue bounds the rest.
+
+use super::groups::newest_revision_in_log;
+use crate::mvcc::Store;
+use crate::raft::log_store::WalLogStore;
+use crate::raft::meta::{MetaCommand, MetaRaft, MetaStateMachine};
+use crate::raft::network;
+use crate::raft::state_machine::ShardStateMachine;
+use crate::raft::types::{ShardCommand, ShardRaft};
+use crate::transport::Kind;
+use cairn_wal::storage::DmaStorage;
+use cairn_wal::Wal;
+use openraft::impls::ProgressResponder;
+use openraft::Raft;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use tokio::sync::oneshot;
+
+/// Frames and controls handled at once on one shard core.
+pub const PEER_TASKS_MAX: u64 = 256;
+/// Bound on frames and controls queued for one shard core.
+pub const RAFT_IN_QUEUE_MAX: usize = 1024;
+
+/// Which of a core's groups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Group {
+    /// The shard's data group.
+    Data,
+    /// The meta group (core 0 only).
+    Meta,
+}
+
+/// What reaches a shard core's groups from outside its request loop.
+pub enum RaftIn {
+    /// A Raft frame from a peer.
+    Frame {
+        group: Group,
+        kind: Kind,
+        body: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, String>>,
+    },
+    /// The member's write-leadership controller.
+    Ctl { group: Group, ctl: GroupCtl },
+}
+
+/// What the write-leadership controller asks of a group.
+pub enum GroupCtl {
+    /// Campaign now (after a Pre-Vote round: a member that cannot win
+    /// changes no term).
+    Elect,
+    /// Hand the group's leadership to this member (if leading it).
+    Transfer(u64),
+    /// Failover, first step (data groups): commit an entry of this term, so
+    /// every entry in the log is committed; answers the newest revision in
+    /// the log.
+    Settle(oneshot::Sender<Result<i64, String>>),
+    /// Failover, second step: every revision up to `closed` is decided; say
+    /// so in the log (cross-shard parts below it are decided by it), wait
+    /// until it is applied, and stamp this shard's writes as this leader.
+    Close {
+        closed: i64,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// The write leader's C is `closed`: if this group has no entry that
+    /// shows it, append a Tick, so followers' visible revision moves on.
+    Tick { closed: i64 },
+    /// Confirm this member still leads the group (ReadIndex: a heartbeat
+    /// round acknowledged by a quorum).
+    Confirm(oneshot::Sender<Result<(), String>>),
+    /// Append to the meta group's log (its leader only), and wait until applied.
+    MetaWrite {
+        command: MetaCommand,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// A core's groups, as the peer task reaches them.
+pub(super) struct Groups {
+    pub data: Raft<ShardRaft, ShardStateMachine>,
+    pub sm: ShardStateMachine,
+    pub store: Rc<RefCell<Store>>,
+    pub wal: Rc<Wal<DmaStorage>>,
+    /// Set once the meta group is started (core 0).
+    pub meta: RefCell<Option<Raft<MetaRaft, MetaStateMachine>>>,
+    /// The newest `closed` this core appended in a Tick.
+    pub ticked: Cell<i64>,
+}
+
+/// Serves `rx` on the current shard core until every sender is gone.
+pub(super) fn serve(rx: flume::Receiver<RaftIn>, groups: Rc<Groups>) {
+    glommio::spawn_local(async move {
+        let permits = Rc::new(glommio::sync::Semaphore::new(PEER_TASKS_MAX));
+        while let Ok(msg) = rx.recv_async().await {
+            let Ok(permit) = permits.acquire_static_permit(1).await else {
+                return;
+            };
+            let groups = groups.clone();
+            glommio::spawn_local(async move {
+                let _permit = permit;
+                handle(&groups, msg).await;
+            })
+            .detach();
+        }
+    })
+    .detach();
+}
+
+async fn handle(g: &Groups, msg: RaftIn) {
+    match msg {
+        RaftIn::Frame {
+            group: Group::Data,
+            kind,
+            body,
+            reply,
+        } => {
+            let _ = reply.send(network::serve(&g.data, kind, &body).await);
+        }
+        RaftIn::Frame {
+            group: Group::Meta,
+            kind,
+            body,
+            reply,
+        } => {
+            let meta = g.meta.borrow().clone();
+            let r = match meta {
+                Some(meta) => network::serve(&meta, kind, &body).await,
+                None => Err("the meta group is not started".into()),
+            };
+            let _ = reply.send(r);
+        }
+        RaftIn::Ctl {
+            group: Group::Meta,
+            ctl,
+        } => {
+            let meta = g.meta.borrow().clone();
+            if let Some(meta) = meta {
+                meta_ctl(&meta, ctl).await;
+            }
+        }
+        RaftIn::Ctl {
+            group: Group::Data,
+            ctl,
+        } => data_ctl(g, ctl).await,
+    }
+}
+
+async fn meta_ctl(meta: &Raft<MetaRaft, MetaStateMachine>, ctl: GroupCtl) {
+    match ctl {
+        GroupCtl::Elect => {
+            let _ = meta.trigger().elect(true).await;
+        }
+        GroupCtl::Transfer(to) => {
+            let _ = meta.trigger().transfer_leader(to).await;
+        }
+        GroupCtl::Confirm(reply) => {
+            let r = meta
+                .get_read_linearizer(openraft::ReadPolicy::ReadIndex)
+                .await;
+            let _ = reply.send(r.map(|_| ()).map_err(|e| e.to_string()));
+        }
+        GroupCtl::Settle(reply) => {
+            let _ = reply.send(Err("the meta group holds no revisions".into()));
+        }
+        GroupCtl::Close { reply, .. } => {
+            let _ = reply.send(Err("the meta group holds no revisions".into()));
+        }
+        GroupCtl::Tick { .. } => {}
+        GroupCtl::MetaWrite { command, reply } => {
+            let r = meta.client_write(command).await;
+            let _ = reply.send(r.map(|_| ()).map_err(|e| e.to_string()));
+        }
+    }
+}
+
+async fn data_ctl(g: &Groups, ctl: GroupCtl) {
+    let raft = &g.data;
+    match ctl {
+        GroupCtl::Elect => {
+            let _ = raft.trigger().elect(true).await;
+        }
+        GroupCtl::Transfer(to) => {
+            let _ = raft.trigger().transfer_leader(to).await;
+        }
+        GroupCtl::Confirm(reply) => {
+            let r = raft
+                .get_read_linearizer(openraft::ReadPolicy::ReadIndex)
+                .await;
+            let _ = reply.send(r.map(|_| ()).map_err(|e| e.to_string()));
+        }
+        GroupCtl::Settle(reply) => {
+            let _ = reply.send(settle(g).await);
+        }
+        GroupCtl::Close { closed, reply } => {
+            let r = raft
+                .client_write(ShardCommand::Tick { closed })
+                .await
+                .map_err(|e| e.to_string());
+            let _ = reply.send(r.map(|resp| {
+                g.ticked.set(g.ticked.get().max(closed));
+                g.sm.stamp_as(resp.log_id.leader_id);
+            }));
+        }
+        GroupCtl::MetaWrite { reply, .. } => {
+            let _ = reply.send(Err("a data group holds no members".into()));
+        }
+        GroupCtl::Tick { closed } => {
+            if closed > g.ticked.get() && closed > g.store.borrow().revision() {
+                g.ticked.set(closed);
+                let _ = raft
+                    .client_write_ff(ShardCommand::Tick { closed }, None)
+                    .await;
+            }
+        }
+    }
+}
+
+/// See [`GroupCtl::Settle`]. The Tick says nothing (`closed` 0): it only
+/// has to commit in this term.
+async fn settle(g: &Groups) -> Result<i64, String> {
+    let (responder, committed, _applied) = ProgressResponder::new();
+    g.data
+        .client_write_ff(ShardCommand::Tick { closed: 0 }, Some(responder))
+        .await
+        .map_err(|e| e.to_string())?;
+    committed
+        .await
+        .map_err(|_| "not the leader any more".to_string())?;
+    let mut log: WalLogStore<ShardRaft, DmaStorage> = WalLogStore::new(g.wal.clone(), 0);
+    newest_revision_in_log(&g.wal, &mut log)
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,682 @@
+//! [`QuicTransport`]: members over QUIC (quinn on its own small tokio
+//! runtime), the peer port being UDP (DESIGN §2.1.1, §2.2).
+//!
+//! - **One connection per member pair**, dialed by the member with the lower
+//!   id (redialed with backoff while the peer is away) and used both ways:
+//!   each call is a bidirectional stream of its own, so a large snapshot is
+//!   flow-controlled on its stream and never holds heartbeats back, and the
+//!   small frames of every group that are sent together travel in the same
+//!   UDP packets (QUIC packs the frames of many streams into one packet:
+//!   that is how heartbeats of all groups to one member are coalesced).
+//! - **Handshake**: the dialer's first stream carries its [`Hello`]
+//!   (protocol version, member id, cluster token, shard count); the other
+//!   side checks it against its own and answers with its own Hello or the
+//!   reason it refuses. Both sides log a refusal and close the connection.
+//! - **TLS**: `https://` peer URLs use mutual TLS with the given CA;
+//!   `http://` ones an ephemeral self-signed certificate that peers do not
+//!   verify (encrypted, not authenticated: a warning at start).
+//! - **Bounded**: at most [`STREAMS_MAX`] streams at once per connection
+//!   (QUIC flow control makes the sender wait), frames of at most
+//!   [`FRAME_BYTES_MAX`].
+//!
+//! Wire format of a call: request = kind (u8), group (u64 LE), body; the
+//! stream's end ends it. Reply = status (u8: 0 ok, 1 refused), then the
+//! body or the reason (UTF-8).
+
+use super::{CallError, Frame, Inbox, Kind, Transport};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The peer protocol this build speaks; members of other versions are
+/// refused at the handshake. Bumped on any change of the frames' encoding.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Streams open at once on one connection, each way.
+pub const STREAMS_MAX: u32 = 1024;
+/// The largest frame (a snapshot travels as one).
+pub const FRAME_BYTES_MAX: usize = 1 << 30;
+/// The largest handshake message.
+const HELLO_BYTES_MAX: usize = 4096;
+const ALPN: &[u8] = b"cairn-peer";
+
+/// What two members check about each other before anything else.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: u32,
+    pub member_id: u64,
+    pub cluster_token: String,
+    pub shards: u32,
+}
+
+impl Hello {
+    /// Why a member saying `theirs` is not one of ours (None: it is).
+    fn refuses(&self, theirs: &Hello) -> Option<String> {
+        if theirs.protocol != self.protocol {
+            return Some(format!(
+                "member {:x} speaks peer protocol {}, this member {} (run adjacent cairn versions only)",
+                theirs.member_id, theirs.protocol, self.protocol
+            ));
+        }
+        if theirs.cluster_token != self.cluster_token {
+            return Some(format!(
+                "member {:x} has --initial-cluster-token {:?}, this member {:?}: not the same cluster",
+                theirs.member_id, theirs.cluster_token, self.cluster_token
+            ));
+        }
+        if theirs.shards != self.shards {
+            return Some(format!(
+                "member {:x} has {} shards, this member {}: --shards must be the same on every member",
+                theirs.member_id, theirs.shards, self.shards
+            ));
+        }
+        None
+    }
+}
+
+/// How members authenticate each other.
+#[derive(Clone, Debug)]
+pub enum PeerTls {
+    /// `http://` peer URLs: encrypted with a self-signed certificate made at
+    /// start; peers' certificates are not checked.
+    Unauthenticated,
+    /// `https://` peer URLs: each side presents `cert` and checks the
+    /// other's against `ca`.
+    Mutual {
+        cert: PathBuf,
+        key: PathBuf,
+        ca: PathBuf,
+    },
+}
+
+/// How to start a [`QuicTransport`].
+pub struct QuicConfig {
+    pub me: u64,
+    /// The UDP address to listen on (`--listen-peer-urls`).
+    pub listen: SocketAddr,
+    /// Every other member: its peer address and the name its certificate
+    /// carries (the host of its peer URL).
+    pub peers: BTreeMap<u64, (SocketAddr, String)>,
+    pub tls: PeerTls,
+    pub hello: Hello,
+}
+
+struct Shared {
+    hello: Hello,
+    endpoint: quinn::Endpoint,
+    inbox: Arc<dyn Inbox>,
+    conns: Mutex<BTreeMap<u64, quinn::Connection>>,
+}
+
+/// See the module docs.
+pub struct QuicTransport {
+    shared: Arc<Shared>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for QuicTransport {
+    fn drop(&mut self) {
+        self.shared.endpoint.close(0u32.into(), b"member stopping");
+        // May be dropped on a runtime's thread: no blocking shutdown.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read_pem(path: &PathBuf) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn certs(path: &PathBuf) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let pem = read_pem(path)?;
+    let certs: Result<Vec<_>, _> =
+        rustls::pki_types::CertificateDer::pem_slice_iter(&pem).collect();
+    let certs = certs.map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+fn key(path: &PathBuf) -> Result<rustls::pki_types::PrivateKeyDer<'static>, String> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::PrivateKeyDer::from_pem_slice(&read_pem(path)?)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Accepts any server certificate: `http://` peer URLs (see the module docs).
+#[derive(Debug)]
+struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The QUIC server and client configurations for `tls`.
+fn quic_configs(tls: &PeerTls) -> Result<(quinn::ServerConfig, quinn::ClientConfig), String> {
+    let provider = crypto_provider();
+    let versions = rustls::DEFAULT_VERSIONS;
+    let (mut server, mut client) = match tls {
+        PeerTls::Unauthenticated => {
+            let made = rcgen::generate_simple_self_signed(vec!["cairn-peer".to_string()])
+                .map_err(|e| format!("making a peer certificate: {e}"))?;
+            let cert = made.cert.der().clone();
+            let key =
+                rustls::pki_types::PrivateKeyDer::Pkcs8(made.signing_key.serialize_der().into());
+            let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(versions)
+                .map_err(|e| e.to_string())?
+                .with_no_client_auth()
+                .with_single_cert(vec![cert], key)
+                .map_err(|e| format!("peer certificate: {e}"))?;
+            let client = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(versions)
+                .map_err(|e| e.to_string())?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider.clone())))
+                .with_no_client_auth();
+            (server, client)
+        }
+        PeerTls::Mutual { cert, key: k, ca } => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in certs(ca)? {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("--peer-trusted-ca-file {}: {e}", ca.display()))?;
+            }
+            let roots = Arc::new(roots);
+            let chain = certs(cert)?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                roots.clone(),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| format!("--peer-trusted-ca-file: {e}"))?;
+            let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(versions)
+                .map_err(|e| e.to_string())?
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(chain.clone(), key(k)?)
+                .map_err(|e| format!("--peer-cert-file/--peer-key-file: {e}"))?;
+            let client = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(versions)
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_client_auth_cert(chain, key(k)?)
+                .map_err(|e| format!("--peer-cert-file/--peer-key-file: {e}"))?;
+            (server, client)
+        }
+    };
+    server.alpn_protocols = vec![ALPN.to_vec()];
+    client.alpn_protocols = vec![ALPN.to_vec()];
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(STREAMS_MAX.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .keep_alive_interval(Some(Duration::from_secs(1)))
+        .max_idle_timeout(Some(
+            Duration::from_secs(10)
+                .try_into()
+                .map_err(|e| format!("{e}"))?,
+        ));
+    let transport = Arc::new(transport);
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(
+        quinn::crypto::rustls::QuicServerConfig::try_from(server).map_err(|e| e.to_string())?,
+    ));
+    server.transport_config(transport.clone());
+    let mut client = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(client).map_err(|e| e.to_string())?,
+    ));
+    client.transport_config(transport);
+    Ok((server, client))
+}
+
+impl QuicTransport {
+    /// Listens on `cfg.listen`, dials the members with higher ids, and
+    /// hands incoming frames to `inbox`.
+    pub fn start(cfg: QuicConfig, inbox: Arc<dyn Inbox>) -> Result<Arc<Self>, String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("cairn-peer")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("peer runtime: {e}"))?;
+        let (server, client) = quic_configs(&cfg.tls)?;
+        let endpoint = {
+            let _guard = runtime.enter();
+            let mut endpoint = quinn::Endpoint::server(server, cfg.listen)
+                .map_err(|e| format!("--listen-peer-urls {} (UDP): {e}", cfg.listen))?;
+            endpoint.set_default_client_config(client);
+            endpoint
+        };
+        let shared = Arc::new(Shared {
+            hello: cfg.hello,
+            endpoint,
+            inbox,
+            conns: Mutex::new(BTreeMap::new()),
+        });
+        runtime.spawn(accept(shared.clone()));
+        for (id, (addr, name)) in cfg.peers {
+            if cfg.me < id {
+                runtime.spawn(dial(shared.clone(), id, addr, name));
+            }
+        }
+        Ok(Arc::new(Self {
+            shared,
+            runtime: Some(runtime),
+        }))
+    }
+
+    /// The UDP address it listens on.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.shared.endpoint.local_addr().ok()
+    }
+}
+
+impl Shared {
+    fn conn(&self, to: u64) -> Option<quinn::Connection> {
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&to)
+            .cloned()
+    }
+
+    /// `conn` is the connection to `peer` now; served until it closes.
+    async fn adopt(self: Arc<Self>, peer: u64, conn: quinn::Connection) {
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer, conn.clone());
+        while let Ok((send, recv)) = conn.accept_bi().await {
+            tokio::spawn(serve_stream(self.clone(), peer, send, recv));
+        }
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        if conns
+            .get(&peer)
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            conns.remove(&peer);
+        }
+    }
+}
+
+/// Keeps a connection to `peer` (a member with a higher id) up.
+async fn dial(shared: Arc<Shared>, peer: u64, addr: SocketAddr, name: String) {
+    let mut backoff = Duration::from_millis(50);
+    let mut refused_before = false;
+    loop {
+        match connect(&shared, peer, addr, &name).await {
+            Ok(conn) => {
+                backoff = Duration::from_millis(50);
+                refused_before = false;
+                shared.clone().adopt(peer, conn).await;
+            }
+            Err(Dial::Refused(why)) => {
+                if !refused_before {
+                    eprintln!("cairn: refusing peer {peer:x} at {addr}: {why}");
+                }
+                refused_before = true;
+                backoff = Duration::from_secs(5);
+            }
+            Err(Dial::Failed) => {}
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+enum Dial {
+    /// Reached, and not one of ours (or it refused us).
+    Refused(String),
+    /// Not reached (yet: it is redialed).
+    Failed,
+}
+
+async fn connect(
+    shared: &Shared,
+    peer: u64,
+    addr: SocketAddr,
+    name: &str,
+) -> Result<quinn::Connection, Dial> {
+    let failed = |_: &dyn std::fmt::Display| Dial::Failed;
+    let conn = shared
+        .endpoint
+        .connect(addr, name)
+        .map_err(|e| failed(&e))?
+        .await
+        .map_err(|e| match e {
+            quinn::ConnectionError::TransportError(t) => Dial::Refused(format!("TLS: {t}")),
+            quinn::ConnectionError::ConnectionClosed(c) => Dial::Refused(format!("TLS: {c}")),
+            e => failed(&e),
+        })?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| failed(&e))?;
+    let hello = postcard::to_stdvec(&shared.hello).map_err(|e| failed(&e))?;
+    send.write_all(&hello).await.map_err(|e| failed(&e))?;
+    send.finish().map_err(|e| failed(&e))?;
+    let answer = recv
+        .read_to_end(HELLO_BYTES_MAX)
+        .await
+        .map_err(|e| failed(&e))?;
+    let theirs: Result<Hello, String> = postcard::from_bytes(&answer).map_err(|e| failed(&e))?;
+    let refused = match theirs {
+        Err(why) => Some(format!("it refuses this member: {why}")),
+        Ok(h) if h.member_id != peer => {
+            Some(format!("it is member {:x}, not {peer:x}", h.member_id))
+        }
+        Ok(h) => shared.hello.refuses(&h),
+    };
+    if let Some(why) = refused {
+        conn.close(1u32.into(), why.as_bytes());
+        return Err(Dial::Refused(why));
+    }
+    Ok(conn)
+}
+
+/// Accepts connections from members with lower ids.
+async fn accept(shared: Arc<Shared>) {
+    while let Some(incoming) = shared.endpoint.accept().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else {
+                return;
+            };
+            let remote = conn.remote_address();
+            let Ok((mut send, mut recv)) = conn.accept_bi().await else {
+                return;
+            };
+            let Ok(bytes) = recv.read_to_end(HELLO_BYTES_MAX).await else {
+                return;
+            };
+            let theirs: Option<Hello> = postcard::from_bytes(&bytes).ok();
+            let verdict: Result<Hello, String> = match &theirs {
+                None => Err("an unreadable hello".into()),
+                Some(h) => match shared.hello.refuses(h) {
+                    Some(why) => Err(why),
+                    None => Ok(shared.hello.clone()),
+                },
+            };
+            if let Err(why) = &verdict {
+                eprintln!("cairn: refusing peer at {remote}: {why}");
+            }
+            let Ok(answer) = postcard::to_stdvec(&verdict) else {
+                return;
+            };
+            if send.write_all(&answer).await.is_err() || send.finish().is_err() {
+                return;
+            }
+            match (verdict, theirs) {
+                (Ok(_), Some(h)) => shared.adopt(h.member_id, conn).await,
+                _ => {
+                    // Let the answer reach it before closing.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+                    conn.close(1u32.into(), b"refused");
+                }
+            }
+        });
+    }
+}
+
+fn kind_of(byte: u8) -> Option<Kind> {
+    Some(match byte {
+        1 => Kind::Append,
+        2 => Kind::Vote,
+        3 => Kind::Snapshot,
+        4 => Kind::Forward,
+        5 => Kind::ReadIndex,
+        6 => Kind::Transfer,
+        7 => Kind::PreVote,
+        _ => return None,
+    })
+}
+
+/// Answers one call from `peer`.
+async fn serve_stream(
+    shared: Arc<Shared>,
+    peer: u64,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let Ok(bytes) = recv.read_to_end(FRAME_BYTES_MAX).await else {
+        return;
+    };
+    let reply = match (bytes.first().copied().and_then(kind_of), bytes.get(1..9)) {
+        (Some(kind), Some(group)) => {
+            let frame = Frame {
+                kind,
+                group: u64::from_le_bytes(group.try_into().expect("8 bytes")),
+                body: bytes[9..].to_vec(),
+            };
+            shared.inbox.deliver(peer, frame).await
+        }
+        _ => Err("a malformed frame".into()),
+    };
+    let (status, body) = match reply {
+        Ok(body) => (0u8, body),
+        Err(why) => (1u8, why.into_bytes()),
+    };
+    if send.write_all(&[status]).await.is_ok() && send.write_all(&body).await.is_ok() {
+        let _ = send.finish();
+    }
+}
+
+impl Transport for QuicTransport {
+    fn call(
+        &self,
+        to: u64,
+        frame: Frame,
+        ttl: Duration,
+    ) -> BoxFuture<'static, Result<Vec<u8>, CallError>> {
+        let Some(conn) = self.shared.conn(to) else {
+            return Box::pin(futures::future::ready(Err(CallError::Unreachable(
+                format!("no connection to member {to:x}"),
+            ))));
+        };
+        let Some(runtime) = self.runtime.as_ref() else {
+            return Box::pin(futures::future::ready(Err(CallError::Unreachable(
+                "stopping".into(),
+            ))));
+        };
+        let (tx, rx) = futures::channel::oneshot::channel();
+        runtime.spawn(async move {
+            let call = async {
+                let (mut send, mut recv) = conn
+                    .open_bi()
+                    .await
+                    .map_err(|e| CallError::Unreachable(e.to_string()))?;
+                let mut head = [0u8; 9];
+                head[0] = frame.kind as u8;
+                head[1..].copy_from_slice(&frame.group.to_le_bytes());
+                let sent: Result<(), quinn::WriteError> = async {
+                    send.write_all(&head).await?;
+                    send.write_all(&frame.body).await?;
+                    Ok(())
+                }
+                .await;
+                sent.map_err(|e| CallError::Unreachable(e.to_string()))?;
+                send.finish()
+                    .map_err(|e| CallError::Unreachable(e.to_string()))?;
+                let reply = recv
+                    .read_to_end(FRAME_BYTES_MAX)
+                    .await
+                    .map_err(|e| CallError::Unreachable(e.to_string()))?;
+                match reply.split_first() {
+                    Some((0, body)) => Ok(body.to_vec()),
+                    Some((_, why)) => Err(CallError::Remote(String::from_utf8_lossy(why).into())),
+                    None => Err(CallError::Unreachable("an empty reply".into())),
+                }
+            };
+            let outcome = tokio::time::timeout(ttl, call)
+                .await
+                .unwrap_or(Err(CallError::Timeout));
+            let _ = tx.send(outcome);
+        });
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(CallError::Unreachable("peer runtime stopped".into())))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Echo;
+
+    impl Inbox for Echo {
+        fn deliver(&self, from: u64, frame: Frame) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+            let mut body = frame.body;
+            body.extend_from_slice(&from.to_le_bytes());
+            body.push(frame.kind as u8);
+            Box::pin(futures::future::ready(Ok(body)))
+        }
+    }
+
+    fn hello(id: u64, token: &str, shards: u32) -> Hello {
+        Hello {
+            protocol: PROTOCOL_VERSION,
+            member_id: id,
+            cluster_token: token.into(),
+            shards,
+        }
+    }
+
+    fn free_udp() -> SocketAddr {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("a free UDP port")
+    }
+
+    /// Two members; `b` says `b_hello` about itself.
+    fn pair(b_hello: Hello) -> (Arc<QuicTransport>, Arc<QuicTransport>) {
+        let (a_addr, b_addr) = (free_udp(), free_udp());
+        let a = QuicTransport::start(
+            QuicConfig {
+                me: 1,
+                listen: a_addr,
+                peers: BTreeMap::from([(2, (b_addr, "localhost".to_string()))]),
+                tls: PeerTls::Unauthenticated,
+                hello: hello(1, "t", 2),
+            },
+            Arc::new(Echo),
+        )
+        .expect("a starts");
+        let b = QuicTransport::start(
+            QuicConfig {
+                me: 2,
+                listen: b_addr,
+                peers: BTreeMap::from([(1, (a_addr, "localhost".to_string()))]),
+                tls: PeerTls::Unauthenticated,
+                hello: b_hello,
+            },
+            Arc::new(Echo),
+        )
+        .expect("b starts");
+        (a, b)
+    }
+
+    fn call(t: &QuicTransport, to: u64, body: &[u8]) -> Result<Vec<u8>, CallError> {
+        futures::executor::block_on(t.call(
+            to,
+            Frame {
+                kind: Kind::Vote,
+                group: 3,
+                body: body.to_vec(),
+            },
+            Duration::from_secs(5),
+        ))
+    }
+
+    /// Calls until the connection is up (bounded).
+    fn call_when_up(t: &QuicTransport, to: u64, body: &[u8]) -> Result<Vec<u8>, CallError> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = call(t, to, body);
+            if !matches!(r, Err(CallError::Unreachable(_))) || std::time::Instant::now() > deadline
+            {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn one_connection_carries_calls_both_ways() {
+        let (a, b) = pair(hello(2, "t", 2));
+        let mut want = b"ping".to_vec();
+        want.extend_from_slice(&1u64.to_le_bytes());
+        want.push(Kind::Vote as u8);
+        assert_eq!(call_when_up(&a, 2, b"ping"), Ok(want));
+        // b never dials (its id is higher): it calls over a's connection.
+        let reply = call_when_up(&b, 1, b"pong").expect("b calls a");
+        assert_eq!(&reply[..4], b"pong");
+        assert_eq!(&reply[4..12], &2u64.to_le_bytes());
+        // A large frame (a snapshot) arrives whole.
+        let big = vec![7u8; 8 << 20];
+        assert_eq!(call(&a, 2, &big).expect("big").len(), big.len() + 9);
+    }
+
+    #[test]
+    fn members_of_another_cluster_or_shard_count_are_refused() {
+        for theirs in [hello(2, "other", 2), hello(2, "t", 4)] {
+            let (a, b) = pair(theirs);
+            std::thread::sleep(Duration::from_millis(500));
+            assert!(
+                matches!(call(&a, 2, b"x"), Err(CallError::Unreachable(_))),
+                "a holds no connection to a refused member"
+            );
+            assert!(matches!(call(&b, 1, b"x"), Err(CallError::Unreachable(_))));
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! Members in one process over the in-memory channel transport
+//! (`cairn::transport::channel`): whole cairn members (`cairn::server::start`:
+//! shard cores, Raft groups, sequencer, gRPC front on their own loopback
+//! ports) whose peer traffic the test controls exactly and cheaply.
+//!
+//! One cluster at a time per test binary: each member's shard cores lock
+//! io_uring buffers (1 MiB each), and RLIMIT_MEMLOCK is 8 MiB here.
+
+use cairn::config::Config;
+use cairn::server::{start, Peering, Running};
+use cairn::transport::channel::ChannelNet;
+use cairn_proto::etcdserverpb as pb;
+use cairn_proto::etcdserverpb::kv_client::KvClient;
+use cairn_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use clap::Parser;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+pub const MEMBERS: usize = 3;
+/// Generous for a shared 2-core machine; every wait below is bounded by it.
+pub const SETTLE: Duration = Duration::from_secs(60);
+
+pub struct Cluster {
+    pub net: ChannelNet,
+    pub cfgs: Vec<Config>,
+    pub members: Vec<Option<Running>>,
+    /// For the test's own clients.
+    pub rt: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+    _one: MutexGuard<'static, ()>,
+}
+
+impl Cluster {
+    /// Starts three members with `--shards 2` and `extra` flags, on a net
+    /// seeded with `seed`.
+    pub fn start(seed: u64, extra: &[&str]) -> Self {
+        let one = ONE_CLUSTER_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+        let client: Vec<u16> = (0..MEMBERS)
+            .map(|_| cairn_tools::ports::free_port())
+            .collect();
+        let peer: Vec<u16> = (0..MEMBERS)
+            .map(|_| cairn_tools::ports::free_port())
+            .collect();
+        let initial: Vec<String> = (0..MEMBERS)
+            .map(|i| format!("m{i}=http://127.0.0.1:{}", peer[i]))
+            .collect();
+        let cfgs: Vec<Config> = (0..MEMBERS)
+            .map(|i| {
+                let data = dir.path().join(format!("m{i}"));
+                let url = format!("http://127.0.0.1:{}", client[i]);
+                let peer_url = format!("http://127.0.0.1:{}", peer[i]);
+                let mut args: Vec<String> = [
+                    "cairn",
+                    "--name",
+                    &format!("m{i}"),
+                    "--data-dir",
+                    data.to_str().expect("utf-8 path"),
+                    "--listen-client-urls",
+                    &url,
+                    "--advertise-client-urls",
+                    &url,
+                    "--initial-advertise-peer-urls",
+                    &peer_url,
+                    "--initial-cluster",
+                    &initial.join(","),
+                    "--shards",
+                    "2",
+                    "--wal-segment-bytes",
+                    "1048576",
+                    "--heartbeat-interval",
+                    "50",
+                    "--election-timeout",
+                    "500",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                args.extend(extra.iter().map(|s| s.to_string()));
+                Config::try_parse_from(args).expect("flags")
+            })
+            .collect();
+        let net = ChannelNet::new(seed);
+        let members = cfgs
+            .iter()
+            .map(|c| Some(start(c, Peering::Channel(net.clone())).expect("member starts")))
+            .collect();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("client runtime");
+        Cluster {
+            net,
+            cfgs,
+            members,
+            rt,
+            _dir: dir,
+            _one: one,
+        }
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        format!("http://{}", self.cfgs[i].client_addrs().expect("addr")[0])
+    }
+
+    pub fn id(&self, i: usize) -> u64 {
+        self.cfgs[i].member_id()
+    }
+
+    /// The member that stamps (waits for one, among those running and
+    /// not in `except`).
+    pub fn leader(&self, except: &[usize]) -> usize {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let leaders: Vec<usize> = (0..MEMBERS)
+                .filter(|i| !except.contains(i))
+                .filter(|i| {
+                    self.members[*i]
+                        .as_ref()
+                        .is_some_and(|m| m.member.seq.leading())
+                })
+                .collect();
+            if let [one] = leaders[..] {
+                return one;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no single write leader within {SETTLE:?}: {leaders:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(&mut self, i: usize) {
+        let m = self.members[i].take().expect("running");
+        m.stop(None).expect("clean stop");
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.members[i].is_none());
+        self.members[i] =
+            Some(start(&self.cfgs[i], Peering::Channel(self.net.clone())).expect("restarts"));
+    }
+
+    pub fn put(&self, i: usize, key: &str, value: &str) -> Result<i64, tonic::Status> {
+        let url = self.url(i);
+        let (key, value) = (key.as_bytes().to_vec(), value.as_bytes().to_vec());
+        self.rt.block_on(async move {
+            let mut kv = KvClient::connect(url)
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let r = tokio::time::timeout(
+                Duration::from_secs(10),
+                kv.put(pb::PutRequest {
+                    key,
+                    value,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(|_| tonic::Status::deadline_exceeded("client timeout"))??;
+            Ok(r.into_inner().header.expect("header").revision)
+        })
+    }
+
+    /// `key`'s value on member `i` (serializable: its own state).
+    pub fn get(
+        &self,
+        i: usize,
+        key: &str,
+        serializable: bool,
+    ) -> Result<Option<String>, tonic::Status> {
+        let url = self.url(i);
+        let key = key.as_bytes().to_vec();
+        self.rt.block_on(async move {
+            let mut kv = KvClient::connect(url)
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let r = tokio::time::timeout(
+                Duration::from_secs(10),
+                kv.range(pb::RangeRequest {
+                    key,
+                    serializable,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(|_| tonic::Status::deadline_exceeded("client timeout"))??;
+            Ok(r.into_inner()
+                .kvs
+                .first()
+                .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
+        })
+    }
+
+    /// Member `i`'s HashKV at `revision`, once its C reached it.
+    pub fn hash(&self, i: usize, revision: i64) -> u32 {
+        let m = self.members[i].as_ref().expect("running");
+        let deadline = Instant::now() + SETTLE;
+        while m.member.seq.committed() < revision {
+            assert!(
+                Instant::now() < deadline,
+                "member {i} never reached {revision}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let url = self.url(i);
+        self.rt.block_on(async move {
+            let mut mt = MaintenanceClient::connect(url).await.expect("connect");
+            mt.hash_kv(pb::HashKvRequest { revision })
+                .await
+                .expect("hash")
+                .into_inner()
+                .hash
+        })
+    }
+
+    /// Retries `put` on member `i` until it is acknowledged.
+    pub fn put_until_acked(&self, i: usize, key: &str, value: &str) -> i64 {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            match self.put(i, key, value) {
+                Ok(rev) => return rev,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "put {key} never acknowledged: {e}"
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    /// A linearizable read of `key` through member `i`, retried (as etcd's
+    /// clients do) while the cluster changes leaders.
+    pub fn read(&self, i: usize, key: &str) -> Option<String> {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            match self.get(i, key, false) {
+                Ok(v) => return v,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "read {key} never answered: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    /// Waits until member `i` serves `key` = `value` from its own state.
+    pub fn converges(&self, i: usize, key: &str, value: &str) {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            if let Ok(Some(v)) = self.get(i, key, true) {
+                if v == value {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {i} never showed {key}={value}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for m in self.members.iter_mut().filter_map(Option::take) {
+            let _ = m.stop(None);
+        }
+    }
+}
