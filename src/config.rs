@@ -177,12 +177,15 @@ impl Config {
         if self.max_request_bytes == 0 {
             return Err("--max-request-bytes: must be at least 1".into());
         }
-        if self.cert_file.is_some()
-            || self.key_file.is_some()
-            || self.trusted_ca_file.is_some()
-            || self.client_cert_auth
-        {
-            return Err("--cert-file/--key-file/--trusted-ca-file/--client-cert-auth: TLS is not implemented yet".into());
+        let https_clients = self
+            .listen_client_urls
+            .split(',')
+            .any(|u| u.trim().starts_with("https://"));
+        if https_clients && (self.cert_file.is_none() || self.key_file.is_none()) {
+            return Err("https:// in --listen-client-urls needs --cert-file and --key-file".into());
+        }
+        if self.client_cert_auth && self.trusted_ca_file.is_none() {
+            return Err("--client-cert-auth needs --trusted-ca-file".into());
         }
         let https = self.initial_advertise_peer_urls.starts_with("https://")
             || self.listen_peer_urls.starts_with("https://");
@@ -281,6 +284,24 @@ impl Config {
             .into_iter()
             .next()
             .ok_or_else(|| "--listen-peer-urls: no URL".to_string())
+    }
+
+    /// `--listen-client-urls`: each socket address, and whether it is TLS
+    /// (`https://`).
+    pub fn client_listeners(&self) -> Result<Vec<(SocketAddr, bool)>, String> {
+        let mut out = Vec::new();
+        for u in self
+            .listen_client_urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        {
+            let tls = u.starts_with("https://");
+            for addr in parse_urls("--listen-client-urls", u)? {
+                out.push((addr, tls));
+            }
+        }
+        Ok(out)
     }
 
     /// Socket addresses of `--listen-client-urls`.
@@ -393,8 +414,16 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(e.contains("--initial-cluster-state"), "{e}");
-        let e = parse(&["--cert-file", "x.pem"]).validate().unwrap_err();
-        assert!(e.contains("TLS"), "{e}");
+        let e = parse(&["--listen-client-urls", "https://127.0.0.1:2379"])
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("--cert-file and --key-file"), "{e}");
+        let e = parse(&["--client-cert-auth"]).validate().unwrap_err();
+        assert!(e.contains("--trusted-ca-file"), "{e}");
+        let e = parse(&["--initial-advertise-peer-urls", "https://127.0.0.1:2380"])
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("--peer-cert-file"), "{e}");
         // etcd's rule and message.
         let e = parse(&["--heartbeat-interval", "300"])
             .validate()

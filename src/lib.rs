@@ -4,6 +4,7 @@
 //! - [`member`]: the node: shard handles, sequencer, watch hub, alarms, routing of
 //!   requests, cross-shard writes.
 //! - [`fatal`]: the member's fatal-error latch.
+//! - [`identity`]: the member's ids and first membership, kept in its data dir.
 //! - [`mvcc`]: one shard's keys and revision histories, and request evaluation.
 //! - [`sequencer`]: the write leader's revision counter and committed prefix C.
 //! - [`watch`]: the member's recent events in revision order, for watchers.
@@ -18,11 +19,13 @@ pub mod check_host;
 pub mod compactor;
 pub mod config;
 pub mod fatal;
+pub mod identity;
 pub mod member;
 pub mod mvcc;
 pub mod raft;
 pub mod sequencer;
 pub mod server;
 pub mod shard;
+pub mod tls;
 pub mod transport;
 pub mod watch;

@@ -5,6 +5,7 @@ use crate::api::kv::{ClusterService, KvService};
 use crate::api::maintenance::MaintenanceService;
 use crate::api::watch::WatchService;
 use crate::config::Config;
+use crate::identity::Identity;
 use crate::member::alarms::{Alarms, DEFAULT_QUOTA_BYTES};
 use crate::member::peers::{MemberInbox, Peers};
 use crate::member::Member;
@@ -22,7 +23,6 @@ use cairn_proto::etcdserverpb::{
 };
 use std::collections::BTreeMap;
 use std::net::ToSocketAddrs;
-use std::path::Path;
 use std::sync::Arc;
 
 /// Front (tokio) worker threads; shard cores do the heavy work.
@@ -31,46 +31,6 @@ pub const FRONT_THREADS: usize = 2;
 const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 /// gRPC framing allowance on top of `--max-request-bytes` (as etcd allows).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
-
-const META_FILE: &str = "cairn.meta";
-
-/// The shard count recorded in the data dir, written on first start.
-fn shard_count(dir: &Path, cfg: &Config) -> Result<usize, String> {
-    let path = dir.join(META_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let recorded: usize = text
-                .lines()
-                .find_map(|l| l.strip_prefix("shards="))
-                .and_then(|v| v.trim().parse().ok())
-                .ok_or_else(|| format!("{}: no shards= line", path.display()))?;
-            if let Some(asked) = cfg.shards {
-                if asked != recorded {
-                    return Err(format!(
-                        "--shards: the data dir {} was created with {recorded} shards, not {asked}",
-                        dir.display()
-                    ));
-                }
-            }
-            Ok(recorded)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let n = cfg.shards();
-            let tmp = dir.join(format!("{META_FILE}.tmp"));
-            std::fs::write(&tmp, format!("format=1\nshards={n}\n"))
-                .map_err(|e| format!("{}: {e}", tmp.display()))?;
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| format!("{}: {e}", tmp.display()))?;
-            std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
-            std::fs::File::open(dir)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| format!("{}: {e}", dir.display()))?;
-            Ok(n)
-        }
-        Err(e) => Err(format!("{}: {e}", path.display())),
-    }
-}
 
 /// The CPUs this process may run on (its affinity mask, as `taskset` or a
 /// cpuset leaves it), in order; shard `i` is pinned to the `i`-th of them
@@ -107,21 +67,22 @@ pub enum Peering {
     Alone,
     /// Members in this process, over an in-memory net (tests).
     Channel(ChannelNet),
-    /// Members over QUIC on the peer port (`--listen-peer-urls`).
+    /// Members over QUIC on the peer port (`--listen-peer-urls`); none
+    /// for a lone member.
     Quic,
 }
 
 /// Starts the QUIC transport of a cluster member.
 fn quic(
     cfg: &Config,
-    member_id: u64,
-    shards: usize,
+    identity: &Identity,
     inbox: Arc<MemberInbox>,
 ) -> Result<SharedTransport, String> {
     use crate::transport::quic::{Hello, PeerTls, QuicConfig, QuicTransport, PROTOCOL_VERSION};
+    let member_id = identity.member_id;
     let mut peers = BTreeMap::new();
-    for (id, (name, url)) in cfg.initial_voters()? {
-        if id == member_id {
+    for (id, (name, url)) in &identity.voters {
+        if *id == member_id {
             continue;
         }
         let host_port = url
@@ -139,7 +100,7 @@ fn quic(
             .map_or(host_port, |(h, _)| h)
             .trim_matches(['[', ']'])
             .to_string();
-        peers.insert(id, (addr, host));
+        peers.insert(*id, (addr, host));
     }
     let tls = match (
         &cfg.peer_cert_file,
@@ -170,8 +131,8 @@ fn quic(
             hello: Hello {
                 protocol: PROTOCOL_VERSION,
                 member_id,
-                cluster_token: cfg.initial_cluster_token.clone(),
-                shards: shards as u32,
+                cluster: format!("{:x}", identity.cluster_id),
+                shards: identity.shards as u32,
             },
         },
         inbox,
@@ -197,12 +158,7 @@ pub struct Running {
 /// Runs a member until SIGINT or SIGTERM.
 pub fn run(cfg: Config) -> Result<(), String> {
     cfg.validate()?;
-    let peering = if cfg.initial_voters()?.len() > 1 {
-        Peering::Quic
-    } else {
-        Peering::Alone
-    };
-    let running = start(&cfg, peering)?;
+    let running = start(&cfg, Peering::Quic)?;
     let failed = running.wait();
     running.stop(failed)
 }
@@ -219,13 +175,14 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
     }
     let dir = cfg.data_dir();
     std::fs::create_dir_all(&dir).map_err(|e| format!("--data-dir {}: {e}", dir.display()))?;
-    let shards = shard_count(&dir, cfg)?;
+    let identity = Identity::load_or_create(&dir, cfg)?;
+    let shards = identity.shards;
     let cpus = allowed_cpus();
-    let member_id = cfg.member_id();
-    let voters: BTreeMap<u64, String> = cfg
-        .initial_voters()?
-        .into_iter()
-        .map(|(id, (_, url))| (id, url))
+    let member_id = identity.member_id;
+    let voters: BTreeMap<u64, String> = identity
+        .voters
+        .iter()
+        .map(|(id, (_, url))| (*id, url.clone()))
         .collect();
     let clustered = voters.len() > 1;
     let peer_url = cfg
@@ -245,15 +202,13 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
         .unzip();
     let inbox = MemberInbox::new(raft_in_tx.clone());
     let (transport, net): (SharedTransport, _) = match peering {
-        Peering::Alone if clustered => {
-            return Err("a cluster of several members needs a peer transport".into())
-        }
-        Peering::Alone => (Arc::new(NoPeers), None),
+        Peering::Alone | Peering::Quic if !clustered => (Arc::new(NoPeers), None),
+        Peering::Alone => return Err("a cluster of several members needs a peer transport".into()),
         Peering::Channel(net) => {
             net.register(member_id, inbox.clone());
             (net.endpoint(member_id), Some((net, member_id)))
         }
-        Peering::Quic => (quic(cfg, member_id, shards, inbox.clone())?, None),
+        Peering::Quic => (quic(cfg, &identity, inbox.clone())?, None),
     };
     let board = Arc::new(GroupBoard::new(shards));
 
@@ -326,7 +281,7 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
 
     let member = Arc::new(Member {
         member_id,
-        cluster_id: cfg.cluster_id(),
+        cluster_id: identity.cluster_id,
         shards: handles.clone(),
         seq: seq.clone(),
         hub,
@@ -357,7 +312,8 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
         },
     });
     inbox.serve(&member);
-    let addrs = cfg.client_addrs()?;
+    let listeners = cfg.client_listeners()?;
+    let addrs: Vec<std::net::SocketAddr> = listeners.iter().map(|(a, _)| *a).collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(FRONT_THREADS)
         .thread_name("cairn-front")
@@ -385,8 +341,18 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
                 }
             });
         }
+        let tls = match (&cfg.cert_file, &cfg.key_file) {
+            (Some(cert), Some(key)) => Some(crate::api::tls::server_config(
+                cert,
+                key,
+                cfg.client_cert_auth
+                    .then_some(cfg.trusted_ca_file.as_deref())
+                    .flatten(),
+            )?),
+            _ => None,
+        };
         let mut servers = Vec::new();
-        for addr in &addrs {
+        for (addr, https) in &listeners {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("--listen-client-urls {addr}: {e}"))?;
@@ -402,16 +368,39 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
             let app = grpc
                 .merge(crate::api::http::routes(member.clone()))
                 .fallback(crate::api::http::fallback);
-            let listener = crate::api::coalesce::CoalescingListener(listener);
             let mut stop = stop_tx.subscribe();
-            servers.push(tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.recv().await;
+            let stopped = async move {
+                let _ = stop.recv().await;
+            };
+            let server = match (&tls, https) {
+                (Some(config), true) => {
+                    let listener = crate::api::tls::TlsListener::new(listener, config.clone())
+                        .map_err(|e| format!("--listen-client-urls {addr}: {e}"))?;
+                    tokio::spawn(async move {
+                        axum::serve(listener, app)
+                            .with_graceful_shutdown(stopped)
+                            .await
                     })
-                    .await
-            }));
-            eprintln!("cairn: serving clients on {addr} ({shards} shards, member {member_id:x})");
+                }
+                (None, true) => {
+                    return Err(format!(
+                        "--listen-client-urls https://{addr} needs --cert-file and --key-file"
+                    ))
+                }
+                (_, false) => {
+                    let listener = crate::api::coalesce::CoalescingListener(listener);
+                    tokio::spawn(async move {
+                        axum::serve(listener, app)
+                            .with_graceful_shutdown(stopped)
+                            .await
+                    })
+                }
+            };
+            servers.push(server);
+            let scheme = if *https { "https" } else { "http" };
+            eprintln!(
+                "cairn: serving clients on {scheme}://{addr} ({shards} shards, member {member_id:x})"
+            );
         }
         Ok::<_, String>(servers)
     });

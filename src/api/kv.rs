@@ -96,7 +96,9 @@ impl pb::kv_server::Kv for KvService {
         let m::ResponseOp::DeleteRange(d) = out.response else {
             return Err(Status::internal("delete answered with another op"));
         };
-        let revision = out.revision.unwrap_or_else(|| self.0.seq.committed().max(out.view));
+        let revision = out
+            .revision
+            .unwrap_or_else(|| self.0.seq.committed().max(out.view));
         let header = self.0.header(revision, self.0.raft_term());
         Ok(Response::new(pb::DeleteRangeResponse {
             header: Some(header),
@@ -124,7 +126,9 @@ impl pb::kv_server::Kv for KvService {
         let m::ResponseOp::Txn(t) = out.response else {
             return Err(Status::internal("txn answered with another op"));
         };
-        let revision = out.revision.unwrap_or_else(|| self.0.seq.committed().max(out.view));
+        let revision = out
+            .revision
+            .unwrap_or_else(|| self.0.seq.committed().max(out.view));
         let header = self.0.header(revision, self.0.raft_term());
         Ok(Response::new(convert::txn_response(
             t,

@@ -9,7 +9,8 @@
 //! - [`maintenance`]: the Maintenance service, snapshots.
 //! - [`watch`]: the Watch service (events from the member's `WatchHub`).
 //! - [`gateway`], [`http`]: etcd's JSON gateway, health, version, metrics.
-//! - [`coalesce`]: the listener of client connections (coalesced writes).
+//! - [`coalesce`], [`tls`]: the listeners of client connections (coalesced
+//!   writes; TLS).
 //! - [`errors`], [`validate`], [`convert`]: etcd's error table, request rules,
 //!   protobuf ↔ MVCC types.
 
@@ -21,6 +22,7 @@ pub mod http;
 pub mod kv;
 pub mod maintenance;
 pub mod rpc_metrics;
+pub mod tls;
 pub mod validate;
 pub mod watch;
 

@@ -37,14 +37,14 @@ impl Member {
         op: m::RequestOp,
         touched: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<WriteOutcome, Status> {
-        if self.forwards() {
+        if let super::peers::Route::To(leader) = self.write_route().await? {
             let fwd = super::peers::Forward::Write {
                 shard: None,
                 op,
                 touched,
             };
             return self
-                .forward(fwd)
+                .forward(leader, fwd)
                 .await?
                 .ok_or_else(|| Status::internal("a forwarded write came back without outcome"));
         }

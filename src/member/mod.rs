@@ -92,14 +92,14 @@ impl Member {
     /// Runs a write on one shard (on the write leader: forwarded there if
     /// this member does not stamp) and waits until C covers it.
     pub async fn write(&self, shard: usize, op: m::RequestOp) -> Result<WriteOutcome, Status> {
-        if self.forwards() {
+        if let peers::Route::To(leader) = self.write_route().await? {
             let fwd = peers::Forward::Write {
                 shard: Some(shard),
                 op,
                 touched: Vec::new(),
             };
             return self
-                .forward(fwd)
+                .forward(leader, fwd)
                 .await?
                 .ok_or_else(|| Status::internal("a forwarded write came back without outcome"));
         }
@@ -239,9 +239,9 @@ impl Member {
     /// Compacts every shard at `revision` (at most C, above the last
     /// compaction), on the write leader.
     pub async fn compact(&self, revision: i64) -> Result<(), Status> {
-        if self.forwards() {
+        if let peers::Route::To(leader) = self.write_route().await? {
             return self
-                .forward(peers::Forward::Compact { revision })
+                .forward(leader, peers::Forward::Compact { revision })
                 .await
                 .map(|_| ());
         }

@@ -82,6 +82,12 @@ impl Peers {
     }
 }
 
+/// Where a write is run (see [`Member::write_route`]).
+pub enum Route {
+    Here,
+    To(u64),
+}
+
 /// A request forwarded to the write leader.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Forward {
@@ -132,42 +138,37 @@ fn call_error(e: CallError) -> Status {
 }
 
 impl Member {
-    /// Whether this member must hand writes to another one.
-    pub fn forwards(&self) -> bool {
-        self.peers.clustered() && !self.seq.leading()
-    }
-
-    /// The write leader (the meta group's leader) if it is another member;
-    /// waits up to an election timeout or two for one to be known.
-    async fn write_leader(&self) -> Result<u64, Status> {
+    /// Where a write goes: here if this member stamps, else to the write
+    /// leader (the meta group's leader). Waits up to three election
+    /// timeouts for one of them (a leader being elected, or this member
+    /// finishing its failover).
+    pub async fn write_route(&self) -> Result<Route, Status> {
+        if !self.peers.clustered() || self.seq.leading() {
+            return Ok(Route::Here);
+        }
         let wait = Duration::from_millis(self.peers.timing.election_ms * 3);
         let mut rx = self.peers.board.subscribe();
         let found = tokio::time::timeout(wait, async {
             loop {
+                if self.seq.leading() {
+                    return Route::Here;
+                }
                 match self.peers.board.meta_leader() {
-                    Some(id) if id != self.member_id => return Some(id),
-                    // This member leads the meta group: it stamps once its
-                    // failover is done.
-                    Some(_) if self.seq.leading() => return None,
+                    Some(id) if id != self.member_id => return Route::To(id),
                     _ => {}
                 }
-                if rx.changed().await.is_err() {
-                    return None;
-                }
+                // The board wakes this on leadership changes; the end of
+                // this member's own failover shows in the sequencer.
+                let _ = tokio::time::timeout(Duration::from_millis(10), rx.changed()).await;
             }
         })
         .await;
-        match found {
-            Ok(Some(id)) => Ok(id),
-            Ok(None) => Err(EtcdError::LeaderChanged.status()),
-            Err(_) => Err(EtcdError::NoLeader.status()),
-        }
+        found.map_err(|_| EtcdError::NoLeader.status())
     }
 
-    /// Sends `fwd` to the write leader and returns its outcome, once this
-    /// member's C covers it.
-    pub async fn forward(&self, fwd: Forward) -> Result<Option<WriteOutcome>, Status> {
-        let leader = self.write_leader().await?;
+    /// Sends `fwd` to the write leader `leader` and returns its outcome,
+    /// once this member's C covers it.
+    pub async fn forward(&self, leader: u64, fwd: Forward) -> Result<Option<WriteOutcome>, Status> {
         let body = postcard::to_stdvec(&fwd).map_err(|e| Status::internal(e.to_string()))?;
         let frame = Frame {
             kind: Kind::Forward,
@@ -236,12 +237,12 @@ impl Member {
         if members.contains(&self.peers.me) {
             return Ok(());
         }
-        if self.seq.leading() {
-            self.put_member_here(self.peers.me.clone()).await
-        } else {
-            self.forward(Forward::PutMember(self.peers.me.clone()))
+        match self.write_route().await? {
+            Route::Here => self.put_member_here(self.peers.me.clone()).await,
+            Route::To(leader) => self
+                .forward(leader, Forward::PutMember(self.peers.me.clone()))
                 .await
-                .map(|_| ())
+                .map(|_| ()),
         }
     }
 
@@ -251,10 +252,10 @@ impl Member {
         if !self.peers.clustered() {
             return Ok(self.seq.committed());
         }
-        if self.seq.leading() {
-            return self.confirmed_c().await;
-        }
-        let leader = self.write_leader().await?;
+        let leader = match self.write_route().await? {
+            Route::Here => return self.confirmed_c().await,
+            Route::To(leader) => leader,
+        };
         let frame = Frame {
             kind: Kind::ReadIndex,
             group: 0,

@@ -43,11 +43,32 @@ impl Links {
     }
 }
 
+/// The net's runtime. The last clone of the net may go away on one of its
+/// own threads (a frame still travelling): it is then shut down without
+/// blocking.
+struct NetRuntime(Option<tokio::runtime::Runtime>);
+
+impl NetRuntime {
+    fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, f: F) {
+        if let Some(rt) = &self.0 {
+            rt.spawn(f);
+        }
+    }
+}
+
+impl Drop for NetRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// See the module docs. Cloning shares the net.
 #[derive(Clone)]
 pub struct ChannelNet {
     links: Arc<Mutex<Links>>,
-    runtime: Arc<tokio::runtime::Runtime>,
+    runtime: Arc<NetRuntime>,
 }
 
 impl ChannelNet {
@@ -64,7 +85,7 @@ impl ChannelNet {
                 rng: seed | 1,
                 ..Links::default()
             })),
-            runtime: Arc::new(runtime),
+            runtime: Arc::new(NetRuntime(Some(runtime))),
         }
     }
 

@@ -48,7 +48,8 @@ const ALPN: &[u8] = b"cairn-peer";
 pub struct Hello {
     pub protocol: u32,
     pub member_id: u64,
-    pub cluster_token: String,
+    /// The cluster's id (from `--initial-cluster` and its token).
+    pub cluster: String,
     pub shards: u32,
 }
 
@@ -61,10 +62,11 @@ impl Hello {
                 theirs.member_id, theirs.protocol, self.protocol
             ));
         }
-        if theirs.cluster_token != self.cluster_token {
+        if theirs.cluster != self.cluster {
             return Some(format!(
-                "member {:x} has --initial-cluster-token {:?}, this member {:?}: not the same cluster",
-                theirs.member_id, theirs.cluster_token, self.cluster_token
+                "member {:x} is of cluster {}, this member of cluster {}: not the same cluster \
+                 (--initial-cluster-token or --initial-cluster differ)",
+                theirs.member_id, theirs.cluster, self.cluster
             ));
         }
         if theirs.shards != self.shards {
@@ -109,6 +111,22 @@ struct Shared {
     endpoint: quinn::Endpoint,
     inbox: Arc<dyn Inbox>,
     conns: Mutex<BTreeMap<u64, quinn::Connection>>,
+    /// Addresses already logged as refused (each is logged once).
+    refused: Mutex<std::collections::BTreeSet<SocketAddr>>,
+}
+
+impl Shared {
+    /// Logs a refused peer, once per address.
+    fn refuse(&self, addr: SocketAddr, why: &str) {
+        let first = self
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr);
+        if first {
+            eprintln!("cairn: refusing peer at {addr}: {why}");
+        }
+    }
 }
 
 /// See the module docs.
@@ -125,32 +143,6 @@ impl Drop for QuicTransport {
             rt.shutdown_background();
         }
     }
-}
-
-fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn read_pem(path: &PathBuf) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-fn certs(path: &PathBuf) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
-    use rustls::pki_types::pem::PemObject;
-    let pem = read_pem(path)?;
-    let certs: Result<Vec<_>, _> =
-        rustls::pki_types::CertificateDer::pem_slice_iter(&pem).collect();
-    let certs = certs.map_err(|e| format!("{}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate", path.display()));
-    }
-    Ok(certs)
-}
-
-fn key(path: &PathBuf) -> Result<rustls::pki_types::PrivateKeyDer<'static>, String> {
-    use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::PrivateKeyDer::from_pem_slice(&read_pem(path)?)
-        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Accepts any server certificate: `http://` peer URLs (see the module docs).
@@ -204,7 +196,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
 
 /// The QUIC server and client configurations for `tls`.
 fn quic_configs(tls: &PeerTls) -> Result<(quinn::ServerConfig, quinn::ClientConfig), String> {
-    let provider = crypto_provider();
+    let provider = crate::tls::provider();
     let versions = rustls::DEFAULT_VERSIONS;
     let (mut server, mut client) = match tls {
         PeerTls::Unauthenticated => {
@@ -228,13 +220,8 @@ fn quic_configs(tls: &PeerTls) -> Result<(quinn::ServerConfig, quinn::ClientConf
             (server, client)
         }
         PeerTls::Mutual { cert, key: k, ca } => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in certs(ca)? {
-                roots
-                    .add(c)
-                    .map_err(|e| format!("--peer-trusted-ca-file {}: {e}", ca.display()))?;
-            }
-            let roots = Arc::new(roots);
+            use crate::tls::{certs, key, roots};
+            let roots = roots(ca).map_err(|e| format!("--peer-trusted-ca-file {e}"))?;
             let chain = certs(cert)?;
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 roots.clone(),
@@ -304,6 +291,7 @@ impl QuicTransport {
             endpoint,
             inbox,
             conns: Mutex::new(BTreeMap::new()),
+            refused: Mutex::new(Default::default()),
         });
         runtime.spawn(accept(shared.clone()));
         for (id, (addr, name)) in cfg.peers {
@@ -369,7 +357,12 @@ async fn dial(shared: Arc<Shared>, peer: u64, addr: SocketAddr, name: String) {
                 refused_before = true;
                 backoff = Duration::from_secs(5);
             }
-            Err(Dial::Failed) => {}
+            Err(Dial::Failed(why)) => {
+                if !refused_before && why.contains("certificate") {
+                    eprintln!("cairn: refusing peer {peer:x} at {addr}: {why}");
+                    refused_before = true;
+                }
+            }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -379,8 +372,8 @@ async fn dial(shared: Arc<Shared>, peer: u64, addr: SocketAddr, name: String) {
 enum Dial {
     /// Reached, and not one of ours (or it refused us).
     Refused(String),
-    /// Not reached (yet: it is redialed).
-    Failed,
+    /// Not reached (yet: it is redialed), and why.
+    Failed(String),
 }
 
 async fn connect(
@@ -389,7 +382,7 @@ async fn connect(
     addr: SocketAddr,
     name: &str,
 ) -> Result<quinn::Connection, Dial> {
-    let failed = |_: &dyn std::fmt::Display| Dial::Failed;
+    let failed = |e: &dyn std::fmt::Display| Dial::Failed(e.to_string());
     let conn = shared
         .endpoint
         .connect(addr, name)
@@ -428,10 +421,14 @@ async fn accept(shared: Arc<Shared>) {
     while let Some(incoming) = shared.endpoint.accept().await {
         let shared = shared.clone();
         tokio::spawn(async move {
-            let Ok(conn) = incoming.await else {
-                return;
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    shared.refuse(remote, &format!("TLS: {e}"));
+                    return;
+                }
             };
-            let remote = conn.remote_address();
             let Ok((mut send, mut recv)) = conn.accept_bi().await else {
                 return;
             };
@@ -447,7 +444,7 @@ async fn accept(shared: Arc<Shared>) {
                 },
             };
             if let Err(why) = &verdict {
-                eprintln!("cairn: refusing peer at {remote}: {why}");
+                shared.refuse(remote, why);
             }
             let Ok(answer) = postcard::to_stdvec(&verdict) else {
                 return;
@@ -587,7 +584,7 @@ mod tests {
         Hello {
             protocol: PROTOCOL_VERSION,
             member_id: id,
-            cluster_token: token.into(),
+            cluster: token.into(),
             shards,
         }
     }

@@ -16,6 +16,10 @@ pub struct LocalMember {
     pub client_port: u16,
     pub peer_port: u16,
     pub dir: PathBuf,
+    /// `https` for mutual TLS between members (see [`LocalCluster::https_peers`]).
+    pub peer_scheme: &'static str,
+    /// Flags of this member alone.
+    pub flags: Vec<String>,
     child: Option<Child>,
 }
 
@@ -25,7 +29,7 @@ impl LocalMember {
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("{}://127.0.0.1:{}", self.peer_scheme, self.peer_port)
     }
 
     /// The running process's id.
@@ -64,20 +68,37 @@ impl LocalCluster {
                 client_port: crate::ports::free_port(),
                 peer_port: crate::ports::free_port(),
                 dir: dir.join(format!("m{i}")),
+                peer_scheme: "http",
+                flags: Vec::new(),
                 child: None,
             })
             .collect();
-        let initial = members
+        let mut c = LocalCluster {
+            members,
+            bin: bin.to_path_buf(),
+            extra: extra.to_vec(),
+            initial: String::new(),
+        };
+        c.plan_initial();
+        c
+    }
+
+    fn plan_initial(&mut self) {
+        self.initial = self
+            .members
             .iter()
             .map(|m| format!("{}={}", m.name, m.peer_url()))
             .collect::<Vec<_>>()
             .join(",");
-        LocalCluster {
-            members,
-            bin: bin.to_path_buf(),
-            extra: extra.to_vec(),
-            initial,
+    }
+
+    /// `https://` peer URLs: members authenticate each other with the
+    /// `--peer-*` flags each is given (in its `flags`).
+    pub fn https_peers(&mut self) {
+        for m in &mut self.members {
+            m.peer_scheme = "https";
         }
+        self.plan_initial();
     }
 
     /// Client URLs, comma-separated (etcdctl's `--endpoints`).
@@ -117,6 +138,7 @@ impl LocalCluster {
             .args(["--initial-cluster", &self.initial])
             .args(["--initial-cluster-token", "cairn-local"])
             .args(&self.extra)
+            .args(&m.flags)
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
