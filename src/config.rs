@@ -340,7 +340,7 @@ fn first_url(urls: &str) -> String {
         .to_string()
 }
 
-fn stable_id(parts: &[&str]) -> u64 {
+pub(crate) fn stable_id(parts: &[&str]) -> u64 {
     let joined = parts.join("\u{0}");
     let lo = crc32fast::hash(joined.as_bytes()) as u64;
     let hi = crc32fast::hash(format!("cairn\u{0}{joined}").as_bytes()) as u64;

@@ -6,8 +6,9 @@
 //! Raft groups are the recorded ones.
 //!
 //! Format (text, one `key=value` a line): `format=2`, `shards=N`,
-//! `member=ID`, `cluster=ID` (hex), then `voter=ID NAME PEER-URL` for each
-//! member of the first membership. Format 1 (`shards=` alone, written by
+//! `member=ID`, `cluster=ID` (hex), `token=TOKEN`, `joined=existing` for a
+//! member added to an existing cluster, then `voter=ID NAME PEER-URL` for
+//! each member of the first membership. Format 1 (`shards=` alone, written by
 //! single-member cairn before clusters) is read as a lone member with the
 //! flags' ids, and rewritten as format 2.
 
@@ -22,27 +23,66 @@ const FILE: &str = "cairn.meta";
 pub struct Identity {
     pub shards: usize,
     pub member_id: u64,
+    /// 0 until a member that joined an existing cluster has learned it.
     pub cluster_id: u64,
-    /// The first membership: member id → (name, peer URL).
+    /// `--initial-cluster-token`: members of other tokens are refused.
+    pub token: String,
+    /// The first membership: member id → (name, peer URL). A member that
+    /// joined an existing cluster (`--initial-cluster-state existing`) lists
+    /// itself alone: it learns the membership from the cluster.
     pub voters: BTreeMap<u64, (String, String)>,
+    /// It joined an existing cluster (it was added by MemberAdd).
+    pub joined: bool,
 }
 
 impl Identity {
     /// From the flags, for a first start.
     fn from_flags(cfg: &Config) -> Result<Self, String> {
+        if cfg.initial_cluster_state == "existing" {
+            let urls: Vec<String> = cfg
+                .initial_advertise_peer_urls
+                .split(',')
+                .map(|u| u.trim().to_string())
+                .collect();
+            let id = crate::member::membership::added_member_id(&urls, &cfg.initial_cluster_token);
+            return Ok(Identity {
+                shards: cfg.shards(),
+                member_id: id,
+                cluster_id: 0,
+                token: cfg.initial_cluster_token.clone(),
+                voters: BTreeMap::from([(id, (cfg.name.clone(), urls[0].clone()))]),
+                joined: true,
+            });
+        }
         Ok(Identity {
             shards: cfg.shards(),
             member_id: cfg.member_id(),
             cluster_id: cfg.cluster_id(),
+            token: cfg.initial_cluster_token.clone(),
             voters: cfg.initial_voters()?,
+            joined: false,
         })
+    }
+
+    /// A member of a cluster (several members, or one that joined one).
+    pub fn clustered(&self) -> bool {
+        self.voters.len() > 1 || self.joined
+    }
+
+    /// Writes this identity in `dir` (a member that joined, once it
+    /// learned its cluster's id).
+    pub fn save(&self, dir: &Path) -> Result<(), String> {
+        write(dir, self)
     }
 
     fn encode(&self) -> String {
         let mut s = format!(
-            "format=2\nshards={}\nmember={:x}\ncluster={:x}\n",
-            self.shards, self.member_id, self.cluster_id
+            "format=2\nshards={}\nmember={:x}\ncluster={:x}\ntoken={}\n",
+            self.shards, self.member_id, self.cluster_id, self.token
         );
+        if self.joined {
+            s.push_str("joined=existing\n");
+        }
         for (id, (name, url)) in &self.voters {
             s.push_str(&format!("voter={id:x} {name} {url}\n"));
         }
@@ -52,6 +92,8 @@ impl Identity {
     fn decode(text: &str, cfg: &Config) -> Result<Self, String> {
         let mut shards = None;
         let (mut member, mut cluster) = (None, None);
+        let mut token = cfg.initial_cluster_token.clone();
+        let mut joined = false;
         let mut voters = BTreeMap::new();
         let hex = |v: &str| u64::from_str_radix(v.trim(), 16).map_err(|e| format!("{v:?}: {e}"));
         for line in text.lines() {
@@ -64,6 +106,8 @@ impl Identity {
                 }
                 "member" => member = Some(hex(value)?),
                 "cluster" => cluster = Some(hex(value)?),
+                "token" => token = value.to_string(),
+                "joined" => joined = value.trim() == "existing",
                 "voter" => {
                     let mut parts = value.splitn(3, ' ');
                     let (Some(id), Some(name), Some(url)) =
@@ -83,7 +127,9 @@ impl Identity {
                     shards,
                     member_id,
                     cluster_id,
+                    token,
                     voters,
+                    joined,
                 })
             }
             (None, None) if voters.is_empty() => {
@@ -99,7 +145,9 @@ impl Identity {
                     shards,
                     member_id: me,
                     cluster_id: cfg.cluster_id(),
+                    token,
                     voters: BTreeMap::from([(me, (cfg.name.clone(), url))]),
+                    joined: false,
                 })
             }
             _ => Err("member=, cluster= and this member's voter= lines must all be there".into()),

@@ -1,7 +1,8 @@
 //! Starting and stopping a member: data dir, shard cores, sequencer, and the
 //! gRPC front on a small tokio runtime.
 
-use crate::api::kv::{ClusterService, KvService};
+use crate::api::cluster::ClusterService;
+use crate::api::kv::KvService;
 use crate::api::maintenance::MaintenanceService;
 use crate::api::watch::WatchService;
 use crate::config::Config;
@@ -184,7 +185,7 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
         .iter()
         .map(|(id, (_, url))| (*id, url.clone()))
         .collect();
-    let clustered = voters.len() > 1;
+    let clustered = identity.clustered();
     let peer_url = cfg
         .initial_advertise_peer_urls
         .split(',')
@@ -241,6 +242,7 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
             shards,
             transport: transport.clone(),
             voters: voters.clone(),
+            clustered,
             raft_in,
             board: board.clone(),
         })
@@ -281,7 +283,7 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
 
     let member = Arc::new(Member {
         member_id,
-        cluster_id: identity.cluster_id,
+        cluster_id: identity.cluster_id.into(),
         shards: handles.clone(),
         seq: seq.clone(),
         hub,
@@ -302,6 +304,9 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
             board,
             raft_in: raft_in_tx,
             voters: voters.keys().copied().collect(),
+            clustered,
+            token: identity.token.clone(),
+            identity: (identity.clone(), dir.clone()),
             timing,
             me: MemberRecord {
                 id: member_id,

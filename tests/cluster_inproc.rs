@@ -196,3 +196,107 @@ fn a_watch_on_a_follower_sees_every_write_in_order() {
     });
     assert_eq!(seen, written, "the follower's watch: every write, in order");
 }
+
+#[test]
+fn a_learner_is_added_caught_up_promoted_and_a_member_removed() {
+    use cairn_proto::etcdserverpb as pb;
+    use cairn_proto::etcdserverpb::cluster_client::ClusterClient;
+    // One shard each: four members' shard cores within the memlock limit.
+    let mut c = Cluster::start_with(7, 1, &[]);
+    let leader = c.leader(&[]);
+    for k in 0..20 {
+        c.put_until_acked(leader, &format!("k{k}"), "before");
+    }
+    let list = |c: &Cluster, via: usize| -> Vec<pb::Member> {
+        let url = c.url(via);
+        c.rt.block_on(async move {
+            let mut cl = ClusterClient::connect(url).await.expect("connect");
+            cl.member_list(pb::MemberListRequest::default())
+                .await
+                .expect("list")
+                .into_inner()
+                .members
+        })
+    };
+    let new = c.add_member(leader, true);
+    // The learner catches up from the others and serves serializable reads.
+    c.converges(new, "k19", "before");
+    let err = c.put(new, "x", "1").expect_err("a learner takes no write");
+    assert_eq!(err.message(), "etcdserver: rpc not supported for learner");
+    let before = list(&c, leader);
+    assert_eq!(before.len(), 4);
+    assert!(before.iter().any(|m| m.id == c.id(new) && m.is_learner));
+    // A second learner: refused as etcd does.
+    let url = c.url(leader);
+    let err = c.rt.block_on(async move {
+        ClusterClient::connect(url)
+            .await
+            .expect("connect")
+            .member_add(pb::MemberAddRequest {
+                peer_ur_ls: vec!["http://127.0.0.1:1".into()],
+                is_learner: true,
+            })
+            .await
+            .expect_err("one learner at most")
+    });
+    assert_eq!(
+        err.message(),
+        "etcdserver: too many learner members in cluster"
+    );
+    // Promoted (once in sync), it takes writes through its front.
+    let deadline = std::time::Instant::now() + common::cluster::SETTLE;
+    loop {
+        let (url, id) = (c.url(leader), c.id(new));
+        let promoted = c.rt.block_on(async move {
+            ClusterClient::connect(url)
+                .await
+                .expect("connect")
+                .member_promote(pb::MemberPromoteRequest { id })
+                .await
+        });
+        match promoted {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "promote: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
+    c.put_until_acked(new, "via-new", "1");
+    assert_eq!(c.read(leader, "via-new"), Some("1".into()));
+    // Remove a follower: it stops; the other three go on.
+    let gone = (0..MEMBERS).find(|i| *i != leader).expect("a follower");
+    let (url, id) = (c.url(leader), c.id(gone));
+    c.rt.block_on(async move {
+        ClusterClient::connect(url)
+            .await
+            .expect("connect")
+            .member_remove(pb::MemberRemoveRequest { id })
+            .await
+            .expect("remove")
+    });
+    let deadline = std::time::Instant::now() + common::cluster::SETTLE;
+    while !c.members[gone]
+        .as_ref()
+        .expect("running")
+        .member
+        .fatal
+        .is_latched()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the removed member goes on"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let removed = c.members[gone].take().expect("running");
+    let _ = removed.stop(Some("removed".into()));
+    let after = list(&c, leader);
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert!(after.iter().all(|m| !m.is_learner && m.id != id));
+    let rev = c.put_until_acked(leader, "after-remove", "1");
+    for i in (0..c.members.len()).filter(|i| *i != gone) {
+        c.converges(i, "after-remove", "1");
+        let _ = c.hash(i, rev);
+    }
+}

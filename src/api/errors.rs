@@ -68,6 +68,10 @@ etcd_errors! {
     Corrupt,
     BadLeaderTransferee,
     DiskFull,
+    TooManyLearners,
+    LearnerNotReady,
+    MemberNotLearner,
+    NotSupportedForLearner,
 }
 
 impl EtcdError {
@@ -111,6 +115,19 @@ impl EtcdError {
             ),
             E::MemberBadUrls => (InvalidArgument, "etcdserver: given member URLs are invalid"),
             E::MemberNotFound => (NotFound, "etcdserver: member not found"),
+            E::TooManyLearners => (
+                FailedPrecondition,
+                "etcdserver: too many learner members in cluster",
+            ),
+            E::LearnerNotReady => (
+                FailedPrecondition,
+                "etcdserver: can only promote a learner member which is in sync with leader",
+            ),
+            E::MemberNotLearner => (
+                FailedPrecondition,
+                "etcdserver: can only promote a learner member",
+            ),
+            E::NotSupportedForLearner => (Unavailable, "etcdserver: rpc not supported for learner"),
             E::RequestTooLarge => (InvalidArgument, "etcdserver: request is too large"),
             E::TooManyRequests => (ResourceExhausted, "etcdserver: too many requests"),
             E::RootUserNotExist => (FailedPrecondition, "etcdserver: root user does not exist"),
@@ -474,6 +491,26 @@ mod tests {
             EtcdError::BadLeaderTransferee,
             Code::FailedPrecondition,
             "etcdserver: bad leader transferee",
+        ),
+        (
+            EtcdError::TooManyLearners,
+            Code::FailedPrecondition,
+            "etcdserver: too many learner members in cluster",
+        ),
+        (
+            EtcdError::LearnerNotReady,
+            Code::FailedPrecondition,
+            "etcdserver: can only promote a learner member which is in sync with leader",
+        ),
+        (
+            EtcdError::MemberNotLearner,
+            Code::FailedPrecondition,
+            "etcdserver: can only promote a learner member",
+        ),
+        (
+            EtcdError::NotSupportedForLearner,
+            Code::Unavailable,
+            "etcdserver: rpc not supported for learner",
         ),
     ];
 

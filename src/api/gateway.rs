@@ -7,7 +7,8 @@
 //! `{"error": msg, "message": msg, "code": grpc_code}` with the HTTP status
 //! grpc-gateway maps the code to. Other `/v3/` paths answer 501.
 
-use super::kv::{ClusterService, KvService};
+use super::cluster::ClusterService;
+use super::kv::KvService;
 use super::maintenance::MaintenanceService;
 use crate::member::Member;
 use axum::body::Bytes;

@@ -7,7 +7,6 @@
 use super::convert;
 use super::validate;
 use crate::mvcc::txn as m;
-use crate::shard::ShardMsg;
 use cairn_proto::etcdserverpb as pb;
 use prost::Message;
 use std::sync::Arc;
@@ -44,6 +43,9 @@ impl pb::kv_server::Kv for KvService {
         let r = request.into_inner();
         self.0.check_size(r.encoded_len())?;
         validate::check_range(&r)?;
+        if !r.serializable {
+            self.0.not_a_learner()?;
+        }
         let req = convert::range_request(&r)?;
         let (resp, c) = self.0.range(req, r.serializable).await?;
         let header = self.0.header(c, self.0.raft_term());
@@ -55,6 +57,7 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
         let _timed = super::http::Timed::new(&self.0.metrics, "Put");
+        self.0.not_a_learner()?;
         let r = request.into_inner();
         self.0.check_size(r.encoded_len())?;
         validate::check_put(&r)?;
@@ -82,6 +85,7 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let _timed = super::http::Timed::new(&self.0.metrics, "DeleteRange");
+        self.0.not_a_learner()?;
         let r = request.into_inner();
         self.0.check_size(r.encoded_len())?;
         validate::check_delete(&r)?;
@@ -112,6 +116,7 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
         let _timed = super::http::Timed::new(&self.0.metrics, "Txn");
+        self.0.not_a_learner()?;
         let r = request.into_inner();
         self.0.check_size(r.encoded_len())?;
         validate::check_txn(&r, self.0.max_txn_ops)?;
@@ -142,75 +147,12 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         let _timed = super::http::Timed::new(&self.0.metrics, "Compact");
+        self.0.not_a_learner()?;
         let r = request.into_inner();
         self.0.compact(r.revision).await?;
         let header = self.0.header(self.0.seq.committed(), self.0.raft_term());
         Ok(Response::new(pb::CompactionResponse {
             header: Some(header),
         }))
-    }
-}
-
-/// Cluster: `MemberList` is served; membership changes arrive with clusters.
-pub struct ClusterService(pub Arc<Member>);
-
-fn not_yet_cluster(rpc: &str) -> Status {
-    Status::unimplemented(format!("cairn: Cluster.{rpc} is not implemented yet"))
-}
-
-#[tonic::async_trait]
-impl pb::cluster_server::Cluster for ClusterService {
-    async fn member_add(
-        &self,
-        _: Request<pb::MemberAddRequest>,
-    ) -> Result<Response<pb::MemberAddResponse>, Status> {
-        Err(not_yet_cluster("MemberAdd"))
-    }
-
-    async fn member_remove(
-        &self,
-        _: Request<pb::MemberRemoveRequest>,
-    ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
-        Err(not_yet_cluster("MemberRemove"))
-    }
-
-    async fn member_update(
-        &self,
-        _: Request<pb::MemberUpdateRequest>,
-    ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
-        Err(not_yet_cluster("MemberUpdate"))
-    }
-
-    async fn member_list(
-        &self,
-        _: Request<pb::MemberListRequest>,
-    ) -> Result<Response<pb::MemberListResponse>, Status> {
-        let m = &self.0;
-        // The meta group (on shard 0) holds the membership.
-        let members = m
-            .ask(0, |reply| ShardMsg::Members { reply })
-            .await?
-            .ok_or_else(|| Status::internal("shard 0 runs no meta group"))?;
-        Ok(Response::new(pb::MemberListResponse {
-            // etcd 3.4's MemberList header carries no revision.
-            header: Some(m.header(0, m.raft_term())),
-            members: members
-                .into_iter()
-                .map(|r| pb::Member {
-                    id: r.id,
-                    name: r.name,
-                    peer_ur_ls: r.peer_urls,
-                    client_ur_ls: r.client_urls,
-                    is_learner: false,
-                })
-                .collect(),
-        }))
-    }
-
-    async fn member_promote(
-        &self,
-        _: Request<pb::MemberPromoteRequest>,
-    ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
-        Err(not_yet_cluster("MemberPromote"))
     }
 }

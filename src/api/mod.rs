@@ -5,7 +5,7 @@
 //! Adapters only: they hold the member (`crate::member::Member`) and turn
 //! etcd's messages into its calls and back.
 //!
-//! - [`kv`]: the KV and Cluster services.
+//! - [`kv`], [`cluster`]: the KV and Cluster services.
 //! - [`maintenance`]: the Maintenance service, snapshots.
 //! - [`watch`]: the Watch service (events from the member's `WatchHub`).
 //! - [`gateway`], [`http`]: etcd's JSON gateway, health, version, metrics.
@@ -14,6 +14,7 @@
 //! - [`errors`], [`validate`], [`convert`]: etcd's error table, request rules,
 //!   protobuf ↔ MVCC types.
 
+pub mod cluster;
 pub mod coalesce;
 pub mod convert;
 pub mod errors;

@@ -14,11 +14,15 @@
 //!      catches up first, then campaigns);
 //!   2. the meta leader campaigns for a data group that nobody hands over
 //!      (its leader is gone) after an election timeout;
-//!   3. any member campaigns for a data group that has had no leader for
-//!      two election timeouts or more (with a random part): the meta leader
-//!      may be unable to win it (a data group's voters refuse a candidate
-//!      whose log of that group is behind theirs), and someone must lead it
-//!      so that rule 1 can hand it over once the meta leader caught up.
+//!   3. any member campaigns for a data group that has not been led by the
+//!      meta leader for two election timeouts or more (with a random part):
+//!      the meta leader may be unable to win it (a data group's voters
+//!      refuse a candidate whose log of that group is behind theirs; its
+//!      old leader may be dead, which a follower cannot tell from its
+//!      metrics), and someone must lead it so that rule 1 can hand it over
+//!      once the meta leader caught up. Every campaign starts with a
+//!      Pre-Vote, so one that cannot win (a live leader holds its lease)
+//!      changes no term.
 //! - A member stamps only in an *epoch*: it leads every group, and has run
 //!   the failover (DESIGN §2.1 point 5) in the terms it leads them in:
 //!   each data group commits an entry of this term (so everything in its
@@ -35,7 +39,7 @@
 
 use super::Member;
 use crate::raft::board::GroupView;
-use crate::shard::peer::{Group, GroupCtl};
+use crate::shard::peer::{Group, GroupCtl, Target};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -68,9 +72,14 @@ pub async fn run(member: Arc<Member>) {
     // Per data group: when it was last asked to elect or transfer, and
     // since when it has had no leader.
     let mut asked: Vec<Option<Instant>> = vec![None; n];
-    let mut leaderless: Vec<Option<Instant>> = vec![None; n];
+    let mut astray_since: Vec<Option<Instant>> = vec![None; n];
     let mut meta_leader_since: Option<Instant> = None;
     let mut seed = me ^ 0x9e37_79b9_7f4a_7c15;
+    let mut synced: Vec<Option<Instant>> = vec![None; n];
+    let mut cluster_recorded = false;
+    let mut was_member = false;
+    let mut known_nodes = std::collections::BTreeMap::new();
+    let mut last_cluster_look: Option<Instant> = None;
     // Publishing this member's record: not yet (None), under way, or done.
     let mut publish: Option<tokio::task::JoinHandle<bool>> = None;
     let mut published = false;
@@ -122,6 +131,61 @@ pub async fn run(member: Arc<Member>) {
             for shard in 0..n {
                 peers.tell(shard, Group::Data, GroupCtl::Tick { closed });
             }
+            // Data groups follow the meta group's membership.
+            if !meta.joint && !meta.nodes.is_empty() {
+                let target = Target {
+                    voters: meta.voters.clone(),
+                    learners: meta.learners.clone(),
+                    nodes: meta.nodes.clone(),
+                };
+                for (shard, v) in views[..n].iter().enumerate() {
+                    let same = v.voters == target.voters
+                        && v.learners == target.learners
+                        && v.nodes == target.nodes;
+                    let quiet = synced[shard].is_none_or(|t| Instant::now() - t >= election);
+                    if !same && !v.joint && quiet {
+                        synced[shard] = Some(Instant::now());
+                        let (reply, _) = tokio::sync::oneshot::channel();
+                        peers.tell(
+                            shard,
+                            Group::Data,
+                            GroupCtl::Membership {
+                                target: target.clone(),
+                                reply,
+                            },
+                        );
+                    }
+                }
+            }
+            if !cluster_recorded {
+                cluster_recorded = record_cluster(&member).await;
+            }
+            // Members removed since the last look are told so: nothing else
+            // reaches them any more.
+            if !meta.joint {
+                for id in known_nodes.keys().filter(|id| !meta.nodes.contains_key(id)) {
+                    tell_removed(&member, *id);
+                }
+                known_nodes = meta.nodes.clone();
+            }
+        }
+        // A member removed from the cluster stops, as etcd's does (once it
+        // has seen itself a member: one that joins replays memberships
+        // from before it was added).
+        let known = meta.voters.contains(&me) || meta.learners.contains(&me);
+        if known {
+            was_member = true;
+        } else if was_member && !meta.nodes.is_empty() && !meta.joint {
+            member.fatal.latch(String::from(
+                "the member has been permanently removed from the cluster",
+            ));
+        }
+        // A member that joined learns its cluster's id from the meta group.
+        if member.cluster_id() == 0
+            && last_cluster_look.is_none_or(|t| Instant::now() - t >= Duration::from_secs(1))
+        {
+            last_cluster_look = Some(Instant::now());
+            learn_cluster(&member).await;
         }
         // Bringing the data groups to the meta leader.
         let now = Instant::now();
@@ -131,10 +195,15 @@ pub async fn run(member: Arc<Member>) {
             (false, _) => None,
         };
         for (shard, v) in views[..n].iter().enumerate() {
-            leaderless[shard] = match (v.leader, leaderless[shard]) {
-                (None, None) => Some(now),
-                (None, since) => since,
-                (Some(_), _) => None,
+            // Not led by the meta leader (led by nobody, or by a member
+            // that may be gone: a follower keeps naming a dead leader
+            // until a new term, and Pre-Vote keeps failed campaigns from
+            // starting one).
+            let astray = v.leader.is_none() || (meta.leader.is_some() && v.leader != meta.leader);
+            astray_since[shard] = match (astray, astray_since[shard]) {
+                (true, None) => Some(now),
+                (true, since) => since,
+                (false, _) => None,
             };
             let quiet = asked[shard].is_none_or(|t| now - t >= election);
             if !quiet {
@@ -155,7 +224,7 @@ pub async fn run(member: Arc<Member>) {
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
                 let jitter = Duration::from_millis(seed % peers.timing.election_ms.max(1));
-                leaderless[shard]
+                astray_since[shard]
                     .is_some_and(|t| now - t >= 2 * election + jitter)
                     .then_some(GroupCtl::Elect)
             };
@@ -164,6 +233,74 @@ pub async fn run(member: Arc<Member>) {
                 peers.tell(shard, Group::Data, ctl);
             }
         }
+    }
+}
+
+/// Tells member `id` it was removed (a few tries, in the background).
+fn tell_removed(member: &Member, id: u64) {
+    let transport = member.peers.transport.clone();
+    tokio::spawn(async move {
+        for _ in 0..10 {
+            let frame = crate::transport::Frame {
+                kind: crate::transport::Kind::Removed,
+                group: 0,
+                body: Vec::new(),
+            };
+            if transport
+                .call(id, frame, Duration::from_secs(1))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+}
+
+/// Records the cluster's id in the meta group if it is not there; true
+/// once it is.
+async fn record_cluster(member: &Member) -> bool {
+    let recorded = member
+        .ask(0, |reply| crate::shard::ShardMsg::ClusterId { reply })
+        .await
+        .ok()
+        .flatten();
+    if recorded.is_some() {
+        return true;
+    }
+    let command = crate::raft::meta::MetaCommand::SetCluster(member.cluster_id());
+    matches!(
+        member
+            .peers
+            .ask(0, Group::Meta, |reply| GroupCtl::MetaWrite {
+                command,
+                reply
+            })
+            .await,
+        Ok(Ok(()))
+    )
+}
+
+/// A member that joined takes its cluster's id from the meta group, and
+/// keeps it in its data dir.
+async fn learn_cluster(member: &Member) {
+    let Ok(Some(id)) = member
+        .ask(0, |reply| crate::shard::ShardMsg::ClusterId { reply })
+        .await
+    else {
+        return;
+    };
+    member
+        .cluster_id
+        .store(id, std::sync::atomic::Ordering::Relaxed);
+    let (identity, dir) = &member.peers.identity;
+    let learned = crate::identity::Identity {
+        cluster_id: id,
+        ..identity.clone()
+    };
+    if let Err(e) = learned.save(dir) {
+        eprintln!("cairn: recording the cluster's id: {e}");
     }
 }
 

@@ -12,6 +12,7 @@
 pub mod alarms;
 mod cross;
 pub mod leader;
+pub mod membership;
 pub mod peers;
 
 use crate::api::EtcdError;
@@ -23,6 +24,10 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tonic::Status;
 
+/// A write this member did not run: it does not stamp (see
+/// [`Member::write`]).
+struct Unstamped;
+
 /// The etcd API version cairn speaks (what `Status.version` reports).
 pub const ETCD_API_VERSION: &str = "3.4.0";
 
@@ -30,7 +35,8 @@ pub const ETCD_API_VERSION: &str = "3.4.0";
 /// (Its name and URLs are in the meta group: see `ClusterService`.)
 pub struct Member {
     pub member_id: u64,
-    pub cluster_id: u64,
+    /// The cluster's id (0 until a member that joined learned it).
+    pub cluster_id: std::sync::atomic::AtomicU64,
     pub shards: Vec<ShardHandle>,
     pub seq: Arc<SharedSequencer>,
     /// Events for watchers (see `crate::watch`).
@@ -56,7 +62,7 @@ pub struct Member {
 impl Member {
     pub fn header(&self, revision: i64, raft_term: u64) -> pb::ResponseHeader {
         pb::ResponseHeader {
-            cluster_id: self.cluster_id,
+            cluster_id: self.cluster_id(),
             member_id: self.member_id,
             revision,
             raft_term,
@@ -92,30 +98,66 @@ impl Member {
     /// Runs a write on one shard (on the write leader: forwarded there if
     /// this member does not stamp) and waits until C covers it.
     pub async fn write(&self, shard: usize, op: m::RequestOp) -> Result<WriteOutcome, Status> {
-        if let peers::Route::To(leader) = self.write_route().await? {
-            let fwd = peers::Forward::Write {
-                shard: Some(shard),
-                op,
-                touched: Vec::new(),
-            };
-            return self
-                .forward(leader, fwd)
-                .await?
-                .ok_or_else(|| Status::internal("a forwarded write came back without outcome"));
+        let deadline = tokio::time::Instant::now() + peers::FORWARD_TTL;
+        loop {
+            if let peers::Route::To(leader) = self.write_route().await? {
+                let fwd = peers::Forward::Write {
+                    shard: Some(shard),
+                    op,
+                    touched: Vec::new(),
+                };
+                return self.forward(leader, fwd).await?.ok_or_else(|| {
+                    Status::internal("a forwarded write came back without outcome")
+                });
+            }
+            match self.write_here(shard, op.clone(), deadline).await {
+                // This member stopped stamping between routing and the
+                // shard: nothing was done; route it again.
+                Err(Unstamped) if tokio::time::Instant::now() < deadline => continue,
+                Err(Unstamped) => return Err(EtcdError::LeaderChanged.status()),
+                Ok(answer) => return answer,
+            }
         }
-        self.write_here(shard, op).await
     }
 
-    /// Runs a write on one shard of this member and waits until C covers it.
-    async fn write_here(&self, shard: usize, op: m::RequestOp) -> Result<WriteOutcome, Status> {
-        if self.fatal.is_latched() {
-            return Err(EtcdError::Stopped.status());
+    /// Runs a write on one shard of this member and waits until C covers
+    /// it; `Err(Unstamped)` if this member does not stamp (nothing done).
+    /// While it stamps, a shard that refuses (its leadership changing
+    /// under it) is asked again until `deadline`.
+    async fn write_here(
+        &self,
+        shard: usize,
+        op: m::RequestOp,
+        deadline: tokio::time::Instant,
+    ) -> Result<Result<WriteOutcome, Status>, Unstamped> {
+        loop {
+            if self.fatal.is_latched() {
+                return Ok(Err(EtcdError::Stopped.status()));
+            }
+            let asked = self
+                .ask(shard, |reply| ShardMsg::Write {
+                    op: op.clone(),
+                    reply,
+                })
+                .await;
+            let outcome = match asked {
+                Err(status) => return Ok(Err(status)),
+                Ok(Err(crate::shard::ShardError::NotLeader)) => {
+                    if !self.seq.leading() {
+                        return Err(Unstamped);
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Ok(Err(EtcdError::LeaderChanged.status()));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    continue;
+                }
+                Ok(Err(e)) => return Ok(Err(e.into())),
+                Ok(Ok(outcome)) => outcome,
+            };
+            self.seq.wait_committed(outcome.view).await;
+            return Ok(self.unchanged_is_current(outcome).await);
         }
-        let outcome = self
-            .ask(shard, |reply| ShardMsg::Write { op, reply })
-            .await??;
-        self.seq.wait_committed(outcome.view).await;
-        self.unchanged_is_current(outcome).await
     }
 
     /// A request that changed nothing (a read-only txn, a compare that
@@ -268,6 +310,11 @@ impl Member {
     /// A shard's Raft and store figures.
     pub async fn status_of(&self, shard: usize) -> Result<ShardStatus, Status> {
         self.ask(shard, |reply| ShardMsg::Status { reply }).await
+    }
+
+    /// The cluster's id (0 until a member that joined learned it).
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The write leader (the meta group's leader) as this member knows it.

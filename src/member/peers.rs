@@ -42,6 +42,13 @@ pub struct Peers {
     pub raft_in: Vec<flume::Sender<RaftIn>>,
     /// The voters of the cluster's first membership (member ids).
     pub voters: Vec<u64>,
+    /// A member of a cluster (several members, or one that joined one).
+    pub clustered: bool,
+    /// `--initial-cluster-token` (an added member's id depends on it).
+    pub token: String,
+    /// The member's identity and its data dir (a member that joined records
+    /// its cluster's id there once it learns it).
+    pub identity: (crate::identity::Identity, std::path::PathBuf),
     pub timing: RaftTiming,
     /// This member as `Cluster.MemberList` shows it.
     pub me: MemberRecord,
@@ -50,7 +57,7 @@ pub struct Peers {
 impl Peers {
     /// A cluster of more than one member.
     pub fn clustered(&self) -> bool {
-        self.voters.len() > 1
+        self.clustered
     }
 
     /// The voters' member ids.
@@ -102,6 +109,8 @@ pub enum Forward {
     },
     /// A member's record for the meta group (its name and client URLs).
     PutMember(MemberRecord),
+    /// A membership change.
+    Members(super::membership::Change),
 }
 
 /// A gRPC status as it crosses the transport.
@@ -202,7 +211,13 @@ impl Member {
                 shard: Some(shard),
                 op,
                 ..
-            } if shard < self.shards.len() => self.write_here(shard, op).await.map(Some),
+            } if shard < self.shards.len() => {
+                let deadline = tokio::time::Instant::now() + FORWARD_TTL;
+                match self.write_here(shard, op, deadline).await {
+                    Ok(answer) => answer.map(Some),
+                    Err(_) => Err(EtcdError::LeaderChanged.status()),
+                }
+            }
             Forward::Write {
                 shard: None,
                 op,
@@ -211,6 +226,7 @@ impl Member {
             Forward::Write { .. } => Err(Status::invalid_argument("no such shard")),
             Forward::Compact { revision } => self.compact_here(revision).await.map(|()| None),
             Forward::PutMember(record) => self.put_member_here(record).await.map(|()| None),
+            Forward::Members(change) => self.change_members_here(change).await.map(|_| None),
         }
     }
 
@@ -324,7 +340,7 @@ impl MemberInbox {
 }
 
 impl Inbox for MemberInbox {
-    fn deliver(&self, _from: u64, frame: Frame) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+    fn deliver(&self, from: u64, frame: Frame) -> BoxFuture<'static, Result<Vec<u8>, String>> {
         match frame.kind {
             Kind::Append | Kind::Vote | Kind::PreVote | Kind::Snapshot | Kind::Transfer => {
                 let (shard, group) = if frame.group == META_FRAME_GROUP {
@@ -360,6 +376,20 @@ impl Inbox for MemberInbox {
                     let reply: ForwardReply =
                         member.run_forwarded(fwd).await.map_err(WireStatus::from);
                     postcard::to_stdvec(&reply).map_err(|e| e.to_string())
+                })
+            }
+            Kind::Removed => {
+                let member = self.member();
+                Box::pin(async move {
+                    let member = member?;
+                    // Sent by the write leader that removed it (peers are
+                    // members: with https:// peer URLs, authenticated).
+                    if from != member.member_id {
+                        member.fatal.latch(String::from(
+                            "the member has been permanently removed from the cluster",
+                        ));
+                    }
+                    Ok(Vec::new())
                 })
             }
             Kind::ReadIndex => {

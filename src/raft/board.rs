@@ -4,6 +4,7 @@
 //!
 //! Groups `0..n` are the data groups (shard ids); group `n` is the meta group.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 /// One group's leadership as its Raft reported it last.
@@ -14,8 +15,13 @@ pub struct GroupView {
     pub leader: Option<u64>,
     /// This member is the group's leader (openraft's Leader state).
     pub leading: bool,
-    pub last_log_index: u64,
-    pub applied_index: u64,
+    /// The group's membership as this member knows it (the newest it has,
+    /// committed or not): voters, learners, and every member's peer URL.
+    pub voters: BTreeSet<u64>,
+    pub learners: BTreeSet<u64>,
+    pub nodes: BTreeMap<u64, String>,
+    /// The membership is a joint one (a change is under way).
+    pub joint: bool,
 }
 
 /// See the module docs.
@@ -67,6 +73,11 @@ impl GroupBoard {
     /// The meta group's leader, as this member knows it.
     pub fn meta_leader(&self) -> Option<u64> {
         self.lock()[self.data_groups].leader
+    }
+
+    /// The meta group's view (its membership is the cluster's).
+    pub fn meta_view(&self) -> GroupView {
+        self.lock()[self.data_groups].clone()
     }
 
     /// Wakes on every change.

@@ -42,6 +42,9 @@ pub enum MetaCommand {
     /// Adds a member or replaces its record.
     PutMember(MemberRecord),
     RemoveMember(u64),
+    /// The cluster's id, recorded once by the first write leader (a member
+    /// that joins later learns it from here).
+    SetCluster(u64),
 }
 
 impl std::fmt::Display for MetaCommand {
@@ -49,6 +52,7 @@ impl std::fmt::Display for MetaCommand {
         match self {
             MetaCommand::PutMember(m) => write!(f, "put-member({:x} {})", m.id, m.name),
             MetaCommand::RemoveMember(id) => write!(f, "remove-member({id:x})"),
+            MetaCommand::SetCluster(id) => write!(f, "set-cluster({id:x})"),
         }
     }
 }
@@ -65,6 +69,13 @@ openraft::declare_raft_types!(
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetaState {
     pub members: BTreeMap<u64, MemberRecord>,
+    pub cluster_id: Option<u64>,
+}
+
+/// The state as snapshots before the cluster id was recorded held it.
+#[derive(Deserialize)]
+struct MetaStateV1 {
+    members: BTreeMap<u64, MemberRecord>,
 }
 
 impl MetaState {
@@ -75,6 +86,9 @@ impl MetaState {
             }
             MetaCommand::RemoveMember(id) => {
                 self.members.remove(id);
+            }
+            MetaCommand::SetCluster(id) => {
+                self.cluster_id.get_or_insert(*id);
             }
         }
     }
@@ -109,14 +123,27 @@ impl MetaStateMachine {
         Ok(sm)
     }
 
+    /// The cluster's id, once recorded.
+    pub fn cluster_id(&self) -> Option<u64> {
+        self.state.borrow().cluster_id
+    }
+
     /// The members, by id.
     pub fn members(&self) -> Vec<MemberRecord> {
         self.state.borrow().members.values().cloned().collect()
     }
 
     fn load(&self, meta: &SnapshotMetaOf<MetaRaft>, data: &[u8]) -> io::Result<()> {
-        let state: MetaState = postcard::from_bytes(data)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let state: MetaState = match postcard::from_bytes(data) {
+            Ok(state) => state,
+            Err(e) => match postcard::from_bytes::<MetaStateV1>(data) {
+                Ok(v1) => MetaState {
+                    members: v1.members,
+                    cluster_id: None,
+                },
+                Err(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            },
+        };
         *self.state.borrow_mut() = state;
         let mut a = self.applied.borrow_mut();
         a.log_id = meta.last_log_id;

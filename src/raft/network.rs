@@ -203,6 +203,8 @@ where
                 .map_err(|e| e.to_string())?;
             encode(&resp).map_err(s)
         }
-        Kind::Forward | Kind::ReadIndex => Err(format!("{kind:?} is not a Raft frame")),
+        Kind::Forward | Kind::ReadIndex | Kind::Removed => {
+            Err(format!("{kind:?} is not a Raft frame"))
+        }
     }
 }

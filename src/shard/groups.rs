@@ -26,7 +26,7 @@ pub const META_FRAME_GROUP: u64 = u64::MAX;
 /// its leadership to `board` as they change, and latches `fatal` if the
 /// group stops on its own (a storage error, a panic in its core) rather
 /// than because `stopping` was set.
-pub(super) fn watch_raft<C: openraft::RaftTypeConfig<NodeId = u64, Term = u64>>(
+pub(super) fn watch_raft<C: openraft::RaftTypeConfig<NodeId = u64, Term = u64, Node = BasicNode>>(
     group: String,
     mut metrics: openraft::type_config::alias::WatchReceiverOf<C, openraft::RaftMetrics<C>>,
     term: Option<Arc<std::sync::atomic::AtomicU64>>,
@@ -43,14 +43,20 @@ pub(super) fn watch_raft<C: openraft::RaftTypeConfig<NodeId = u64, Term = u64>>(
                 if let Some(term) = &term {
                     term.fetch_max(m.current_term, std::sync::atomic::Ordering::Relaxed);
                 }
+                let membership = m.membership_config.membership();
                 board.0.set(
                     board.1,
                     GroupView {
                         term: m.current_term,
                         leader: m.current_leader,
                         leading: m.state == openraft::ServerState::Leader,
-                        last_log_index: m.last_log_index.unwrap_or(0),
-                        applied_index: m.last_applied.as_ref().map_or(0, |l| l.index),
+                        voters: membership.voter_ids().collect(),
+                        learners: membership.learner_ids().collect(),
+                        nodes: membership
+                            .nodes()
+                            .map(|(id, n)| (*id, n.addr.clone()))
+                            .collect(),
+                        joint: membership.get_joint_config().len() > 1,
                     },
                 );
                 m.running_state.as_ref().err().map(|e| e.to_string())
@@ -245,11 +251,7 @@ pub(super) async fn start_meta(
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1),
         max_in_snapshot_log_to_keep: 0,
         purge_batch_size: 1,
-        enable_leader_restore: if cfg.voters.len() > 1 {
-            Some(false)
-        } else {
-            None
-        },
+        enable_leader_restore: if cfg.clustered { Some(false) } else { None },
         enable_pre_vote: Some(true),
         ..Default::default()
     }
@@ -265,8 +267,10 @@ pub(super) async fn start_meta(
     )
     .await
     .map_err(|e| e.to_string())?;
-    if cfg.voters.len() > 1 {
-        join(&raft, &cfg.voters).await?;
+    if cfg.clustered {
+        if cfg.voters.len() > 1 {
+            join(&raft, &cfg.voters).await?;
+        }
         return Ok((raft, sm));
     }
     lead_alone(&raft, cfg.member_id, &cfg.peer_url).await?;

@@ -106,6 +106,10 @@ pub enum ShardMsg {
     Members {
         reply: oneshot::Sender<Option<Vec<MemberRecord>>>,
     },
+    /// The cluster id the meta group holds (shard 0), if recorded.
+    ClusterId {
+        reply: oneshot::Sender<Option<u64>>,
+    },
     /// The shard's histories up to `upto`, postcard-encoded as a
     /// [`StoreImage`] (Maintenance.Snapshot).
     Image {
@@ -250,6 +254,9 @@ pub struct ShardConfig {
     /// The cluster's first voters (member id → peer URL): this member alone,
     /// or every member of `--initial-cluster`.
     pub voters: BTreeMap<u64, String>,
+    /// A member of a cluster: several voters, or it joined one (then its
+    /// groups start empty and learn their membership from the leader).
+    pub clustered: bool,
     /// Raft frames and leadership requests for this core's groups.
     pub raft_in: flume::Receiver<RaftIn>,
     /// Where this core publishes its groups' leadership.
@@ -391,7 +398,7 @@ async fn run(
         .await
         .map_err(|x| e("reading the log's tail")(&x))?;
     cfg.parts.newest_in_log(cfg.id as u32, newest);
-    let cluster = cfg.voters.len() > 1;
+    let cluster = cfg.clustered;
     let config = Arc::new(raft_config(cfg.snapshot_count, cfg.raft_timing, cluster)?);
     let raft = Raft::new(
         cfg.member_id,
@@ -412,9 +419,11 @@ async fn run(
     });
     peer::serve(cfg.raft_in.clone(), groups.clone());
     if cluster {
-        join(&raft, &cfg.voters)
-            .await
-            .map_err(|x| e("joining the cluster")(&x))?;
+        if cfg.voters.len() > 1 {
+            join(&raft, &cfg.voters)
+                .await
+                .map_err(|x| e("joining the cluster")(&x))?;
+        }
     } else {
         lead_alone(&raft, cfg.member_id, &cfg.peer_url)
             .await
@@ -603,6 +612,9 @@ async fn run(
             }
             ShardMsg::Members { reply } => {
                 let _ = reply.send(meta.borrow().as_ref().map(|sm| sm.members()));
+            }
+            ShardMsg::ClusterId { reply } => {
+                let _ = reply.send(meta.borrow().as_ref().and_then(|sm| sm.cluster_id()));
             }
             ShardMsg::Shutdown { reply } => {
                 stopping.set(true);

@@ -18,8 +18,10 @@ use crate::transport::Kind;
 use cairn_wal::storage::DmaStorage;
 use cairn_wal::Wal;
 use openraft::impls::ProgressResponder;
-use openraft::Raft;
+use openraft::{BasicNode, Raft};
+use openraft_rt::WatchReceiver;
 use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use tokio::sync::oneshot;
 
@@ -74,11 +76,98 @@ pub enum GroupCtl {
     /// Confirm this member still leads the group (ReadIndex: a heartbeat
     /// round acknowledged by a quorum).
     Confirm(oneshot::Sender<Result<(), String>>),
+    /// Bring the group's membership to `target` (its leader only).
+    Membership {
+        target: Target,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Whether member `node` has caught up with this leader (etcd's rule:
+    /// its matched index is at least 90% of the leader's).
+    InSync {
+        node: u64,
+        reply: oneshot::Sender<Result<bool, String>>,
+    },
     /// Append to the meta group's log (its leader only), and wait until applied.
     MetaWrite {
         command: MetaCommand,
         reply: oneshot::Sender<Result<(), String>>,
     },
+}
+
+/// A membership to bring a group to: voters, learners, and every member's
+/// peer URL.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Target {
+    pub voters: BTreeSet<u64>,
+    pub learners: BTreeSet<u64>,
+    pub nodes: BTreeMap<u64, String>,
+}
+
+/// Brings `raft`'s membership to `target`, idempotently: members it lacks
+/// are added as learners (not waiting for them), changed URLs set, then the
+/// voters replaced (a removed voter stays a learner), then members no longer
+/// in `target` removed. Each step is one membership change openraft commits
+/// (joint consensus where voters change).
+async fn bring_to<C, SM>(raft: &Raft<C, SM>, target: &Target) -> Result<(), String>
+where
+    C: openraft::RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+    SM: openraft::storage::RaftStateMachine<C>,
+{
+    use openraft::ChangeMembers;
+    let current = raft.metrics().borrow_watched().membership_config.clone();
+    let current = current.membership();
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    for (id, url) in &target.nodes {
+        match current.get_node(id) {
+            None => {
+                raft.add_learner(*id, BasicNode::new(url), false)
+                    .await
+                    .map_err(|x| e(&x))?;
+            }
+            Some(n) if n.addr != *url => {
+                let set = BTreeMap::from([(*id, BasicNode::new(url))]);
+                raft.change_membership(ChangeMembers::SetNodes(set), true)
+                    .await
+                    .map_err(|x| e(&x))?;
+            }
+            Some(_) => {}
+        }
+    }
+    let voters: BTreeSet<u64> = current.voter_ids().collect();
+    if voters != target.voters && !target.voters.is_empty() {
+        raft.change_membership(ChangeMembers::ReplaceAllVoters(target.voters.clone()), true)
+            .await
+            .map_err(|x| e(&x))?;
+    }
+    let gone: BTreeSet<u64> = current
+        .nodes()
+        .map(|(id, _)| *id)
+        .filter(|id| !target.nodes.contains_key(id))
+        .collect();
+    if !gone.is_empty() {
+        raft.change_membership(ChangeMembers::RemoveNodes(gone), true)
+            .await
+            .map_err(|x| e(&x))?;
+    }
+    Ok(())
+}
+
+/// See [`GroupCtl::InSync`].
+fn in_sync<C, SM>(raft: &Raft<C, SM>, node: u64) -> Result<bool, String>
+where
+    C: openraft::RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+    SM: openraft::storage::RaftStateMachine<C>,
+{
+    let m = raft.metrics().borrow_watched().clone();
+    let Some(replication) = &m.replication else {
+        return Err("not the leader".into());
+    };
+    let last = m.last_log_index.unwrap_or(0);
+    let matched = replication
+        .get(&node)
+        .and_then(|l| l.as_ref().map(|l| l.index))
+        .unwrap_or(0);
+    Ok(matched as f64 >= last as f64 * 0.9)
 }
 
 /// A core's groups, as the peer task reaches them.
@@ -172,6 +261,12 @@ async fn meta_ctl(meta: &Raft<MetaRaft, MetaStateMachine>, ctl: GroupCtl) {
             let _ = reply.send(Err("the meta group holds no revisions".into()));
         }
         GroupCtl::Tick { .. } => {}
+        GroupCtl::Membership { target, reply } => {
+            let _ = reply.send(bring_to(meta, &target).await);
+        }
+        GroupCtl::InSync { node, reply } => {
+            let _ = reply.send(in_sync(meta, node));
+        }
         GroupCtl::MetaWrite { command, reply } => {
             let r = meta.client_write(command).await;
             let _ = reply.send(r.map(|_| ()).map_err(|e| e.to_string()));
@@ -209,6 +304,12 @@ async fn data_ctl(g: &Groups, ctl: GroupCtl) {
         }
         GroupCtl::MetaWrite { reply, .. } => {
             let _ = reply.send(Err("a data group holds no members".into()));
+        }
+        GroupCtl::Membership { target, reply } => {
+            let _ = reply.send(bring_to(raft, &target).await);
+        }
+        GroupCtl::InSync { node, reply } => {
+            let _ = reply.send(in_sync(raft, node));
         }
         GroupCtl::Tick { closed } => {
             if closed > g.ticked.get() && closed > g.store.borrow().revision() {

@@ -40,6 +40,9 @@ pub enum Kind {
     Transfer = 6,
     /// Raft Pre-Vote for `group`: would the target vote for this candidate?
     PreVote = 7,
+    /// The write leader tells a member it was removed from the cluster (it
+    /// hears nothing else from the cluster any more).
+    Removed = 8,
 }
 
 /// One request to a peer.

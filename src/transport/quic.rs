@@ -473,6 +473,7 @@ fn kind_of(byte: u8) -> Option<Kind> {
         5 => Kind::ReadIndex,
         6 => Kind::Transfer,
         7 => Kind::PreVote,
+        8 => Kind::Removed,
         _ => return None,
     })
 }

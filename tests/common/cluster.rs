@@ -28,66 +28,92 @@ pub struct Cluster {
     pub members: Vec<Option<Running>>,
     /// For the test's own clients.
     pub rt: tokio::runtime::Runtime,
+    /// Flags every member gets.
+    extra: Vec<String>,
+    ids: Vec<u64>,
     _dir: tempfile::TempDir,
     _one: MutexGuard<'static, ()>,
+}
+
+/// Member `i`'s flags: ports (client, peer), `--initial-cluster`, its state.
+fn member_config(
+    dir: &std::path::Path,
+    i: usize,
+    ports: (u16, u16),
+    initial: &str,
+    state: &str,
+    extra: &[String],
+) -> Config {
+    let data = dir.join(format!("m{i}"));
+    let url = format!("http://127.0.0.1:{}", ports.0);
+    let peer_url = format!("http://127.0.0.1:{}", ports.1);
+    let mut args: Vec<String> = [
+        "cairn",
+        "--name",
+        &format!("m{i}"),
+        "--data-dir",
+        data.to_str().expect("utf-8 path"),
+        "--listen-client-urls",
+        &url,
+        "--advertise-client-urls",
+        &url,
+        "--initial-advertise-peer-urls",
+        &peer_url,
+        "--initial-cluster",
+        initial,
+        "--initial-cluster-state",
+        state,
+        "--wal-segment-bytes",
+        "1048576",
+        "--heartbeat-interval",
+        "50",
+        "--election-timeout",
+        "500",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().cloned());
+    Config::try_parse_from(args).expect("flags")
 }
 
 impl Cluster {
     /// Starts three members with `--shards 2` and `extra` flags, on a net
     /// seeded with `seed`.
     pub fn start(seed: u64, extra: &[&str]) -> Self {
+        Self::start_with(seed, 2, extra)
+    }
+
+    /// Starts three members with `shards` shards each.
+    pub fn start_with(seed: u64, shards: usize, extra: &[&str]) -> Self {
         let one = ONE_CLUSTER_AT_A_TIME
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
-        let client: Vec<u16> = (0..MEMBERS)
-            .map(|_| cairn_tools::ports::free_port())
-            .collect();
-        let peer: Vec<u16> = (0..MEMBERS)
-            .map(|_| cairn_tools::ports::free_port())
-            .collect();
-        let initial: Vec<String> = (0..MEMBERS)
-            .map(|i| format!("m{i}=http://127.0.0.1:{}", peer[i]))
-            .collect();
-        let cfgs: Vec<Config> = (0..MEMBERS)
-            .map(|i| {
-                let data = dir.path().join(format!("m{i}"));
-                let url = format!("http://127.0.0.1:{}", client[i]);
-                let peer_url = format!("http://127.0.0.1:{}", peer[i]);
-                let mut args: Vec<String> = [
-                    "cairn",
-                    "--name",
-                    &format!("m{i}"),
-                    "--data-dir",
-                    data.to_str().expect("utf-8 path"),
-                    "--listen-client-urls",
-                    &url,
-                    "--advertise-client-urls",
-                    &url,
-                    "--initial-advertise-peer-urls",
-                    &peer_url,
-                    "--initial-cluster",
-                    &initial.join(","),
-                    "--shards",
-                    "2",
-                    "--wal-segment-bytes",
-                    "1048576",
-                    "--heartbeat-interval",
-                    "50",
-                    "--election-timeout",
-                    "500",
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-                args.extend(extra.iter().map(|s| s.to_string()));
-                Config::try_parse_from(args).expect("flags")
+        let ports: Vec<(u16, u16)> = (0..MEMBERS)
+            .map(|_| {
+                (
+                    cairn_tools::ports::free_port(),
+                    cairn_tools::ports::free_port(),
+                )
             })
             .collect();
+        let initial: Vec<String> = (0..MEMBERS)
+            .map(|i| format!("m{i}=http://127.0.0.1:{}", ports[i].1))
+            .collect();
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        extra.extend(["--shards".to_string(), shards.to_string()]);
+        let cfgs: Vec<Config> = (0..MEMBERS)
+            .map(|i| member_config(dir.path(), i, ports[i], &initial.join(","), "new", &extra))
+            .collect();
         let net = ChannelNet::new(seed);
-        let members = cfgs
+        let members: Vec<Option<Running>> = cfgs
             .iter()
             .map(|c| Some(start(c, Peering::Channel(net.clone())).expect("member starts")))
+            .collect();
+        let ids = members
+            .iter()
+            .map(|m| m.as_ref().expect("started").member.member_id)
             .collect();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -99,9 +125,61 @@ impl Cluster {
             cfgs,
             members,
             rt,
+            extra,
+            ids,
             _dir: dir,
             _one: one,
         }
+    }
+
+    /// Adds a member (MemberAdd through member `via`, as a learner or a
+    /// voter) and starts it with `--initial-cluster-state existing`.
+    pub fn add_member(&mut self, via: usize, learner: bool) -> usize {
+        use cairn_proto::etcdserverpb::cluster_client::ClusterClient;
+        let i = self.cfgs.len();
+        let ports = (
+            cairn_tools::ports::free_port(),
+            cairn_tools::ports::free_port(),
+        );
+        let peer_url = format!("http://127.0.0.1:{}", ports.1);
+        let url = self.url(via);
+        let urls = vec![peer_url.clone()];
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let added = self.rt.block_on(async {
+                let mut c = ClusterClient::connect(url.clone()).await?;
+                c.member_add(pb::MemberAddRequest {
+                    peer_ur_ls: urls.clone(),
+                    is_learner: learner,
+                })
+                .await
+                .map_err(|e| e.into())
+                .map(|_| ())
+            });
+            match added {
+                Ok(()) => break,
+                Err::<(), Box<dyn std::error::Error>>(e) => {
+                    assert!(Instant::now() < deadline, "member add: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        let mut initial: Vec<String> = (0..i)
+            .map(|j| format!("m{j}={}", self.cfgs[j].initial_advertise_peer_urls))
+            .collect();
+        initial.push(format!("m{i}={peer_url}"));
+        let dir = self._dir.path().to_path_buf();
+        let cfg = member_config(&dir, i, ports, &initial.join(","), "existing", &self.extra);
+        let running = start(&cfg, Peering::Channel(self.net.clone())).expect("joins");
+        self.ids.push(running.member.member_id);
+        self.members.push(Some(running));
+        self.cfgs.push(cfg);
+        i
+    }
+
+    /// Member `i`'s id as the cluster knows it.
+    pub fn member_id(&self, i: usize) -> u64 {
+        self.ids[i]
     }
 
     pub fn url(&self, i: usize) -> String {
@@ -109,7 +187,7 @@ impl Cluster {
     }
 
     pub fn id(&self, i: usize) -> u64 {
-        self.cfgs[i].member_id()
+        self.member_id(i)
     }
 
     /// The member that stamps (waits for one, among those running and
@@ -117,7 +195,7 @@ impl Cluster {
     pub fn leader(&self, except: &[usize]) -> usize {
         let deadline = Instant::now() + SETTLE;
         loop {
-            let leaders: Vec<usize> = (0..MEMBERS)
+            let leaders: Vec<usize> = (0..self.members.len())
                 .filter(|i| !except.contains(i))
                 .filter(|i| {
                     self.members[*i]
