@@ -23,7 +23,6 @@ use cairn_proto::etcdserverpb::{
     watch_server::WatchServer,
 };
 use std::collections::BTreeMap;
-use std::net::ToSocketAddrs;
 use std::sync::Arc;
 
 /// Front (tokio) worker threads; shard cores do the heavy work.
@@ -86,22 +85,22 @@ fn quic(
         if *id == member_id {
             continue;
         }
-        let host_port = url
-            .strip_prefix("http://")
-            .or_else(|| url.strip_prefix("https://"))
-            .ok_or_else(|| format!("--initial-cluster: {name}={url} is not an http(s):// URL"))?
-            .trim_end_matches('/');
-        let addr = host_port
-            .to_socket_addrs()
-            .map_err(|e| format!("--initial-cluster: {name}={url}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("--initial-cluster: {name}={url}: no address"))?;
-        let host = host_port
-            .rsplit_once(':')
-            .map_or(host_port, |(h, _)| h)
-            .trim_matches(['[', ']'])
-            .to_string();
-        peers.insert(*id, (addr, host));
+        let peer = crate::transport::quic::resolve(url).ok_or_else(|| {
+            format!("--initial-cluster: {name}={url}: not an http(s):// URL that resolves")
+        })?;
+        peers.insert(*id, peer);
+    }
+    // A member that joined knows the others by address alone.
+    let mut seeds = Vec::new();
+    if identity.joined {
+        for (name, url) in cfg.initial_voters()?.into_values() {
+            if name == cfg.name {
+                continue;
+            }
+            seeds.push(crate::transport::quic::resolve(&url).ok_or_else(|| {
+                format!("--initial-cluster: {name}={url}: not an http(s):// URL that resolves")
+            })?);
+        }
     }
     let tls = match (
         &cfg.peer_cert_file,
@@ -128,11 +127,16 @@ fn quic(
             me: member_id,
             listen,
             peers,
+            seeds,
             tls,
             hello: Hello {
                 protocol: PROTOCOL_VERSION,
                 member_id,
-                cluster: format!("{:x}", identity.cluster_id),
+                cluster: match identity.cluster_id {
+                    0 => String::new(),
+                    id => format!("{id:x}"),
+                },
+                token: identity.token.clone(),
                 shards: identity.shards as u32,
             },
         },

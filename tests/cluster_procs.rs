@@ -181,3 +181,113 @@ fn a_killed_leader_is_replaced_over_quic_and_nothing_acknowledged_is_lost() {
         "HashKV at {first} differs: {hashes:?}"
     );
 }
+
+/// etcd's way to grow a cluster, with the real etcdctl: `member add
+/// --learner`, start the new member with `--initial-cluster-state existing`,
+/// it catches up over QUIC, `member promote`, and it takes writes.
+#[test]
+fn a_member_added_with_etcdctl_joins_over_quic_and_is_promoted() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+    let c = cluster(dir.path());
+    let rt = common::rt();
+    let url0 = c.members[0].client_url();
+    rt.block_on(until_ok("put", || put(&url0, "before", "1")));
+    let (client_port, peer_port) = (common::free_port(), common::free_port());
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let client = format!("http://127.0.0.1:{client_port}");
+    let deadline = Instant::now() + LIMIT;
+    let added = loop {
+        let out = common::etcdctl(
+            &url0,
+            &[
+                "member",
+                "add",
+                "m3",
+                &format!("--peer-urls={peer}"),
+                "--learner",
+            ],
+            None,
+        );
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "member add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let id = added
+        .split_whitespace()
+        .skip_while(|w| *w != "Member")
+        .nth(1)
+        .expect("etcdctl prints the new member's ID")
+        .to_string();
+    let mut initial: Vec<String> = c
+        .members
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.peer_url()))
+        .collect();
+    initial.push(format!("m3={peer}"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--name", "m3"])
+        .arg("--data-dir")
+        .arg(dir.path().join("m3"))
+        .args([
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .args(["--initial-cluster", &initial.join(",")])
+        .args(["--initial-cluster-state", "existing"])
+        .args(["--initial-cluster-token", "cairn-local"])
+        .args(["--shards", "2", "--wal-segment-bytes", "1048576"])
+        .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("m3 starts");
+    // It catches up: serializable reads on it show what was written before.
+    let v = rt.block_on(until_ok("the learner catches up", || async {
+        match get(&client, "before", true).await? {
+            Some(v) => Ok(v),
+            None => Err("not yet".into()),
+        }
+    }));
+    assert_eq!(v, "1");
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let out = common::etcdctl(&url0, &["member", "promote", &id], None);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "promote: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    rt.block_on(until_ok("a write through the new member", || {
+        put(&client, "via-m3", "1")
+    }));
+    let out = common::etcdctl(&url0, &["member", "list"], None);
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(list.lines().count(), 4, "{list}");
+    assert!(
+        list.contains(&format!("m3, {peer}, {client}, false")),
+        "{list}"
+    );
+    // SAFETY: kill(2) on the child this test started.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGKILL);
+    }
+    let _ = child.wait();
+}

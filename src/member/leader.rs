@@ -79,6 +79,7 @@ pub async fn run(member: Arc<Member>) {
     let mut cluster_recorded = false;
     let mut was_member = false;
     let mut known_nodes = std::collections::BTreeMap::new();
+    let mut transport_peers = std::collections::BTreeMap::new();
     let mut last_cluster_look: Option<Instant> = None;
     // Publishing this member's record: not yet (None), under way, or done.
     let mut publish: Option<tokio::task::JoinHandle<bool>> = None;
@@ -168,6 +169,11 @@ pub async fn run(member: Arc<Member>) {
                 }
                 known_nodes = meta.nodes.clone();
             }
+        }
+        // The transport reaches whoever the membership names.
+        if !meta.nodes.is_empty() && meta.nodes != transport_peers {
+            transport_peers = meta.nodes.clone();
+            peers.transport.set_peers(&transport_peers);
         }
         // A member removed from the cluster stops, as etcd's does (once it
         // has seen itself a member: one that joins replays memberships

@@ -85,6 +85,10 @@ pub trait Transport: Send + Sync + 'static {
         frame: Frame,
         ttl: Duration,
     ) -> BoxFuture<'static, Result<Vec<u8>, CallError>>;
+
+    /// The cluster's members are now `peers` (id → peer URL), as the meta
+    /// group's membership says (members added, removed, moved).
+    fn set_peers(&self, _peers: &std::collections::BTreeMap<u64, String>) {}
 }
 
 /// Receives frames for a member and answers them.

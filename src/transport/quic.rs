@@ -48,8 +48,11 @@ const ALPN: &[u8] = b"cairn-peer";
 pub struct Hello {
     pub protocol: u32,
     pub member_id: u64,
-    /// The cluster's id (from `--initial-cluster` and its token).
+    /// The cluster's id (from `--initial-cluster` and its token); empty for
+    /// a member that joins and has not learned it yet.
     pub cluster: String,
+    /// `--initial-cluster-token`.
+    pub token: String,
     pub shards: u32,
 }
 
@@ -62,10 +65,17 @@ impl Hello {
                 theirs.member_id, theirs.protocol, self.protocol
             ));
         }
-        if theirs.cluster != self.cluster {
+        if theirs.token != self.token {
+            return Some(format!(
+                "member {:x} has --initial-cluster-token {:?}, this member {:?}: not the same cluster",
+                theirs.member_id, theirs.token, self.token
+            ));
+        }
+        let joining = theirs.cluster.is_empty() || self.cluster.is_empty();
+        if !joining && theirs.cluster != self.cluster {
             return Some(format!(
                 "member {:x} is of cluster {}, this member of cluster {}: not the same cluster \
-                 (--initial-cluster-token or --initial-cluster differ)",
+                 (--initial-cluster differs)",
                 theirs.member_id, theirs.cluster, self.cluster
             ));
         }
@@ -102,6 +112,10 @@ pub struct QuicConfig {
     /// Every other member: its peer address and the name its certificate
     /// carries (the host of its peer URL).
     pub peers: BTreeMap<u64, (SocketAddr, String)>,
+    /// Members known by address alone (a member that joins knows its
+    /// cluster's members from `--initial-cluster`, not their ids): dialed
+    /// once each, to learn who they are.
+    pub seeds: Vec<(SocketAddr, String)>,
     pub tls: PeerTls,
     pub hello: Hello,
 }
@@ -113,6 +127,9 @@ struct Shared {
     conns: Mutex<BTreeMap<u64, quinn::Connection>>,
     /// Addresses already logged as refused (each is logged once).
     refused: Mutex<std::collections::BTreeSet<SocketAddr>>,
+    me: u64,
+    /// The members this one dials (those with higher ids), by id.
+    dials: Mutex<BTreeMap<u64, (String, tokio::task::JoinHandle<()>)>>,
 }
 
 impl Shared {
@@ -292,12 +309,22 @@ impl QuicTransport {
             inbox,
             conns: Mutex::new(BTreeMap::new()),
             refused: Mutex::new(Default::default()),
+            me: cfg.me,
+            dials: Mutex::new(BTreeMap::new()),
         });
         runtime.spawn(accept(shared.clone()));
         for (id, (addr, name)) in cfg.peers {
             if cfg.me < id {
-                runtime.spawn(dial(shared.clone(), id, addr, name));
+                let task = runtime.spawn(dial(shared.clone(), Some(id), addr, name));
+                shared
+                    .dials
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id, (addr.to_string(), task));
             }
+        }
+        for (addr, name) in cfg.seeds {
+            runtime.spawn(dial(shared.clone(), None, addr, name));
         }
         Ok(Arc::new(Self {
             shared,
@@ -339,27 +366,41 @@ impl Shared {
     }
 }
 
-/// Keeps a connection to `peer` (a member with a higher id) up.
-async fn dial(shared: Arc<Shared>, peer: u64, addr: SocketAddr, name: String) {
+/// Keeps a connection to `peer` (a member with a higher id) up; for a
+/// seed (`peer` None: an address whose member is not known yet) until it
+/// answers: kept if its id is higher, else left to it to dial this member.
+async fn dial(shared: Arc<Shared>, peer: Option<u64>, addr: SocketAddr, name: String) {
     let mut backoff = Duration::from_millis(50);
     let mut refused_before = false;
+    let mut peer = peer;
     loop {
         match connect(&shared, peer, addr, &name).await {
-            Ok(conn) => {
+            Ok((id, conn)) => {
+                if id < shared.me {
+                    conn.close(0u32.into(), b"the lower id dials");
+                    return;
+                }
+                peer = Some(id);
                 backoff = Duration::from_millis(50);
                 refused_before = false;
-                shared.clone().adopt(peer, conn).await;
+                shared.clone().adopt(id, conn).await;
             }
             Err(Dial::Refused(why)) => {
                 if !refused_before {
-                    eprintln!("cairn: refusing peer {peer:x} at {addr}: {why}");
+                    eprintln!(
+                        "cairn: refusing peer {:x} at {addr}: {why}",
+                        peer.unwrap_or(0)
+                    );
                 }
                 refused_before = true;
                 backoff = Duration::from_secs(5);
             }
             Err(Dial::Failed(why)) => {
                 if !refused_before && why.contains("certificate") {
-                    eprintln!("cairn: refusing peer {peer:x} at {addr}: {why}");
+                    eprintln!(
+                        "cairn: refusing peer {:x} at {addr}: {why}",
+                        peer.unwrap_or(0)
+                    );
                     refused_before = true;
                 }
             }
@@ -378,10 +419,10 @@ enum Dial {
 
 async fn connect(
     shared: &Shared,
-    peer: u64,
+    peer: Option<u64>,
     addr: SocketAddr,
     name: &str,
-) -> Result<quinn::Connection, Dial> {
+) -> Result<(u64, quinn::Connection), Dial> {
     let failed = |e: &dyn std::fmt::Display| Dial::Failed(e.to_string());
     let conn = shared
         .endpoint
@@ -402,18 +443,23 @@ async fn connect(
         .await
         .map_err(|e| failed(&e))?;
     let theirs: Result<Hello, String> = postcard::from_bytes(&answer).map_err(|e| failed(&e))?;
-    let refused = match theirs {
-        Err(why) => Some(format!("it refuses this member: {why}")),
-        Ok(h) if h.member_id != peer => {
-            Some(format!("it is member {:x}, not {peer:x}", h.member_id))
-        }
-        Ok(h) => shared.hello.refuses(&h),
+    let (id, refused) = match theirs {
+        Err(why) => (0, Some(format!("it refuses this member: {why}"))),
+        Ok(h) if peer.is_some_and(|p| p != h.member_id) => (
+            h.member_id,
+            Some(format!(
+                "it is member {:x}, not {:x}",
+                h.member_id,
+                peer.unwrap_or(0)
+            )),
+        ),
+        Ok(h) => (h.member_id, shared.hello.refuses(&h)),
     };
     if let Some(why) = refused {
         conn.close(1u32.into(), why.as_bytes());
         return Err(Dial::Refused(why));
     }
-    Ok(conn)
+    Ok((id, conn))
 }
 
 /// Accepts connections from members with lower ids.
@@ -508,7 +554,57 @@ async fn serve_stream(
     }
 }
 
+impl QuicTransport {
+    /// The members are now `peers` (id → peer URL; this member may be
+    /// among them): members with higher ids that are new, or whose URL
+    /// changed, are dialed; members gone are not dialed any more.
+    fn update_peers(&self, peers: &BTreeMap<u64, String>) {
+        let Some(runtime) = self.runtime.as_ref() else {
+            return;
+        };
+        let mut dials = self.shared.dials.lock().unwrap_or_else(|e| e.into_inner());
+        dials.retain(|id, (url, task)| {
+            let keep = peers.get(id) == Some(url);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (id, url) in peers {
+            if *id <= self.shared.me || dials.contains_key(id) {
+                continue;
+            }
+            let Some((addr, host)) = resolve(url) else {
+                eprintln!("cairn: member {id:x}: cannot resolve peer URL {url}");
+                continue;
+            };
+            let task = runtime.spawn(dial(self.shared.clone(), Some(*id), addr, host));
+            dials.insert(*id, (url.clone(), task));
+        }
+    }
+}
+
+/// The address and certificate name of a peer URL.
+pub fn resolve(url: &str) -> Option<(SocketAddr, String)> {
+    use std::net::ToSocketAddrs;
+    let host_port = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))?
+        .trim_end_matches('/');
+    let addr = host_port.to_socket_addrs().ok()?.next()?;
+    let host = host_port
+        .rsplit_once(':')
+        .map_or(host_port, |(h, _)| h)
+        .trim_matches(['[', ']'])
+        .to_string();
+    Some((addr, host))
+}
+
 impl Transport for QuicTransport {
+    fn set_peers(&self, peers: &BTreeMap<u64, String>) {
+        self.update_peers(peers);
+    }
+
     fn call(
         &self,
         to: u64,
@@ -586,6 +682,7 @@ mod tests {
             protocol: PROTOCOL_VERSION,
             member_id: id,
             cluster: token.into(),
+            token: "t".into(),
             shards,
         }
     }
@@ -604,6 +701,7 @@ mod tests {
                 me: 1,
                 listen: a_addr,
                 peers: BTreeMap::from([(2, (b_addr, "localhost".to_string()))]),
+                seeds: Vec::new(),
                 tls: PeerTls::Unauthenticated,
                 hello: hello(1, "t", 2),
             },
@@ -615,6 +713,7 @@ mod tests {
                 me: 2,
                 listen: b_addr,
                 peers: BTreeMap::from([(1, (a_addr, "localhost".to_string()))]),
+                seeds: Vec::new(),
                 tls: PeerTls::Unauthenticated,
                 hello: b_hello,
             },
