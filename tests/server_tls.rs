@@ -142,12 +142,20 @@ fn members_authenticate_each_other_and_refuse_another_cas_member() {
     c.wait_ready(0, Duration::from_secs(60))
         .expect("m0 has a leader");
     let url0 = c.members[0].client_url();
-    let out = common::etcdctl(&url0, &["put", "k", "v"], None);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Retried as etcd's clients do while the members settle who leads.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = common::etcdctl(&url0, &["put", "k", "v"], None);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // m2 never joins: no leader, and it does not hold the write.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(c.leader_seen_by(2), None, "m2 was let in");

@@ -203,7 +203,10 @@ impl Member {
 
     /// Runs a request forwarded by another member, if this member stamps.
     async fn run_forwarded(self: &Arc<Self>, fwd: Forward) -> Result<Option<WriteOutcome>, Status> {
-        if !self.seq.leading() {
+        // The member that forwarded it took this one for the write leader: if
+        // it is finishing its failover, it waits (bounded); if another
+        // member leads, the request is not forwarded again.
+        if let Route::To(_) = self.write_route().await? {
             return Err(EtcdError::LeaderChanged.status());
         }
         match fwd {
