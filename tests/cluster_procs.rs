@@ -123,8 +123,35 @@ fn a_killed_leader_is_replaced_over_quic_and_nothing_acknowledged_is_lost() {
             assert_eq!(v.as_deref(), Some("v"), "{key} through {url}");
         }
     }
-    // Kill the write leader under writes from a client of another member.
+    // etcdctl's --cluster views list every member, agreeing on the leader.
     let leader = c.agreed_leader(LIMIT).expect("a leader");
+    let out = common::etcdctl(
+        &urls[0],
+        &["endpoint", "status", "--cluster", "-w", "json"],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let rows = status.as_array().expect("one row per member");
+    assert_eq!(rows.len(), 3, "{status}");
+    let leaders: std::collections::BTreeSet<String> = rows
+        .iter()
+        .map(|r| r["Status"]["leader"].to_string())
+        .collect();
+    assert_eq!(
+        leaders.len(),
+        1,
+        "every member names the same leader: {status}"
+    );
+    let out = common::etcdctl(&urls[0], &["endpoint", "health", "--cluster"], None);
+    let health =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(health.matches("is healthy").count(), 3, "{health}");
+    // Kill the write leader under writes from a client of another member.
     let other = (leader + 1) % 3;
     let writer = {
         let url = urls[other].clone();
