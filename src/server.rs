@@ -303,6 +303,7 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
         },
         alarms: Alarms::open(&dir)?,
         fatal: fatal.clone(),
+        proposals_failed: Default::default(),
         peers: Peers {
             transport,
             board,

@@ -44,6 +44,29 @@ fn http_endpoints_answer_beside_grpc() {
     );
     assert!(metrics.contains("etcd_mvcc_db_total_size_in_bytes "));
     assert!(metrics.contains("cairn_shard_committed_index{shard=\"0\"}"));
+    assert!(metrics.contains("etcd_server_leader_changes_seen_total "));
+    assert!(metrics.contains("etcd_server_proposals_failed_total 0"));
+    // An alarm makes the member unhealthy, as etcd's (etcdctl raises one).
+    let raised = common::etcdctl(&c.url(), &["alarm", "disarm"], None);
+    assert!(raised.status.success());
+    let rt = common::rt();
+    rt.block_on(async {
+        use cairn_proto::etcdserverpb::{alarm_request, maintenance_client::MaintenanceClient};
+        let mut m = MaintenanceClient::new(common::channel(&c.url()).await);
+        m.alarm(cairn_proto::etcdserverpb::AlarmRequest {
+            action: alarm_request::AlarmAction::Activate as i32,
+            member_id: 0,
+            alarm: cairn_proto::etcdserverpb::AlarmType::Nospace as i32,
+        })
+        .await
+        .expect("alarm");
+    });
+    let (code, body) = c.http("GET", "/health");
+    assert_eq!(code, 503, "{body}");
+    assert!(common::etcdctl(&c.url(), &["alarm", "disarm"], None)
+        .status
+        .success());
+    assert_eq!(c.http("GET", "/health").0, 200);
     let (code, body) = c.http("POST", "/v3/watch");
     assert_eq!(code, 501, "{body}");
     assert!(body.contains("not implemented"));

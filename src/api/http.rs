@@ -84,8 +84,12 @@ async fn health(member: Arc<Member>) -> impl IntoResponse {
         (None, Some(shard)) => Some(format!(
             "shard {shard}: no space left on the data dir's device for the log"
         )),
-        // etcd: a member that knows no leader is not healthy.
+        // etcd: a member that knows no leader, or has an alarm raised, is
+        // not healthy.
         (None, None) if member.leader().is_none() => Some("etcdserver: no leader".into()),
+        (None, None) if !member.alarms.list().is_empty() => {
+            Some(format!("alarms raised: {:?}", member.alarms.list()))
+        }
         (None, None) => {
             match tokio::time::timeout(Duration::from_secs(1), member.status_of(0)).await {
                 Ok(Ok(_)) => None,
@@ -153,6 +157,26 @@ async fn metrics(member: Arc<Member>) -> impl IntoResponse {
         "etcd_server_has_leader",
         "Whether a leader exists (1) or not (0).",
         &one(u8::from(member.leader().is_some()).to_string()),
+    );
+    let counter = |s: &mut String, name: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            s,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    };
+    counter(
+        &mut s,
+        "etcd_server_leader_changes_seen_total",
+        "The number of leader changes seen.",
+        member.peers.board.leader_changes(),
+    );
+    counter(
+        &mut s,
+        "etcd_server_proposals_failed_total",
+        "The total number of failed proposals seen.",
+        member
+            .proposals_failed
+            .load(std::sync::atomic::Ordering::Relaxed),
     );
     gauge(
         &mut s,

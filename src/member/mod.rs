@@ -57,6 +57,9 @@ pub struct Member {
     pub fatal: Arc<crate::fatal::Fatal>,
     /// The other members, and this member's groups' leadership.
     pub peers: peers::Peers,
+    /// Writes whose proposal failed (a leader change, a stopped shard):
+    /// etcd_server_proposals_failed_total.
+    pub proposals_failed: std::sync::atomic::AtomicU64,
 }
 
 impl Member {
@@ -152,7 +155,16 @@ impl Member {
                     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                     continue;
                 }
-                Ok(Err(e)) => return Ok(Err(e.into())),
+                Ok(Err(e)) => {
+                    if matches!(
+                        e,
+                        crate::shard::ShardError::LeaderChanged | crate::shard::ShardError::Stopped
+                    ) {
+                        self.proposals_failed
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    return Ok(Err(e.into()));
+                }
                 Ok(Ok(outcome)) => outcome,
             };
             self.seq.wait_committed(outcome.view).await;

@@ -27,6 +27,9 @@ pub struct GroupView {
 /// See the module docs.
 pub struct GroupBoard {
     views: Mutex<Vec<GroupView>>,
+    /// Times the meta group's leader changed to a new one, as this member
+    /// saw it (etcd_server_leader_changes_seen_total).
+    leader_changes: std::sync::atomic::AtomicU64,
     changed: tokio::sync::watch::Sender<u64>,
     data_groups: usize,
 }
@@ -36,6 +39,7 @@ impl GroupBoard {
     pub fn new(data_groups: usize) -> Self {
         Self {
             views: Mutex::new(vec![GroupView::default(); data_groups + 1]),
+            leader_changes: Default::default(),
             changed: tokio::sync::watch::channel(0).0,
             data_groups,
         }
@@ -58,7 +62,12 @@ impl GroupBoard {
     pub fn set(&self, group: usize, view: GroupView) {
         let changed = {
             let mut views = self.lock();
-            std::mem::replace(&mut views[group], view.clone()) != view
+            let old = std::mem::replace(&mut views[group], view.clone());
+            if group == self.data_groups && view.leader.is_some() && view.leader != old.leader {
+                self.leader_changes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            old != view
         };
         if changed {
             self.changed.send_modify(|n| *n += 1);
@@ -78,6 +87,12 @@ impl GroupBoard {
     /// The meta group's view (its membership is the cluster's).
     pub fn meta_view(&self) -> GroupView {
         self.lock()[self.data_groups].clone()
+    }
+
+    /// Leader changes of the meta group this member saw.
+    pub fn leader_changes(&self) -> u64 {
+        self.leader_changes
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Wakes on every change.
