@@ -300,3 +300,58 @@ fn a_learner_is_added_caught_up_promoted_and_a_member_removed() {
         let _ = c.hash(i, rev);
     }
 }
+
+#[test]
+fn a_watch_that_requires_a_leader_ends_when_its_member_loses_it() {
+    use cairn_proto::etcdserverpb as pb;
+    use cairn_proto::etcdserverpb::watch_client::WatchClient;
+    use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
+    let c = Cluster::start(8, &[]);
+    let leader = c.leader(&[]);
+    let follower = (leader + 1) % MEMBERS;
+    let url = c.url(follower);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut stream = c.rt.block_on(async move {
+        tx.send(pb::WatchRequest {
+            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                pb::WatchCreateRequest {
+                    key: b"k".to_vec(),
+                    ..Default::default()
+                },
+            )),
+        })
+        .await
+        .expect("create");
+        std::mem::forget(tx);
+        let mut req = tonic::Request::new(ReceiverStream::new(rx));
+        // clientv3's WithRequireLeader.
+        req.metadata_mut()
+            .insert("hasleader", "true".parse().expect("metadata"));
+        WatchClient::connect(url)
+            .await
+            .expect("connect")
+            .watch(req)
+            .await
+            .expect("watch")
+            .into_inner()
+    });
+    let created =
+        c.rt.block_on(stream.message())
+            .expect("created")
+            .expect("open");
+    assert!(created.created);
+    // Cut the follower off: it loses its leader, and the watch ends so.
+    c.net.isolate(c.id(follower));
+    let ended = c.rt.block_on(async {
+        loop {
+            match tokio::time::timeout(std::time::Duration::from_secs(30), stream.message()).await {
+                Err(_) => panic!("the watch went on without a leader"),
+                Ok(Err(status)) => return status,
+                Ok(Ok(Some(_))) => continue,
+                Ok(Ok(None)) => panic!("the stream ended without etcd's error"),
+            }
+        }
+    });
+    assert_eq!(ended.message(), "etcdserver: no leader");
+    c.net.heal();
+}

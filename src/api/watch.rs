@@ -63,6 +63,15 @@ impl pb::watch_server::Watch for WatchService {
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        // clientv3's WithRequireLeader (kube-apiserver uses it): refused
+        // without a leader, and ended when the member loses its leader.
+        let require_leader = request
+            .metadata()
+            .get("hasleader")
+            .is_some_and(|v| v.as_bytes() == b"true");
+        if require_leader && self.0.leader().is_none() {
+            return Err(crate::api::EtcdError::NoLeader.status());
+        }
         let (tx, rx) = mpsc::channel(SEND_QUEUE);
         let stream = Stream {
             member: self.0.clone(),
@@ -70,6 +79,7 @@ impl pb::watch_server::Watch for WatchService {
             watchers: BTreeMap::new(),
             next_id: 0,
             progress_asked: false,
+            require_leader,
         };
         tokio::spawn(stream.serve(request.into_inner()));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -110,11 +120,20 @@ struct Stream {
     next_id: i64,
     /// A progress request waits for its answer.
     progress_asked: bool,
+    /// The stream ends with `etcdserver: no leader` when the member loses
+    /// its leader.
+    require_leader: bool,
 }
 
 impl Stream {
     async fn serve(mut self, mut requests: Streaming<pb::WatchRequest>) {
         let mut committed = self.member.seq.subscribe();
+        let mut leadership = self.member.peers.board.subscribe();
+        // A silent leader shows as none only as time passes: looked at
+        // every half election timeout too.
+        let mut leader_check = tokio::time::interval(std::time::Duration::from_millis(
+            (self.member.peers.timing.election_ms / 2).max(10),
+        ));
         let mut tick = tokio::time::interval_at(
             tokio::time::Instant::now() + PROGRESS_INTERVAL,
             PROGRESS_INTERVAL,
@@ -134,6 +153,18 @@ impl Stream {
                     Err(_) => return, // the member is stopping
                 },
                 _ = tick.tick() => self.progress_tick(c).await,
+                _ = async {
+                    tokio::select! {
+                        _ = leadership.changed() => {}
+                        _ = leader_check.tick() => {}
+                    }
+                }, if self.require_leader => {
+                    if self.member.leader().is_none() {
+                        let _ = self.tx.send(Err(crate::api::EtcdError::NoLeader.status())).await;
+                        return;
+                    }
+                    Ok(())
+                }
             };
             if r.is_err() {
                 return;

@@ -330,9 +330,13 @@ impl Member {
     }
 
     /// The write leader (the meta group's leader) as this member knows it.
+    /// None once it has not known the leader alive for two election
+    /// timeouts (etcd's followers drop a silent leader at an election
+    /// timeout; its leader steps down when a quorum stops answering).
     pub fn leader(&self) -> Option<u64> {
         if self.peers.clustered() {
-            self.peers.board.meta_leader()
+            let within = std::time::Duration::from_millis(2 * self.peers.timing.election_ms);
+            self.peers.board.live_meta_leader(within)
         } else {
             Some(self.member_id)
         }

@@ -30,6 +30,10 @@ pub struct GroupBoard {
     /// Times the meta group's leader changed to a new one, as this member
     /// saw it (etcd_server_leader_changes_seen_total).
     leader_changes: std::sync::atomic::AtomicU64,
+    /// When this member last knew the meta group's leader alive: a
+    /// follower, when it accepted the leader's AppendEntries (heartbeats
+    /// included); the leader, when a quorum last acknowledged it.
+    contact: Mutex<Option<std::time::Instant>>,
     changed: tokio::sync::watch::Sender<u64>,
     data_groups: usize,
 }
@@ -40,6 +44,7 @@ impl GroupBoard {
         Self {
             views: Mutex::new(vec![GroupView::default(); data_groups + 1]),
             leader_changes: Default::default(),
+            contact: Mutex::new(None),
             changed: tokio::sync::watch::channel(0).0,
             data_groups,
         }
@@ -87,6 +92,23 @@ impl GroupBoard {
     /// The meta group's view (its membership is the cluster's).
     pub fn meta_view(&self) -> GroupView {
         self.lock()[self.data_groups].clone()
+    }
+
+    /// This member knows the meta leader alive as of `at`.
+    pub fn contact(&self, at: std::time::Instant) {
+        let mut c = self.contact.lock().unwrap_or_else(|e| e.into_inner());
+        if c.is_none_or(|c| c < at) {
+            *c = Some(at);
+        }
+    }
+
+    /// The meta group's leader, if this member knew it alive within
+    /// `within` (etcd's members stop naming a leader they have not heard
+    /// from for an election timeout).
+    pub fn live_meta_leader(&self, within: std::time::Duration) -> Option<u64> {
+        let leader = self.meta_leader()?;
+        let c = *self.contact.lock().unwrap_or_else(|e| e.into_inner());
+        c.is_some_and(|c| c.elapsed() <= within).then_some(leader)
     }
 
     /// Leader changes of the meta group this member saw.

@@ -43,6 +43,15 @@ pub(super) fn watch_raft<C: openraft::RaftTypeConfig<NodeId = u64, Term = u64, N
                 if let Some(term) = &term {
                     term.fetch_max(m.current_term, std::sync::atomic::Ordering::Relaxed);
                 }
+                // The leader's lease: when a quorum last acknowledged it.
+                if board.1 == board.0.meta() {
+                    if let Some(at) = &m.last_quorum_acked {
+                        let ago = openraft_rt::Instant::elapsed(&**at);
+                        if let Some(at) = std::time::Instant::now().checked_sub(ago) {
+                            board.0.contact(at);
+                        }
+                    }
+                }
                 let membership = m.membership_config.membership();
                 board.0.set(
                     board.1,

@@ -416,6 +416,7 @@ async fn run(
         wal: wal.clone(),
         meta: RefCell::new(None),
         ticked: Cell::new(0),
+        board: cfg.board.clone(),
     });
     peer::serve(cfg.raft_in.clone(), groups.clone());
     if cluster {

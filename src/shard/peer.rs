@@ -180,6 +180,7 @@ pub(super) struct Groups {
     pub meta: RefCell<Option<Raft<MetaRaft, MetaStateMachine>>>,
     /// The newest `closed` this core appended in a Tick.
     pub ticked: Cell<i64>,
+    pub board: std::sync::Arc<crate::raft::board::GroupBoard>,
 }
 
 /// Serves `rx` on the current shard core until every sender is gone.
@@ -222,6 +223,11 @@ async fn handle(g: &Groups, msg: RaftIn) {
                 Some(meta) => network::serve(&meta, kind, &body).await,
                 None => Err("the meta group is not started".into()),
             };
+            // An AppendEntries this member answered: it heard its leader
+            // (if the leader's term is stale, it just failed to be one).
+            if kind == Kind::Append && r.is_ok() {
+                g.board.contact(std::time::Instant::now());
+            }
             let _ = reply.send(r);
         }
         RaftIn::Ctl {
