@@ -36,13 +36,25 @@ fn check_host(args: &[String]) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    // Logs to stderr; `CAIRN_LOG` filters (default: warnings and errors).
+    // Logs to stderr; `CAIRN_LOG` filters (default: warnings and errors,
+    // but only errors from openraft, whose warnings repeat for every message
+    // to an unreachable peer; the transport logs a peer going up and down
+    // once).
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,openraft=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    // A panic on any thread stops the member (as etcd's do): a shard
+    // whose task died would leave a member that answers for the cluster
+    // and never writes or applies again.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        eprintln!("cairn: stopping after a panic");
+        std::process::exit(101);
+    }));
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("check-host") {
         return check_host(&args[2..]);

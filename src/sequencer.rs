@@ -127,6 +127,9 @@ struct State {
     epoch: u64,
     /// This member is the write leader and may stamp.
     leading: bool,
+    /// A stamp of this epoch whose entry Raft refused to append (see
+    /// [`refused`](SharedSequencer::refused)): the lowest such revision.
+    refused: Option<(u64, i64)>,
 }
 
 /// The sequencer shared by a member's shard cores, publishing C.
@@ -157,6 +160,7 @@ impl SharedSequencer {
                 seq: Sequencer::new(last),
                 epoch: 1,
                 leading: true,
+                refused: None,
             }),
             committed_tx,
             applied: std::sync::atomic::AtomicI64::new(last),
@@ -182,6 +186,54 @@ impl SharedSequencer {
             epoch: inner.epoch,
             revision: inner.seq.stamp(),
         })
+    }
+
+    /// The next revision, if this member still leads in `epoch`.
+    pub fn stamp_in(&self, epoch: u64) -> Option<Stamp> {
+        let mut inner = self.lock();
+        (inner.leading && inner.epoch == epoch).then(|| Stamp {
+            epoch,
+            revision: inner.seq.stamp(),
+        })
+    }
+
+    /// The epoch this member leads in, if it leads.
+    pub fn leading_epoch(&self) -> Option<u64> {
+        let inner = self.lock();
+        inner.leading.then_some(inner.epoch)
+    }
+
+    /// Raft refused to append `stamp`'s entry although this member still
+    /// leads its group (openraft refuses writes while the leader's quorum
+    /// lease has lapsed, or while it hands the group over): the revision will
+    /// never commit, and the writes stamped after it on its shard may have
+    /// read its effects. The epoch ends here (no more stamps; the next
+    /// failover drops what the logs lack and closes every group above it),
+    /// and no write of the epoch above it is acknowledged
+    /// ([`acknowledgeable`](Self::acknowledgeable)), even if it commits.
+    pub fn refused(&self, stamp: Stamp) {
+        let mut inner = self.lock();
+        if inner.epoch != stamp.epoch {
+            return;
+        }
+        let lowest = inner
+            .refused
+            .filter(|(e, _)| *e == stamp.epoch)
+            .map_or(stamp.revision, |(_, r)| r.min(stamp.revision));
+        inner.refused = Some((stamp.epoch, lowest));
+        if inner.leading {
+            inner.leading = false;
+            let c = self.committed();
+            self.applied
+                .fetch_max(c, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Whether a committed `stamp` may be acknowledged: not if a revision
+    /// below it in its epoch was refused (see [`refused`](Self::refused)).
+    pub fn acknowledgeable(&self, stamp: Stamp) -> bool {
+        let inner = self.lock();
+        !matches!(inner.refused, Some((e, r)) if e == stamp.epoch && stamp.revision > r)
     }
 
     /// Marks `stamp` committed (ignored if its leadership ended).
@@ -445,6 +497,42 @@ mod tests {
         assert_eq!(s.committed(), 13);
         s.observe(20);
         assert_eq!(s.committed(), 13, "a leader's C moves by commits only");
+    }
+
+    #[test]
+    fn a_stamp_in_an_ended_epoch_is_refused() {
+        let s = SharedSequencer::new(5);
+        let first = s.leading_epoch().expect("a new sequencer leads");
+        assert_eq!(s.stamp_in(first).map(|st| st.revision), Some(6));
+        s.follow();
+        assert_eq!(s.leading_epoch(), None);
+        assert_eq!(s.stamp_in(first), None, "a follower stamps nothing");
+        let second = s.lead(8);
+        assert_ne!(first, second);
+        assert_eq!(
+            s.stamp_in(first),
+            None,
+            "the epoch a coordinator read in ended"
+        );
+        assert_eq!(s.stamp_in(second).map(|st| st.revision), Some(9));
+    }
+
+    #[test]
+    fn a_refused_stamp_ends_its_epoch_and_taints_the_stamps_above_it() {
+        let s = SharedSequencer::new(5);
+        let (a, b, c) = (s.stamp().unwrap(), s.stamp().unwrap(), s.stamp().unwrap());
+        s.commit(a);
+        s.refused(b);
+        assert_eq!(s.leading_epoch(), None, "the epoch ended");
+        assert_eq!(s.stamp(), None);
+        assert!(s.acknowledgeable(a));
+        assert!(!s.acknowledgeable(c), "c may have read b's effects");
+        s.commit(c);
+        assert_eq!(s.committed(), 6, "C stays below the refused stamp");
+        // The next epoch is clean.
+        let epoch = s.lead(8);
+        let d = s.stamp_in(epoch).unwrap();
+        assert!(s.acknowledgeable(d));
     }
 
     #[test]

@@ -172,7 +172,18 @@ impl WatchHub {
     /// may be reused by another leader for other writes).
     pub fn retract_above(&self, revision: i64, owns: &dyn Fn(&[u8]) -> bool) {
         let mut inner = self.lock();
-        debug_assert!(revision >= inner.released, "retracting released events");
+        // C may be past `revision` (it is member-wide: other shards' writes
+        // committed), but none of this shard's released events is: a write
+        // of the ended leadership that committed was in this shard's log
+        // before the new leader's entry, so it is applied (≤ `revision`).
+        debug_assert!(
+            inner
+                .log
+                .iter()
+                .filter(|b| b.0 > revision)
+                .all(|b| b.1.iter().all(|e| !owns(&e.kv.key))),
+            "retracting released events"
+        );
         for (_, events) in inner.pending.range_mut(revision + 1..) {
             events.retain(|e| !owns(&e.kv.key));
         }
@@ -240,6 +251,20 @@ mod tests {
             Read::Events(b, _) => b.iter().map(|b| b.0).collect(),
             Read::Behind(_) => panic!("behind"),
         }
+    }
+
+    #[test]
+    fn a_shard_retracts_its_uncommitted_events_below_a_member_wide_c() {
+        let hub = WatchHub::new(1, 1 << 20);
+        hub.add_watcher(|| 1);
+        // Shard A's 2 and 5 committed (C = 5 once B's 3 and 4 did too);
+        // B stamped 6 and 7, which its new leader's entry rolls back.
+        hub.publish([(2, vec![ev("a", 2)]), (5, vec![ev("a", 5)])], 1);
+        hub.publish([(3, vec![ev("b", 3)]), (4, vec![ev("b", 4)])], 1);
+        hub.publish([(6, vec![ev("b", 6)]), (7, vec![ev("b", 7)])], 5);
+        // B applied up to 4: C (5) is past it, none of B's released events.
+        hub.retract_above(4, &|k: &[u8]| k == b"b");
+        assert_eq!(revs(&hub.read(2, 7)), vec![2, 3, 4, 5]);
     }
 
     #[test]

@@ -257,7 +257,7 @@ fn a_member_added_with_etcdctl_joins_over_quic_and_is_promoted() {
         .map(|m| format!("{}={}", m.name, m.peer_url()))
         .collect();
     initial.push(format!("m3={peer}"));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args(["--name", "m3"])
         .arg("--data-dir")
         .arg(dir.path().join("m3"))
@@ -281,6 +281,8 @@ fn a_member_added_with_etcdctl_joins_over_quic_and_is_promoted() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("m3 starts");
+    // Killed by PID however the test ends (a failed assertion too).
+    let _m3 = KillOnDrop(child);
     // It catches up: serializable reads on it show what was written before.
     let v = rt.block_on(until_ok("the learner catches up", || async {
         match get(&client, "before", true).await? {
@@ -312,9 +314,18 @@ fn a_member_added_with_etcdctl_joins_over_quic_and_is_promoted() {
         list.contains(&format!("m3, {peer}, {client}, false")),
         "{list}"
     );
-    // SAFETY: kill(2) on the child this test started.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGKILL);
+}
+
+/// A process this test started, SIGKILLed and reaped when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the PID of a child this test started and has
+        // not reaped yet.
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGKILL);
+        }
+        let _ = self.0.wait();
     }
-    let _ = child.wait();
 }

@@ -54,7 +54,11 @@ fn raft_thread() -> JobThread<Job> {
             let raft: Raft<ShardRaft, ShardStateMachine> = Raft::new(
                 1,
                 Arc::new(config),
-                PeerNetwork::new(0, std::sync::Arc::new(cairn::transport::NoPeers)),
+                PeerNetwork::new(
+                    0,
+                    std::sync::Arc::new(cairn::transport::NoPeers),
+                    std::time::Duration::from_secs(1),
+                ),
                 WalLogStore::new(wal.clone(), 0),
                 sm,
             )

@@ -29,6 +29,10 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tonic::Status;
 
+/// How often a coordinator waiting for C checks that this member still
+/// leads.
+const LEADERSHIP_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
+
 impl Member {
     /// Runs `op`, which touches the keys in `touched`, across shards (on
     /// the write leader: forwarded there if this member does not stamp).
@@ -81,9 +85,26 @@ impl Member {
             latched.await.map_err(|_| EtcdError::Stopped.status())?;
             latches.insert(shard, tx);
         }
-        // 2. Everything stamped so far is decided.
+        // 2. Everything stamped so far is decided, in this leadership: a
+        // revision stamped in one that ended may never commit (and C may
+        // then stay below it for as long as no other write comes), so the
+        // wait ends with the leadership; latched shards take no writes.
+        let epoch = self
+            .seq
+            .leading_epoch()
+            .ok_or_else(|| EtcdError::LeaderChanged.status())?;
         let view = self.seq.last_stamped();
-        self.seq.wait_committed(view).await;
+        let mut committed = std::pin::pin!(self.seq.wait_committed(view));
+        loop {
+            tokio::select! {
+                _ = &mut committed => break,
+                _ = tokio::time::sleep(LEADERSHIP_CHECK) => {
+                    if self.seq.leading_epoch() != Some(epoch) {
+                        return Err(EtcdError::LeaderChanged.status());
+                    }
+                }
+            }
+        }
         // 3. Gather and evaluate.
         let ranges: Vec<(Vec<u8>, RangeEnd)> = touched
             .iter()
@@ -132,9 +153,10 @@ impl Member {
                 .0;
         }
         let participants: Vec<u32> = parts.keys().map(|s| *s as u32).collect();
+        // Stamped only in the leadership whose state it read.
         let stamped = self
             .seq
-            .stamp()
+            .stamp_in(epoch)
             .ok_or_else(|| EtcdError::LeaderChanged.status())?;
         let revision = stamped.revision;
         let mut committed = Vec::with_capacity(parts.len());
@@ -142,7 +164,7 @@ impl Member {
             let (reply, done) = oneshot::channel();
             let sent = latches[&shard]
                 .send_async(LatchCtl::Part {
-                    revision,
+                    stamp: stamped,
                     changes,
                     participants: participants.clone(),
                     reply,

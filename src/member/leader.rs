@@ -95,7 +95,9 @@ pub async fn run(member: Arc<Member>) {
         let leads_all = views.iter().all(|v| v.leading);
         match &state {
             State::Leading { epoch, terms: t } => {
-                if !leads_all || *t != terms(&views) {
+                // Also ended by a shard whose write Raft refused (see
+                // `SharedSequencer::refused`): the failover starts over.
+                if !leads_all || *t != terms(&views) || member.seq.leading_epoch() != Some(*epoch) {
                     member.seq.follow();
                     eprintln!("cairn: member {me:x}: write leadership (epoch {epoch}) ended");
                     state = State::Following;
@@ -158,8 +160,13 @@ pub async fn run(member: Arc<Member>) {
                     }
                 }
             }
+            // Bounded, as every wait of this loop: a write that cannot
+            // commit (the leader cut off) must not keep the loop from seeing
+            // the leadership end.
             if !cluster_recorded {
-                cluster_recorded = record_cluster(&member).await;
+                cluster_recorded = tokio::time::timeout(election, record_cluster(&member))
+                    .await
+                    .unwrap_or(false);
             }
             // Members removed since the last look are told so: nothing else
             // reaches them any more.
@@ -191,7 +198,7 @@ pub async fn run(member: Arc<Member>) {
             && last_cluster_look.is_none_or(|t| Instant::now() - t >= Duration::from_secs(1))
         {
             last_cluster_look = Some(Instant::now());
-            learn_cluster(&member).await;
+            let _ = tokio::time::timeout(election, learn_cluster(&member)).await;
         }
         // Bringing the data groups to the meta leader.
         let now = Instant::now();

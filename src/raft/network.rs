@@ -18,25 +18,42 @@ use openraft::{AnyError, BasicNode, Raft, RaftTypeConfig};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
+use std::time::Duration;
 
 /// Creates [`PeerClient`]s of one group.
 #[derive(Clone)]
 pub struct PeerNetwork {
     group: u64,
     transport: SharedTransport,
+    append_ttl: Duration,
 }
 
 impl PeerNetwork {
-    pub fn new(group: u64, transport: SharedTransport) -> Self {
-        Self { group, transport }
+    /// `append_ttl`: how long an AppendEntries may take (see
+    /// [`PeerClient`]); the election timeout.
+    pub fn new(group: u64, transport: SharedTransport, append_ttl: Duration) -> Self {
+        Self {
+            group,
+            transport,
+            append_ttl,
+        }
     }
 }
 
 /// Sends one group's RPCs to one member.
+///
+/// openraft gives every AppendEntries the heartbeat interval as its time to
+/// live, but the answer comes after the follower's WAL sync, which on a
+/// busy disk takes longer than a heartbeat (50–100 ms); a timed-out append
+/// counts the peer unreachable and backs replication off, so commits stall
+/// under exactly the load that slowed the sync. An append (and a
+/// heartbeat, also one) may take up to the election timeout here: a
+/// follower silent for that long is as good as gone.
 pub struct PeerClient {
     group: u64,
     target: u64,
     transport: SharedTransport,
+    append_ttl: Duration,
 }
 
 impl<C> RaftNetworkFactory<C> for PeerNetwork
@@ -50,6 +67,7 @@ where
             group: self.group,
             target,
             transport: self.transport.clone(),
+            append_ttl: self.append_ttl,
         }
     }
 }
@@ -91,9 +109,13 @@ impl PeerClient {
             group: self.group,
             body,
         };
+        let ttl = match kind {
+            Kind::Append => option.hard_ttl().max(self.append_ttl),
+            _ => option.hard_ttl(),
+        };
         let reply = self
             .transport
-            .call(self.target, frame, option.hard_ttl())
+            .call(self.target, frame, ttl)
             .await
             .map_err(rpc_error)?;
         decode(&reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))

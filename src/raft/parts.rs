@@ -136,7 +136,11 @@ impl PartBook {
     }
 
     /// Records that `shard` holds its part of `revision` (its store being at
-    /// `store`), waits until the part is decided, and marks the shard past it.
+    /// `store`) and waits until the part is decided. The caller marks the
+    /// shard past it ([`PartBook::reached`]) once it applied the part and
+    /// published its events: a follower's visible revision must not pass
+    /// the part before then (its watchers would get the revision without
+    /// this shard's events).
     pub async fn hold(
         &self,
         shard: u32,
@@ -183,7 +187,6 @@ impl PartBook {
                 }
             }
         });
-        self.reached(shard, revision);
         decision
     }
 
@@ -297,6 +300,26 @@ mod tests {
             book.held().is_empty(),
             "forgotten once every holder decided"
         );
+    }
+
+    #[test]
+    fn the_visible_revision_passes_a_part_once_every_shard_applied_it() {
+        let book = PartBook::new(2);
+        book.reached(0, 4);
+        book.reached(1, 4);
+        let mut a = Box::pin(book.hold(0, 5, &[0, 1], 4));
+        assert!(a.as_mut().now_or_never().is_none());
+        assert_eq!(
+            book.hold(1, 5, &[0, 1], 4).now_or_never(),
+            Some(Decision::Apply)
+        );
+        assert_eq!(a.now_or_never(), Some(Decision::Apply));
+        // Decided, not yet applied and published by either shard.
+        assert_eq!(book.visible(), 4);
+        book.reached(0, 5);
+        assert_eq!(book.visible(), 4, "shard 1 has not applied its part");
+        book.reached(1, 5);
+        assert_eq!(book.visible(), 5);
     }
 
     #[test]

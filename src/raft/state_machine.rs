@@ -302,7 +302,13 @@ impl ShardStateMachine {
     /// From now on, applied entries that this member did not stamp publish
     /// their events to `wiring.hub`, and their revisions to `wiring.seq`.
     pub fn wire(&self, wiring: Wiring) {
-        wiring.seq.note_applied(self.store.borrow().revision());
+        let revision = self.store.borrow().revision();
+        wiring.seq.note_applied(revision);
+        // A cluster member's groups apply what the cluster commits from the
+        // moment they start, and a shard may be wired well after the member
+        // began to serve (it waited to join): what it applied meanwhile did
+        // not pass the hub, so watchers read it from the histories.
+        wiring.hub.skip_through(revision);
         *self.wiring.borrow_mut() = Some(wiring);
     }
 
@@ -325,11 +331,35 @@ impl ShardStateMachine {
     /// is dropped, from the store and from the watch hub's pending events.
     fn leader_of_next(&self, leader: &LeaderIdOf) {
         let stale = matches!(&*self.spec.borrow(), Some(spec) if spec != leader);
-        if !stale {
+        if stale {
+            self.roll_back_to(self.applied.borrow().revision);
+        }
+    }
+
+    /// A write leadership of this member ended, and this member is about to
+    /// lead again (failover, step 1), maybe in the same Raft term: its
+    /// writes above C may be missing from the log (a part
+    /// refused when the leadership ended, a proposal dropped), so they are
+    /// dropped from the store and the hub; those in the log come back as
+    /// they are applied. Writes up to C committed as they were stamped (C
+    /// covers only committed revisions, also while it follows: a Tick of
+    /// another leader would have rolled this store back already).
+    pub fn drop_speculation(&self) {
+        if self.spec.borrow().is_none() {
             return;
         }
+        let committed = self
+            .wiring
+            .borrow()
+            .as_ref()
+            .map_or(0, |w| w.seq.committed());
+        self.roll_back_to(self.applied.borrow().revision.max(committed));
+    }
+
+    /// Drops the store's writes above `to` (and their pending events) and
+    /// stops stamping as the leadership that made them.
+    fn roll_back_to(&self, to: i64) {
         *self.spec.borrow_mut() = None;
-        let to = self.applied.borrow().revision;
         let above = self.store.borrow().revision();
         if above > to {
             self.store.borrow_mut().rollback_to(to);

@@ -270,7 +270,11 @@ pub(super) async fn start_meta(
     let raft = Raft::new(
         cfg.member_id,
         Arc::new(config),
-        PeerNetwork::new(META_FRAME_GROUP, cfg.transport.clone()),
+        PeerNetwork::new(
+            META_FRAME_GROUP,
+            cfg.transport.clone(),
+            std::time::Duration::from_millis(cfg.raft_timing.election_ms),
+        ),
         log_store,
         sm.clone(),
     )

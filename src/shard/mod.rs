@@ -151,7 +151,9 @@ pub enum LatchCtl {
     },
     /// Apply and propose this shard's part; `reply` answers once committed.
     Part {
-        revision: i64,
+        /// The coordinator's stamp: its revision, and the leadership it
+        /// was stamped in.
+        stamp: crate::sequencer::Stamp,
         changes: Vec<Change>,
         participants: Vec<u32>,
         reply: oneshot::Sender<Result<(), ShardError>>,
@@ -403,7 +405,11 @@ async fn run(
     let raft = Raft::new(
         cfg.member_id,
         config,
-        PeerNetwork::new(cfg.id as u64, cfg.transport.clone()),
+        PeerNetwork::new(
+            cfg.id as u64,
+            cfg.transport.clone(),
+            std::time::Duration::from_millis(cfg.raft_timing.election_ms),
+        ),
         log_store,
         sm.clone(),
     )
@@ -556,8 +562,16 @@ async fn run(
                 );
             }
             ShardMsg::Compact { revision, reply } => {
-                let r = raft.client_write(ShardCommand::Compact { revision }).await;
-                let _ = reply.send(r.map(|_| ()).map_err(|_| ShardError::Stopped));
+                // Answered once applied, off this loop: a leader cut off from
+                // the others keeps serving reads and Status meanwhile. (The
+                // history at or below a compaction point never changes, so
+                // writes proposed after it may come first in the log.)
+                let raft = raft.clone();
+                glommio::spawn_local(async move {
+                    let r = raft.client_write(ShardCommand::Compact { revision }).await;
+                    let _ = reply.send(r.map(|_| ()).map_err(|_| ShardError::Stopped));
+                })
+                .detach();
             }
             ShardMsg::HashKv { revision, reply } => {
                 let s = store.borrow();

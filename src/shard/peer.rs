@@ -296,6 +296,7 @@ async fn data_ctl(g: &Groups, ctl: GroupCtl) {
             let _ = reply.send(r.map(|_| ()).map_err(|e| e.to_string()));
         }
         GroupCtl::Settle(reply) => {
+            g.sm.drop_speculation();
             let _ = reply.send(settle(g).await);
         }
         GroupCtl::Close { closed, reply } => {

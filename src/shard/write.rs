@@ -25,17 +25,36 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-/// What became of a proposal whose commit notice never came: this member
-/// stopped leading the group before it committed (an unknown outcome), or
-/// Raft failed (fatal).
+/// What became of a proposal whose commit notice never came, when Raft
+/// did not fail (that is fatal).
+#[derive(Debug, PartialEq, Eq)]
+enum Uncommitted {
+    /// Raft refused to append it although this member still leads the
+    /// group (its quorum lease lapsed, or it hands the group over): it never
+    /// commits (see [`SharedSequencer::refused`]).
+    Refused,
+    /// This member stopped leading the group: it may still commit under
+    /// the next leader, or not (an unknown outcome).
+    Unknown,
+}
+
 async fn uncommitted(
     applied: impl std::future::Future<
         Output = Result<openraft::raft::ClientWriteResult<ShardRaft>, impl std::fmt::Debug>,
     >,
-) -> Result<(), String> {
+) -> Result<Uncommitted, String> {
+    use openraft::errors::ForwardReason;
     match applied.await {
+        Ok(Err(ClientWriteError::ForwardToLeader(f)))
+            if matches!(
+                f.reason,
+                ForwardReason::LeaseExpired | ForwardReason::LeadershipTransfer
+            ) =>
+        {
+            Ok(Uncommitted::Refused)
+        }
         Ok(Err(ClientWriteError::ForwardToLeader(_) | ClientWriteError::LogEntryDiscarded(_))) => {
-            Ok(())
+            Ok(Uncommitted::Unknown)
         }
         Ok(Err(e)) => Err(e.to_string()),
         Ok(Ok(_)) => Err("committed without a commit notice".into()),
@@ -48,7 +67,7 @@ pub(super) async fn latched(
     raft: &Raft<ShardRaft, ShardStateMachine>,
     sm: &ShardStateMachine,
     store: &Rc<RefCell<Store>>,
-    seq: &SharedSequencer,
+    seq: &Arc<SharedSequencer>,
     hub: &WatchHub,
     ctl: flume::Receiver<LatchCtl>,
     fatal: &Arc<Fatal>,
@@ -63,11 +82,12 @@ pub(super) async fn latched(
                 let _ = reply.send(store.borrow().export_ranges(&ranges, upto));
             }
             LatchCtl::Part {
-                revision,
+                stamp: stamped,
                 changes,
                 participants,
                 reply,
             } => {
+                let revision = stamped.revision;
                 // As in `write`: nothing builds on a failed write's effects.
                 if fatal.is_latched() {
                     let _ = reply.send(Err(ShardError::Stopped));
@@ -97,11 +117,16 @@ pub(super) async fn latched(
                     continue;
                 }
                 let fatal = fatal.clone();
+                let seq = seq.clone();
                 glommio::spawn_local(async move {
                     let r = match committed.await {
                         Ok(_) => Ok(()),
                         Err(_) => match uncommitted(applied).await {
-                            Ok(()) => Err(ShardError::LeaderChanged),
+                            Ok(Uncommitted::Refused) => {
+                                seq.refused(stamped);
+                                Err(ShardError::LeaderChanged)
+                            }
+                            Ok(Uncommitted::Unknown) => Err(ShardError::LeaderChanged),
                             Err(err) => {
                                 fatal.latch(format!(
                                     "shard: part {revision} could not be committed: {err}"
@@ -327,11 +352,18 @@ async fn propose(ctx: &WriteCtx<'_>, entry: Entry, permit: Rc<glommio::sync::Sta
             Ok(_) => {
                 for (stamped, response, reply) in answers {
                     seq.commit(stamped);
-                    let _ = reply.send(Ok(WriteOutcome {
-                        response,
-                        revision: Some(stamped.revision),
-                        view: stamped.revision,
-                    }));
+                    // Committed, but maybe evaluated over a refused write's
+                    // effects: an unknown outcome then.
+                    let answer = if seq.acknowledgeable(stamped) {
+                        Ok(WriteOutcome {
+                            response,
+                            revision: Some(stamped.revision),
+                            view: stamped.revision,
+                        })
+                    } else {
+                        Err(ShardError::LeaderChanged)
+                    };
+                    let _ = reply.send(answer);
                 }
                 // Keep the receiver until openraft reports the entry applied.
                 let _ = applied.await;
@@ -340,7 +372,13 @@ async fn propose(ctx: &WriteCtx<'_>, entry: Entry, permit: Rc<glommio::sync::Sta
                 let revisions =
                     answers.first().map(|a| a.0.revision)..=answers.last().map(|a| a.0.revision);
                 let error = match uncommitted(applied).await {
-                    Ok(()) => ShardError::LeaderChanged,
+                    Ok(Uncommitted::Refused) => {
+                        for (stamped, _, _) in &answers {
+                            seq.refused(*stamped);
+                        }
+                        ShardError::LeaderChanged
+                    }
+                    Ok(Uncommitted::Unknown) => ShardError::LeaderChanged,
                     Err(e) => {
                         fatal.latch(format!(
                             "shard: writes {revisions:?} could not be committed: {e}"

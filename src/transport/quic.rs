@@ -353,9 +353,21 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(peer, conn.clone());
-        while let Ok((send, recv)) = conn.accept_bi().await {
-            tokio::spawn(serve_stream(self.clone(), peer, send, recv));
-        }
+        // One line per connection up and down (etcd's "peer became
+        // active/inactive"), not one per failed message.
+        eprintln!(
+            "cairn: peer {peer:x} became active ({})",
+            conn.remote_address()
+        );
+        let why = loop {
+            match conn.accept_bi().await {
+                Ok((send, recv)) => {
+                    tokio::spawn(serve_stream(self.clone(), peer, send, recv));
+                }
+                Err(e) => break e,
+            }
+        };
+        eprintln!("cairn: peer {peer:x} became inactive: {why}");
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         if conns
             .get(&peer)
@@ -499,7 +511,14 @@ async fn accept(shared: Arc<Shared>) {
                 return;
             }
             match (verdict, theirs) {
-                (Ok(_), Some(h)) => shared.adopt(h.member_id, conn).await,
+                // Kept only from a member with a lower id: a higher one
+                // (a joiner asking a seed who it is) closes it itself.
+                (Ok(_), Some(h)) if h.member_id < shared.me => {
+                    shared.adopt(h.member_id, conn).await
+                }
+                (Ok(_), Some(_)) => {
+                    conn.closed().await;
+                }
                 _ => {
                     // Let the answer reach it before closing.
                     let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
