@@ -1,7 +1,13 @@
 //! A local cluster: N cairn members on loopback, each with its own client
 //! port, peer (UDP) port and data dir, started as processes and stopped by
-//! PID. Used by `cairn-cluster` (README's cluster quick start) and by the
-//! tests with real processes.
+//! PID. Used by `cairn-cluster` (README's cluster quick start), by the
+//! tests with real processes, and by the correctness harness, which plans a
+//! cluster here and runs its members itself ([`LocalCluster::member_flags`]).
+//!
+//! A member may advertise another peer address than the one it listens on
+//! ([`LocalCluster::advertise_peers_at`]): the harness puts a UDP relay
+//! there, forwarding to the member's peer port, so that it can cut and slow
+//! the links between members.
 
 use anyhow::{bail, Context, Result};
 use cairn_proto::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -14,7 +20,12 @@ use std::time::{Duration, Instant};
 pub struct LocalMember {
     pub name: String,
     pub client_port: u16,
+    /// The UDP port it listens on for peers (`--listen-peer-urls`).
     pub peer_port: u16,
+    /// The UDP port it advertises to the others (`--initial-advertise-peer-urls`
+    /// and its `--initial-cluster` entry): `peer_port` unless
+    /// [`LocalCluster::advertise_peers_at`] moved it.
+    pub advertise_port: u16,
     pub dir: PathBuf,
     /// `https` for mutual TLS between members (see [`LocalCluster::https_peers`]).
     pub peer_scheme: &'static str,
@@ -28,8 +39,14 @@ impl LocalMember {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
+    /// The peer URL it listens on.
     pub fn peer_url(&self) -> String {
         format!("{}://127.0.0.1:{}", self.peer_scheme, self.peer_port)
+    }
+
+    /// The peer URL the others reach it at.
+    pub fn advertised_peer_url(&self) -> String {
+        format!("{}://127.0.0.1:{}", self.peer_scheme, self.advertise_port)
     }
 
     /// The running process's id.
@@ -63,14 +80,18 @@ impl LocalCluster {
     /// loopback ports, `extra` flags for each.
     pub fn new(bin: &Path, dir: &Path, n: usize, extra: &[String]) -> Self {
         let members: Vec<LocalMember> = (0..n)
-            .map(|i| LocalMember {
-                name: format!("m{i}"),
-                client_port: crate::ports::free_port(),
-                peer_port: crate::ports::free_port(),
-                dir: dir.join(format!("m{i}")),
-                peer_scheme: "http",
-                flags: Vec::new(),
-                child: None,
+            .map(|i| {
+                let peer_port = crate::ports::free_port();
+                LocalMember {
+                    name: format!("m{i}"),
+                    client_port: crate::ports::free_port(),
+                    peer_port,
+                    advertise_port: peer_port,
+                    dir: dir.join(format!("m{i}")),
+                    peer_scheme: "http",
+                    flags: Vec::new(),
+                    child: None,
+                }
             })
             .collect();
         let mut c = LocalCluster {
@@ -87,7 +108,7 @@ impl LocalCluster {
         self.initial = self
             .members
             .iter()
-            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .map(|m| format!("{}={}", m.name, m.advertised_peer_url()))
             .collect::<Vec<_>>()
             .join(",");
     }
@@ -99,6 +120,41 @@ impl LocalCluster {
             m.peer_scheme = "https";
         }
         self.plan_initial();
+    }
+
+    /// Member `i` advertises (and `--initial-cluster` lists) port
+    /// `ports[i]` instead of its peer port; something there must forward
+    /// UDP to its peer port (e.g. the harness's relay). Before any start:
+    /// member ids are computed from the advertised URLs.
+    pub fn advertise_peers_at(&mut self, ports: &[u16]) {
+        assert_eq!(ports.len(), self.members.len(), "one port per member");
+        for (m, p) in self.members.iter_mut().zip(ports) {
+            m.advertise_port = *p;
+        }
+        self.plan_initial();
+    }
+
+    /// The flags of member `i` besides `--name`, `--data-dir` and its
+    /// client URLs: its peer URLs, the cluster's, the flags every member
+    /// gets and its own. For a harness that runs the process itself.
+    pub fn member_flags(&self, i: usize) -> Vec<String> {
+        let m = &self.members[i];
+        let mut flags: Vec<String> = [
+            "--listen-peer-urls",
+            &m.peer_url(),
+            "--initial-advertise-peer-urls",
+            &m.advertised_peer_url(),
+            "--initial-cluster",
+            &self.initial,
+            "--initial-cluster-token",
+            "cairn-local",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        flags.extend(self.extra.iter().cloned());
+        flags.extend(m.flags.iter().cloned());
+        flags
     }
 
     /// Client URLs, comma-separated (etcdctl's `--endpoints`).
@@ -133,12 +189,7 @@ impl LocalCluster {
             .arg(&m.dir)
             .args(["--listen-client-urls", &client])
             .args(["--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &m.peer_url()])
-            .args(["--initial-advertise-peer-urls", &m.peer_url()])
-            .args(["--initial-cluster", &self.initial])
-            .args(["--initial-cluster-token", "cairn-local"])
-            .args(&self.extra)
-            .args(&m.flags)
+            .args(self.member_flags(i))
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -210,19 +261,34 @@ impl LocalCluster {
             .build()
             .ok()?;
         rt.block_on(async move {
-            let mut m = MaintenanceClient::connect(url).await.ok()?;
-            let s = m.status(StatusRequest {}).await.ok()?.into_inner();
+            // Bounded: a stopped (SIGSTOP) member accepts and never answers.
+            let mut m =
+                tokio::time::timeout(Duration::from_secs(2), MaintenanceClient::connect(url))
+                    .await
+                    .ok()?
+                    .ok()?;
+            let s = tokio::time::timeout(Duration::from_secs(2), m.status(StatusRequest {}))
+                .await
+                .ok()?
+                .ok()?
+                .into_inner();
             s.header.map(|h| h.member_id)
         })
     }
 
     /// The index of the member that every running member names as leader.
     pub fn agreed_leader(&self, limit: Duration) -> Result<usize> {
+        let running: Vec<usize> = (0..self.members.len())
+            .filter(|i| self.members[*i].child.is_some())
+            .collect();
+        self.agreed_leader_among(&running, limit)
+    }
+
+    /// The index of the member that members `running` (by index) all name
+    /// as leader, one of them; for members this struct did not start.
+    pub fn agreed_leader_among(&self, running: &[usize], limit: Duration) -> Result<usize> {
         let deadline = Instant::now() + limit;
         loop {
-            let running: Vec<usize> = (0..self.members.len())
-                .filter(|i| self.members[*i].child.is_some())
-                .collect();
             let seen: Vec<Option<u64>> = running.iter().map(|i| self.leader_seen_by(*i)).collect();
             if let Some(Some(leader)) = seen.first() {
                 if seen.iter().all(|s| *s == Some(*leader)) {

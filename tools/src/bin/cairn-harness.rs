@@ -6,6 +6,7 @@
 //! ```text
 //! cairn-harness run --seconds 60 --seed 7 --dir /tmp/h1          # one member, every fault
 //! cairn-harness run --seconds 1800 --dir /tmp/soak --faults kill,pause
+//! cairn-harness run --members 3 --seconds 60 --dir /tmp/h3       # 3 members, every cluster fault
 //! cairn-harness check /tmp/h1/history.jsonl                       # check a recorded history again
 //! ```
 //!
@@ -45,21 +46,39 @@ enum Cmd {
         /// printed, so a run can be repeated).
         #[arg(long)]
         seed: Option<u64>,
+        /// 1, or a cluster of 3 (5, ...) members, each peer link through a
+        /// relay the nemesis can cut and slow.
         #[arg(long, default_value_t = 1)]
         members: usize,
         #[arg(long, default_value_t = 2)]
         shards: usize,
-        /// Comma-separated faults (kill, pause, disk-error, slow-disk,
-        /// power-loss, disk-full); `none` for none. Default: all.
+        /// Comma-separated faults; `none` for none. One member: kill,
+        /// pause, disk-error, slow-disk, power-loss, disk-full (default:
+        /// all of them). A cluster: kill, pause, partition, one-way,
+        /// slow-net, disk-error, slow-disk (default: all of them).
         #[arg(long)]
         faults: Option<String>,
         /// Milliseconds between faults, as MIN-MAX.
         #[arg(long, default_value = "1000-3000")]
         fault_gap: String,
         /// Data dirs on the local disk instead of a loop-mounted ext4
-        /// (then power-loss and disk-full cannot run).
+        /// (then power-loss and disk-full cannot run). A cluster's always
+        /// are.
         #[arg(long)]
         no_loop_disk: bool,
+        /// A cluster's --heartbeat-interval (ms).
+        #[arg(long, default_value_t = 50)]
+        heartbeat_interval: u64,
+        /// A cluster's --election-timeout (ms).
+        #[arg(long, default_value_t = 500)]
+        election_timeout: u64,
+        /// A cluster's members reach each other directly, not through the
+        /// relays (then partition, one-way and slow-net cannot run).
+        #[arg(long)]
+        direct_peers: bool,
+        /// No watchers (registers and list-append only).
+        #[arg(long)]
+        no_watchers: bool,
         /// Seconds the linearizability search may spend per key.
         #[arg(long, default_value_t = 20)]
         check_seconds: u64,
@@ -114,6 +133,10 @@ fn real_main() -> Result<bool> {
             faults,
             fault_gap,
             no_loop_disk,
+            heartbeat_interval,
+            election_timeout,
+            direct_peers,
+            no_watchers,
             check_seconds,
             failpoint,
             member_arg,
@@ -132,9 +155,16 @@ fn real_main() -> Result<bool> {
                     .map_or(0, |d| d.as_nanos() as u64)
             });
             eprintln!("cairn-harness: seed {seed}");
-            let mut cfg = Config::single(cairn, dir, seconds, seed);
-            cfg.members = members;
+            let mut cfg = if members == 1 {
+                Config::single(cairn, dir, seconds, seed)
+            } else {
+                Config::cluster(cairn, dir, members, seconds, seed)
+            };
             cfg.shards = shards;
+            cfg.heartbeat_ms = heartbeat_interval;
+            cfg.election_ms = election_timeout;
+            cfg.relays = !direct_peers;
+            cfg.watchers = !no_watchers;
             cfg.limits = limits(check_seconds);
             if let Some(f) = faults {
                 cfg.faults = if f == "none" {
@@ -163,6 +193,9 @@ fn real_main() -> Result<bool> {
             }
             for s in &summary.stuck {
                 println!("stuck: {s}");
+            }
+            for p in &summary.panics {
+                println!("panic: {p}");
             }
             for p in &summary.pictures {
                 println!("timeline: {p}");

@@ -58,8 +58,16 @@ impl Member {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Starts the process and waits until it serves.
+    /// Starts the process and waits until it serves (a cluster member:
+    /// until it also knows a leader), then sets its failpoints.
     pub fn start(&mut self) -> Result<()> {
+        self.launch()?;
+        self.wait_ready()
+    }
+
+    /// Starts the process without waiting: the members of a new cluster
+    /// are all launched before any can serve (none has a leader alone).
+    pub fn launch(&mut self) -> Result<()> {
         if self.child.is_some() {
             bail!("{} is running already", self.name);
         }
@@ -68,7 +76,8 @@ impl Member {
             .append(true)
             .open(&self.log)
             .with_context(|| format!("{}", self.log.display()))?;
-        let child = Command::new(&self.cairn)
+        let mut command = Command::new(&self.cairn);
+        command
             .arg("--name")
             .arg(&self.name)
             .arg("--data-dir")
@@ -78,10 +87,29 @@ impl Member {
             .args(&self.args)
             .env_remove("FAILPOINTS")
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(log);
+        // SAFETY: prctl(2) only, between fork and exec. The member dies with
+        // the thread that started it (the harness's run, whose thread lives
+        // until the run ends): a harness that is interrupted or crashes
+        // leaves no member behind.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
             .spawn()
             .with_context(|| format!("starting {}", self.cairn.display()))?;
         self.child = Some(child);
+        Ok(())
+    }
+
+    /// After [`Member::launch`]: waits until it serves, then sets its
+    /// failpoints.
+    pub fn wait_ready(&mut self) -> Result<()> {
         self.wait_serving()?;
         for (name, action) in &self.failpoints {
             self.failpoint(name, action)?;
@@ -100,6 +128,22 @@ impl Member {
             }
             if Instant::now() > deadline {
                 bail!("{} did not serve within {START_MAX:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits at most `limit` until the member says it is healthy (`GET
+    /// /health` answers 200: it serves, knows a leader, has room for its
+    /// log); whether it did.
+    pub fn wait_healthy(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some((200, _)) = self.http("GET", "/health", "") {
+                return true;
+            }
+            if Instant::now() > deadline || !self.running() {
+                return false;
             }
             std::thread::sleep(Duration::from_millis(50));
         }

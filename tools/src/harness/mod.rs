@@ -10,16 +10,31 @@
 //! `history.jsonl`, `report.json`, `timeline-*.svg` for violations,
 //! `member-*.log`.
 //!
+//! A cluster run (`--members 3`) is the same with N members planned by
+//! `crate::cluster::LocalCluster` (`--shards 2`, small WAL segments,
+//! `--heartbeat-interval 50 --election-timeout 500` by default), each
+//! member's peer port behind a UDP relay ([`peernet`]) so that the nemesis
+//! can partition the members and slow their links; the clients get every
+//! member's URL (and move to the next one on an error); the cluster faults
+//! aim at the write leader half the time; the final reads wait until the
+//! members agree on a leader. Data dirs are on the local disk.
+//!
 //! - [`recorder`]: the history writer; [`members`]: member processes and
-//!   the loop disk; [`workload`]: the clients; [`nemesis`]: the faults;
-//!   [`check`]: the verdict.
+//!   the loop disk; [`cluster`]: the members of a cluster run;
+//!   [`peernet`] and [`relay`]: the links between them; [`workload`]: the
+//!   clients; [`nemesis`]: the faults; [`check`]: the verdict; `single`
+//!   and `clustered`: the two kinds of run.
 
 pub mod check;
+pub mod cluster;
+mod clustered;
 pub mod members;
 pub mod nemesis;
 pub mod netns;
+pub mod peernet;
 pub mod recorder;
 pub mod relay;
+mod single;
 pub mod workload;
 
 use anyhow::{bail, Context, Result};
@@ -43,7 +58,7 @@ pub struct Config {
     pub cairn: PathBuf,
     /// The run's directory (created; histories, reports, data dirs).
     pub dir: PathBuf,
-    /// Members (1 until clusters exist).
+    /// Members: 1, or a cluster of an odd number from 3.
     pub members: usize,
     pub shards: usize,
     /// How long the workloads and faults run.
@@ -68,6 +83,13 @@ pub struct Config {
     /// The members' `--snapshot-count` (small: snapshots and log purges
     /// happen within a short run).
     pub snapshot_count: u64,
+    /// A cluster's `--heartbeat-interval` and `--election-timeout` (ms);
+    /// a single member keeps cairn's defaults.
+    pub heartbeat_ms: u64,
+    pub election_ms: u64,
+    /// A cluster's members reach each other through relays (false: directly,
+    /// and the network faults cannot run).
+    pub relays: bool,
 }
 
 impl Config {
@@ -85,7 +107,7 @@ impl Config {
             append_clients: 3,
             append_keys: 6,
             watchers: true,
-            faults: Kind::ALL.to_vec(),
+            faults: Kind::SINGLE.to_vec(),
             fault_gap_ms: (1000, 3000),
             loop_disk_mib: Some(192),
             limits: cairn_check::linear::Limits {
@@ -96,6 +118,26 @@ impl Config {
             member_args: Vec::new(),
             failpoints: Vec::new(),
             snapshot_count: 2000,
+            heartbeat_ms: 50,
+            election_ms: 500,
+            relays: true,
+        }
+    }
+
+    /// A bounded run of a cluster of `members` (3, 5...) under every
+    /// cluster fault; data dirs on the local disk.
+    pub fn cluster(cairn: PathBuf, dir: PathBuf, members: usize, seconds: u64, seed: u64) -> Self {
+        Config {
+            members,
+            // Fewer clients than one member gets: the members share this
+            // machine's cores with them.
+            register_clients: 4,
+            register_keys: 5,
+            append_clients: 2,
+            append_keys: 6,
+            faults: Kind::CLUSTER.to_vec(),
+            loop_disk_mib: None,
+            ..Config::single(cairn, dir, seconds, seed)
         }
     }
 }
@@ -116,6 +158,9 @@ pub struct Summary {
     /// Requests after the faults were healed that got no answer (a member
     /// that stopped making progress).
     pub stuck: Vec<String>,
+    /// Panics in the members' logs (cluster runs), one line each with the
+    /// member and the panic's message.
+    pub panics: Vec<String>,
 }
 
 impl Summary {
@@ -126,6 +171,7 @@ impl Summary {
             && self.verdict.lost.is_empty()
             && self.nemesis_errors.is_empty()
             && self.stuck.is_empty()
+            && self.panics.is_empty()
             && self.verdict.timed_out().is_empty()
     }
 
@@ -146,6 +192,7 @@ impl Summary {
             "search_timed_out_keys": self.verdict.timed_out(),
             "nemesis_errors": self.nemesis_errors,
             "stuck": self.stuck,
+            "panics": self.panics,
             "watch_events": self.verdict.watch.events,
             "txns": self.verdict.append.txns,
         })
@@ -154,62 +201,30 @@ impl Summary {
 
 /// Runs the harness: see the module docs.
 pub fn run(cfg: &Config) -> Result<Summary> {
-    if cfg.members != 1 {
-        bail!(
-            "--members {}: cairn runs one member until clusters exist",
-            cfg.members
-        );
+    match cfg.members {
+        1 => single::run_single(cfg),
+        n if n >= 3 && n % 2 == 1 => clustered::run_cluster(cfg),
+        n => bail!("--members {n}: 1, or an odd number from 3 (a majority must survive a fault)"),
     }
-    std::fs::create_dir_all(&cfg.dir).with_context(|| format!("{}", cfg.dir.display()))?;
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let needs_disk = cfg.faults.iter().any(|k| k.needs_disk());
-    let mut disk = match cfg.loop_disk_mib {
-        Some(mib) => {
-            members::loop_disks_available()
-                .map_err(|why| anyhow::anyhow!("a loop disk is needed ({why})"))?;
-            Some(LoopDisk::create(&cfg.dir, mib)?)
-        }
-        None if needs_disk => bail!("power-loss and disk-full need a loop disk"),
-        None => None,
-    };
-    let data_root = disk.as_ref().map_or(cfg.dir.clone(), |d| d.mount.clone());
-    let mut args = vec![
-        "--shards".to_string(),
-        cfg.shards.to_string(),
-        // Small segments and frequent snapshots: rotation, reclaim and
-        // snapshot installs happen within a short run.
-        "--wal-segment-bytes".into(),
-        "65536".into(),
-        "--snapshot-count".into(),
-        cfg.snapshot_count.to_string(),
-    ];
-    args.extend(cfg.member_args.iter().cloned());
-    let port = crate::ports::free_port();
-    let mut member = Member::new(
-        &cfg.cairn,
-        "m0",
-        port,
-        data_root.join("m0"),
-        cfg.dir.join("member-m0.log"),
-        args,
-    );
-    member.failpoints = cfg.failpoints.clone();
-    member.start()?;
+}
 
-    let history = cfg.dir.join("history.jsonl");
-    let (recorder, writer) = Recorder::create(&history)?;
-    let recorder = Arc::new(recorder);
-    let ctx = Arc::new(Ctx {
-        recorder: recorder.clone(),
-        endpoints: vec![member.url()],
-        stop: AtomicBool::new(false),
-        max_revision: AtomicI64::new(0),
-    });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let deadline = Instant::now() + Duration::from_secs(cfg.seconds);
+/// The clients and watchers of a run, started by [`start_workload`].
+struct Workload {
+    clients: Vec<tokio::task::JoinHandle<()>>,
+    watchers: Vec<tokio::task::JoinHandle<()>>,
+    register_keys: Vec<String>,
+    append_keys: Vec<String>,
+}
+
+/// Starts the register and list-append clients and the watchers on `rt`,
+/// until `deadline` (each client's seed drawn from `rng`).
+fn start_workload(
+    cfg: &Config,
+    rng: &mut StdRng,
+    ctx: &Arc<Ctx>,
+    rt: &tokio::runtime::Runtime,
+    deadline: Instant,
+) -> Workload {
     let register_keys = workload::register_keys(cfg.register_keys);
     let append_keys = workload::append_keys(cfg.append_keys);
     let mut clients = Vec::new();
@@ -270,137 +285,65 @@ pub fn run(cfg: &Config) -> Result<Summary> {
             workload::watcher(ctx2, spec, ids2, 3, catch_up).await;
         }));
     }
+    Workload {
+        clients,
+        watchers,
+        register_keys,
+        append_keys,
+    }
+}
 
-    // The nemesis runs here until the deadline.
-    let mut schedule = nemesis::Schedule::new(cfg.faults.clone());
-    let mut nemesis_errors = Vec::new();
-    loop {
-        let gap = Duration::from_millis(rng.random_range(cfg.fault_gap_ms.0..=cfg.fault_gap_ms.1));
-        if Instant::now() + gap >= deadline {
-            break;
-        }
-        std::thread::sleep(gap);
-        let Some(kind) = schedule.next(&mut rng) else {
-            break;
-        };
-        // A member may stop on its own after a fault (e.g. a snapshot that
-        // could not be written once the disk was full): it must stop
-        // non-zero, and is restarted before the next fault.
-        if let Some(status) = member.try_exit() {
-            let since = recorder.now_us();
-            let found = "found before the next fault";
-            if !nemesis::restart_stopped(
-                &mut member,
-                status,
-                since,
-                found,
-                &recorder,
-                &mut nemesis_errors,
-            ) {
-                break;
-            }
-        }
-        match nemesis::inject(kind, &mut member, disk.as_mut(), &mut rng, &recorder) {
-            Ok(nemesis::Injected::Done(detail)) => {
-                eprintln!("cairn-harness: {}: {detail}", kind.name())
-            }
-            // Stopping on its own when the fault came: a recovery, not an
-            // error; the next fault comes on the restarted member.
-            Ok(nemesis::Injected::MemberStopped {
-                status,
-                since_us,
-                why,
-            }) => {
-                let found = format!("{} not injected: {why}", kind.name());
-                eprintln!("cairn-harness: {found}");
-                if !nemesis::restart_stopped(
-                    &mut member,
-                    status,
-                    since_us,
-                    &found,
-                    &recorder,
-                    &mut nemesis_errors,
-                ) {
-                    break;
-                }
-            }
-            Err(e) => {
-                let e = format!("{}: {e:#}", kind.name());
-                eprintln!("cairn-harness: nemesis error: {e}");
-                nemesis_errors.push(e);
-                // Heal what can be healed and go on.
-                if let Some(d) = disk.as_mut() {
-                    let _ = d.unfill();
-                }
-                if member.try_exit().is_some() || !member.running() {
-                    if let Err(e) = member.start() {
-                        nemesis_errors.push(format!("restart: {e:#}"));
-                        break;
-                    }
-                }
-            }
-        }
-    }
-    if let Some(rest) = deadline.checked_duration_since(Instant::now()) {
-        std::thread::sleep(rest);
-    }
-    if !member.running() || member.try_exit().is_some() {
-        // A member that does not come back (e.g. it refuses its data dir
-        // after a power loss) is a finding; the history is still checked.
-        if let Err(e) = member.start() {
-            nemesis_errors.push(format!("start after the faults: {e:#}"));
-        }
-    }
-    ctx.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let up = member.running();
-    let stuck = rt.block_on(async {
-        for c in clients {
-            let _ = c.await;
-        }
-        if !up {
-            for w in watchers {
-                w.abort();
-            }
-            return Ok(vec!["the member is down: no final reads".to_string()]);
-        }
-        // The final reads: every key, linearizable, after every fault.
-        let mut kv = cairn_proto::etcdserverpb::kv_client::KvClient::new(
-            tonic::transport::Endpoint::from_shared(member.url())?
-                .connect_timeout(Duration::from_secs(5))
-                .connect_lazy(),
-        );
-        let mut stuck = Vec::new();
-        for key in &register_keys {
-            if workload::get(&ctx, &mut kv, check::FINAL_CLIENT, key)
-                .await
-                .is_none()
-            {
-                stuck.push(format!("the final read of {key} got no answer"));
-            }
-        }
-        for key in &append_keys {
-            let read = vec![cairn_check::history::Micro::R { key: key.clone() }];
-            if !workload::append_txn(&ctx, &mut kv, check::FINAL_CLIENT, read).await {
-                stuck.push(format!("the final read of {key} got no answer"));
-            }
-        }
-        for w in watchers {
-            let _ = w.await;
-        }
-        Ok::<_, anyhow::Error>(stuck)
-    })?;
-    member.stop(Duration::from_secs(30));
-    drop(ctx);
-    drop(rt);
+/// The history, the recorder and its writer, and the clients' context.
+fn record(cfg: &Config, endpoints: Vec<String>) -> Result<(PathBuf, Arc<Ctx>, recorder::Writer)> {
+    let history = cfg.dir.join("history.jsonl");
+    let (recorder, writer) = Recorder::create(&history)?;
+    let ctx = Arc::new(Ctx {
+        recorder: Arc::new(recorder),
+        endpoints,
+        stop: AtomicBool::new(false),
+        max_revision: AtomicI64::new(0),
+    });
+    Ok((history, ctx, writer))
+}
+
+/// The clients' runtime: two threads (this machine may have two cores,
+/// and the members need them).
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// What a run found besides the history's verdict (see [`Summary`]).
+struct Found {
+    nemesis_errors: Vec<String>,
+    exits: BTreeMap<String, Vec<String>>,
+    stuck: Vec<String>,
+    panics: Vec<String>,
+}
+
+/// After the run: the history written out and checked.
+fn finish(
+    cfg: &Config,
+    history: PathBuf,
+    ctx: Arc<Ctx>,
+    writer: recorder::Writer,
+    found: Found,
+) -> Result<Summary> {
+    let Found {
+        nemesis_errors,
+        exits,
+        stuck,
+        panics,
+    } = found;
+    let recorder = Arc::try_unwrap(ctx)
+        .map_err(|_| anyhow::anyhow!("a client still holds the context"))?
+        .recorder;
     let recorder = Arc::try_unwrap(recorder)
         .map_err(|_| anyhow::anyhow!("a client still holds the recorder"))?;
     drop(recorder);
     writer.finish().context("writing the history")?;
-    let mut exits = BTreeMap::new();
-    exits.insert(member.name.clone(), member.exits.clone());
-    drop(member);
-    drop(disk.take());
-
     let entries =
         cairn_check::history::read(std::io::BufReader::new(std::fs::File::open(&history)?))
             .map_err(|e| anyhow::anyhow!("reading {}: {e}", history.display()))?;
@@ -413,5 +356,48 @@ pub fn run(cfg: &Config) -> Result<Summary> {
         pictures,
         exits,
         stuck,
+        panics,
     })
 }
+
+/// Waits a random gap (`cfg.fault_gap_ms`) and draws the next fault; None
+/// once the deadline would pass first (or the schedule has none left).
+fn next_fault(
+    cfg: &Config,
+    rng: &mut StdRng,
+    schedule: &mut nemesis::Schedule,
+    deadline: Instant,
+) -> Option<Kind> {
+    let gap = Duration::from_millis(rng.random_range(cfg.fault_gap_ms.0..=cfg.fault_gap_ms.1));
+    if Instant::now() + gap >= deadline {
+        return None;
+    }
+    std::thread::sleep(gap);
+    schedule.next(rng)
+}
+
+/// The panics in the members' logs (`dir/member-NAME.log`): the member,
+/// the thread and place, and the message.
+fn panics_in_logs(dir: &std::path::Path, names: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for name in names {
+        let Ok(log) = std::fs::read_to_string(dir.join(format!("member-{name}.log"))) else {
+            continue;
+        };
+        let mut lines = log.lines();
+        while let Some(line) = lines.next() {
+            if line.starts_with("thread '") && line.contains("panicked at") {
+                let message = lines.next().unwrap_or_default();
+                out.push(format!("{name}: {line} {message}"));
+            }
+        }
+    }
+    out
+}
+
+/// How long the final reads wait for a member to say it is healthy after
+/// the last fault.
+const SETTLE_MAX: Duration = Duration::from_secs(30);
+
+/// How often a final read of a cluster run is tried.
+const FINAL_TRIES: usize = 4;

@@ -24,11 +24,23 @@
 //! restarted ([`Injected::MemberStopped`]). Only a member that is still
 //! running and did not take the fault is a nemesis error.
 //!
-//! Cluster faults (partitions, a UDP relay with delay and loss) come with
-//! clusters.
+//! Faults of a cluster ([`inject_cluster`]), each on one member or link
+//! chosen with the seed, the write leader half the time:
+//! - `kill`: SIGKILL a member, restart it after a few seconds;
+//! - `pause`, `disk-error`, `slow-disk`: as above, on one member;
+//! - `partition`: one member cut off from the others (both ways) for a few
+//!   seconds, then healed;
+//! - `one-way`: the link from one member to another cut one way;
+//! - `slow-net`: every link delayed (with jitter) and lossy for a few
+//!   seconds.
+//!
+//! The network faults act on the relays between the members
+//! ([`super::peernet`]); clients reach every member all along.
 
+use super::cluster::Cluster;
 use super::members::{LoopDisk, Member, NoAnswer};
 use super::recorder::Recorder;
+use super::relay::Faults;
 use anyhow::{anyhow, bail, Result};
 use cairn_check::history::{Entry, Fault};
 use rand::rngs::StdRng;
@@ -46,16 +58,44 @@ pub enum Kind {
     SlowDisk,
     PowerLoss,
     DiskFull,
+    Partition,
+    OneWay,
+    SlowNet,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    /// Every kind.
+    pub const ALL: [Kind; 9] = [
         Kind::Kill,
         Kind::Pause,
         Kind::DiskError,
         Kind::SlowDisk,
         Kind::PowerLoss,
         Kind::DiskFull,
+        Kind::Partition,
+        Kind::OneWay,
+        Kind::SlowNet,
+    ];
+
+    /// The faults of one member: the default of a one-member run.
+    pub const SINGLE: [Kind; 6] = [
+        Kind::Kill,
+        Kind::Pause,
+        Kind::DiskError,
+        Kind::SlowDisk,
+        Kind::PowerLoss,
+        Kind::DiskFull,
+    ];
+
+    /// The faults of a cluster: the default of a cluster run.
+    pub const CLUSTER: [Kind; 7] = [
+        Kind::Kill,
+        Kind::Pause,
+        Kind::Partition,
+        Kind::OneWay,
+        Kind::SlowNet,
+        Kind::DiskError,
+        Kind::SlowDisk,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +106,9 @@ impl Kind {
             Kind::SlowDisk => "slow-disk",
             Kind::PowerLoss => "power-loss",
             Kind::DiskFull => "disk-full",
+            Kind::Partition => "partition",
+            Kind::OneWay => "one-way",
+            Kind::SlowNet => "slow-net",
         }
     }
 
@@ -82,6 +125,16 @@ impl Kind {
     /// Whether the fault needs the data dir on a loop disk.
     pub fn needs_disk(self) -> bool {
         matches!(self, Kind::PowerLoss | Kind::DiskFull)
+    }
+
+    /// Whether a one-member run can inject it.
+    pub fn single(self) -> bool {
+        Kind::SINGLE.contains(&self)
+    }
+
+    /// Whether a cluster run can inject it.
+    pub fn cluster(self) -> bool {
+        Kind::CLUSTER.contains(&self)
     }
 }
 
@@ -101,6 +154,16 @@ const FULL_SPELL: (u64, u64) = (3000, 8000);
 pub const GONE_MAX: Duration = Duration::from_secs(30);
 /// The history's name of a restart of a member that stopped on its own.
 pub const RECOVERY: &str = "recovery";
+/// How long a killed member of a cluster stays down (ms).
+const CLUSTER_DOWN: (u64, u64) = (1000, 3000);
+/// How long a partition or a slow network lasts (ms).
+const NET_SPELL: (u64, u64) = (2000, 4000);
+/// A slow network's delay (ms), jitter (ms) and loss (percent).
+const NET_DELAY: (u64, u64) = (20, 80);
+const NET_JITTER: (u64, u64) = (0, 20);
+const NET_LOSS: (u64, u64) = (1, 8);
+/// How long the members may take to agree on the leader a fault aims at.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
 
 fn ms(rng: &mut StdRng, (lo, hi): (u64, u64)) -> Duration {
     Duration::from_millis(rng.random_range(lo..=hi))
@@ -217,6 +280,19 @@ pub fn inject(
     rng: &mut StdRng,
     recorder: &Recorder,
 ) -> Result<Injected> {
+    inject_with(kind, member, disk, rng, recorder, "")
+}
+
+/// [`inject`], with `note` after the recorded detail (e.g. the member's
+/// role in a cluster).
+fn inject_with(
+    kind: Kind,
+    member: &mut Member,
+    disk: Option<&mut LoopDisk>,
+    rng: &mut StdRng,
+    recorder: &Recorder,
+    note: &str,
+) -> Result<Injected> {
     let at_us = recorder.now_us();
     let detail = match kind {
         Kind::Kill => {
@@ -311,7 +387,11 @@ pub fn inject(
                 None => format!("disk full for {spell:?}: the member kept running"),
             }
         }
+        Kind::Partition | Kind::OneWay | Kind::SlowNet => {
+            bail!("{} needs a cluster (--members 3)", kind.name())
+        }
     };
+    let detail = format!("{detail}{note}");
     recorder.record(Entry::Fault(Fault {
         at_us,
         until_us: recorder.now_us(),
@@ -320,6 +400,147 @@ pub fn inject(
         detail: detail.clone(),
     }));
     Ok(Injected::Done(detail))
+}
+
+/// A member of `cluster` to hit, and its role: the write leader half the
+/// time, another member else (any member when they do not agree on a
+/// leader within [`LEADER_WAIT`]).
+fn pick(cluster: &Cluster, rng: &mut StdRng) -> (usize, &'static str) {
+    // Drawn first, so the schedule's draws do not depend on the answers.
+    let want_leader = rng.random_bool(0.5);
+    let any = rng.random_range(0..cluster.len());
+    match cluster.leader(LEADER_WAIT) {
+        Some(leader) if want_leader => (leader, "the write leader"),
+        Some(leader) => {
+            let others: Vec<usize> = (0..cluster.len()).filter(|i| *i != leader).collect();
+            (others[any % others.len()], "a follower")
+        }
+        None => (any, "no agreed leader: any member"),
+    }
+}
+
+/// Another member than `i`.
+fn other(cluster: &Cluster, i: usize, rng: &mut StdRng) -> usize {
+    let k = rng.random_range(0..cluster.len() - 1);
+    if k >= i {
+        k + 1
+    } else {
+        k
+    }
+}
+
+/// Injects one fault of `kind` into `cluster` and heals it; records it.
+/// Returns the member it was on (for a link, its first end) with what
+/// happened: see [`Injected`] for a member that was stopping on its own.
+pub fn inject_cluster(
+    kind: Kind,
+    cluster: &mut Cluster,
+    rng: &mut StdRng,
+    recorder: &Recorder,
+) -> Result<(usize, Injected)> {
+    let at_us = recorder.now_us();
+    let net = || {
+        let net = cluster.net.as_ref();
+        net.ok_or_else(|| anyhow!("{} needs the relays between the members", kind.name()))
+    };
+    let (on, target, detail) = match kind {
+        Kind::Kill => {
+            let (i, role) = pick(cluster, rng);
+            let down = ms(rng, CLUSTER_DOWN);
+            let m = &mut cluster.members[i];
+            let pid = m.pid();
+            m.kill();
+            std::thread::sleep(down);
+            let detail = format!("SIGKILL pid {pid:?} ({role}), down {down:?}");
+            if let Err(e) = m.start() {
+                // In the history all the same: the timeline shows it.
+                recorder.record(Entry::Fault(Fault {
+                    at_us,
+                    until_us: recorder.now_us(),
+                    fault: kind.name().into(),
+                    target: m.name.clone(),
+                    detail: format!("{detail}; the restart failed: {e:#}"),
+                }));
+                return Err(e);
+            }
+            (i, m.name.clone(), format!("{detail}, restarted"))
+        }
+        Kind::Pause | Kind::DiskError | Kind::SlowDisk => {
+            let (i, role) = pick(cluster, rng);
+            let note = format!(" ({role})");
+            let m = &mut cluster.members[i];
+            return Ok((i, inject_with(kind, m, None, rng, recorder, &note)?));
+        }
+        Kind::Partition => {
+            let (i, role) = pick(cluster, rng);
+            let spell = ms(rng, NET_SPELL);
+            let net = net()?;
+            let before = net.dropped_blocked();
+            net.isolate(i);
+            std::thread::sleep(spell);
+            net.heal();
+            let dropped = net.dropped_blocked() - before;
+            let name = cluster.members[i].name.clone();
+            let detail = format!(
+                "{name} ({role}) cut off from the others for {spell:?}: {dropped} datagrams dropped"
+            );
+            (i, name, detail)
+        }
+        Kind::OneWay => {
+            let (a, role) = pick(cluster, rng);
+            let b = other(cluster, a, rng);
+            let (from, to) = if rng.random_bool(0.5) { (a, b) } else { (b, a) };
+            let spell = ms(rng, NET_SPELL);
+            let net = net()?;
+            let before = net.dropped_blocked();
+            net.cut(from, to);
+            std::thread::sleep(spell);
+            net.heal();
+            let dropped = net.dropped_blocked() - before;
+            let (f, t) = (&cluster.members[from].name, &cluster.members[to].name);
+            let detail = format!(
+                "{f} -> {t} cut one way for {spell:?} ({} is {role}): {dropped} datagrams dropped",
+                cluster.members[a].name
+            );
+            (from, format!("{f}->{t}"), detail)
+        }
+        Kind::SlowNet => {
+            let faults = Faults {
+                delay: ms(rng, NET_DELAY),
+                jitter: ms(rng, NET_JITTER),
+                loss: rng.random_range(NET_LOSS.0..=NET_LOSS.1) as f64 / 100.0,
+                ..Faults::default()
+            };
+            let spell = ms(rng, NET_SPELL);
+            let net = net()?;
+            let before = net.dropped_loss();
+            net.degrade(faults);
+            std::thread::sleep(spell);
+            net.heal();
+            let lost = net.dropped_loss() - before;
+            let detail = format!(
+                "every link {:?} slower (jitter up to {:?}), {:.0}% loss, for {spell:?}: {lost} datagrams lost",
+                faults.delay,
+                faults.jitter,
+                faults.loss * 100.0
+            );
+            (0, "all".to_string(), detail)
+        }
+        Kind::PowerLoss | Kind::DiskFull => {
+            bail!(
+                "{} needs one member on a loop disk (--members 1)",
+                kind.name()
+            )
+        }
+    };
+    recorder.record(Entry::Fault(Fault {
+        at_us,
+        until_us: recorder.now_us(),
+        fault: kind.name().into(),
+        target,
+        detail: detail.clone(),
+    }));
+    Ok((on, Injected::Done(detail)))
 }
 
 #[cfg(test)]
@@ -437,6 +658,15 @@ mod tests {
                 "setting failpoint raft::apply on m0: no answer, and the member did not exit within {GONE_MAX:?} either"
             )
         );
+    }
+
+    #[test]
+    fn the_single_and_cluster_sets_cover_every_kind() {
+        for k in Kind::ALL {
+            assert!(k.single() || k.cluster(), "{k:?}");
+        }
+        assert!(Kind::SINGLE.iter().all(|k| k.single()));
+        assert!(Kind::CLUSTER.iter().all(|k| k.cluster() && !k.needs_disk()));
     }
 
     #[test]

@@ -17,6 +17,12 @@
 //! Randomness comes from a [`StdRng`] seeded per direction from the seed, so a
 //! run with a seed and the same arrivals makes the same decisions.
 //!
+//! Faults apply to every client unless one client's traffic in one
+//! [`Direction`] has faults of its own ([`RelayControl::set_client`]): that
+//! is how the harness cuts one link of a cluster, or one way of it, when
+//! several members reach a member through its relay (each member sends from
+//! its one peer socket, so its source address names it).
+//!
 //! Bounds: at most [`Limits::max_in_flight`] datagrams (default 4096) are
 //! queued per direction; beyond that they are dropped and counted
 //! ([`Counters::dropped_overflow`]). Datagrams are at most 64 KiB.
@@ -49,7 +55,8 @@ const MAX_DATAGRAM: usize = 65536;
 /// Delay + jitter beyond this is cut to it (an hour is forever here).
 const MAX_DELAY: Duration = Duration::from_secs(3600);
 
-/// The faults of a link, applied to both directions.
+/// The faults of a link, applied to both directions (or, set per client and
+/// direction with [`RelayControl::set_client`], to one).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Faults {
     /// Added to every datagram's release time.
@@ -63,6 +70,15 @@ pub struct Faults {
     pub reorder: f64,
     /// Drop everything, including datagrams already in flight.
     pub blocked: bool,
+}
+
+/// One direction of a relay's traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// From a client to the target.
+    ToTarget,
+    /// From the target back to a client.
+    ToClient,
 }
 
 /// Sizes of the relay's bounded state.
@@ -143,9 +159,20 @@ impl Stats {
 
 struct Shared {
     faults: Mutex<Faults>,
+    /// Faults of one client's traffic in one direction, instead of `faults`
+    /// (as many entries as [`RelayControl::set_client`] made).
+    per_client: Mutex<HashMap<(SocketAddr, Direction), Faults>>,
     up: Arc<LaneCounters>,
     down: Arc<LaneCounters>,
     tasks: Mutex<Vec<AbortHandle>>,
+}
+
+impl Shared {
+    /// The faults of `client`'s datagrams in direction `dir`.
+    fn faults_for(&self, client: SocketAddr, dir: Direction) -> Faults {
+        let own = self.per_client.lock().unwrap().get(&(client, dir)).copied();
+        own.unwrap_or_else(|| *self.faults.lock().unwrap())
+    }
 }
 
 /// A cloneable handle to a running relay: faults, counters, stop.
@@ -168,6 +195,29 @@ impl RelayControl {
     /// Blocks or unblocks the link, keeping the other faults.
     pub fn set_blocked(&self, blocked: bool) {
         self.shared.faults.lock().unwrap().blocked = blocked;
+    }
+
+    /// Gives the datagrams of `client` (a source address of datagrams to
+    /// the relay) in direction `dir` faults of their own, instead of the
+    /// relay's ([`RelayControl::set`]); `None` takes them back. Datagrams
+    /// already queued keep their release time; a block drops them too.
+    pub fn set_client(&self, client: SocketAddr, dir: Direction, faults: Option<Faults>) {
+        let mut map = self.shared.per_client.lock().unwrap();
+        match faults {
+            Some(f) => map.insert((client, dir), f),
+            None => map.remove(&(client, dir)),
+        };
+    }
+
+    /// The faults that apply to `client`'s datagrams in direction `dir`:
+    /// its own, or else the relay's.
+    pub fn client_faults(&self, client: SocketAddr, dir: Direction) -> Faults {
+        self.shared.faults_for(client, dir)
+    }
+
+    /// Takes back every client's own faults.
+    pub fn clear_clients(&self) {
+        self.shared.per_client.lock().unwrap().clear();
     }
 
     pub fn stats(&self) -> Stats {
@@ -208,6 +258,7 @@ impl Relay {
         let addr = front.local_addr()?;
         let shared = Arc::new(Shared {
             faults: Mutex::new(Faults::default()),
+            per_client: Mutex::new(HashMap::new()),
             up: Arc::default(),
             down: Arc::default(),
             tasks: Mutex::new(Vec::new()),
@@ -221,10 +272,17 @@ impl Relay {
         let ((up, up_rx), (down, down_rx)) = (inlet(&shared.up), inlet(&shared.down));
         let down_seed = seed ^ 0x9e37_79b9_7f4a_7c15;
         let tasks = [
-            tokio::spawn(lane(up_rx, shared.clone(), shared.up.clone(), seed)),
+            tokio::spawn(lane(
+                up_rx,
+                shared.clone(),
+                Direction::ToTarget,
+                shared.up.clone(),
+                seed,
+            )),
             tokio::spawn(lane(
                 down_rx,
                 shared.clone(),
+                Direction::ToClient,
                 shared.down.clone(),
                 down_seed,
             )),
@@ -259,6 +317,8 @@ struct Packet {
     data: Vec<u8>,
     via: Arc<UdpSocket>,
     to: Option<SocketAddr>,
+    /// The client it comes from or goes to (whose faults apply).
+    client: SocketAddr,
     arrival: Instant,
 }
 
@@ -356,6 +416,7 @@ async fn front_reader(
             data: buf[..n].to_vec(),
             via: entry.socket.clone(),
             to: None,
+            client: from,
             arrival,
         });
     }
@@ -394,6 +455,7 @@ async fn upstream_reader(
             data: buf[..n].to_vec(),
             via: front.clone(),
             to: Some(client),
+            client,
             arrival: Instant::now(),
         });
     }
@@ -404,6 +466,7 @@ async fn upstream_reader(
 async fn lane(
     mut rx: mpsc::Receiver<Packet>,
     shared: Arc<Shared>,
+    dir: Direction,
     c: Arc<LaneCounters>,
     seed: u64,
 ) {
@@ -437,7 +500,7 @@ async fn lane(
                     heap.pop();
                     let p = packets.remove(&s).expect("queued packet");
                     c.in_flight.fetch_sub(1, Relaxed);
-                    if shared.faults.lock().unwrap().blocked {
+                    if shared.faults_for(p.client, dir).blocked {
                         c.dropped_blocked.fetch_add(1, Relaxed);
                         continue;
                     }
@@ -453,7 +516,7 @@ async fn lane(
             }
             packet = rx.recv() => {
                 let Some(p) = packet else { return };
-                let f = *shared.faults.lock().unwrap();
+                let f = shared.faults_for(p.client, dir);
                 if f.blocked {
                     c.in_flight.fetch_sub(1, Relaxed);
                     c.dropped_blocked.fetch_add(1, Relaxed);

@@ -278,3 +278,73 @@ async fn stop_and_drop_end_forwarding() {
     sleep(Duration::from_millis(100)).await;
     assert_eq!(ctl.stats().to_target.received, 0);
 }
+
+/// A client's own faults apply to it alone: blocking one client leaves the
+/// other's traffic through, and taking the faults back restores it.
+#[tokio::test]
+async fn a_client_blocked_alone_leaves_the_others_through() {
+    let (target, _echo) = echo().await;
+    let relay = Relay::start(lo(), target, 14).await.unwrap();
+    let ctl = relay.control();
+    let (a, b) = (client(&relay).await, client(&relay).await);
+    let blocked = Faults {
+        blocked: true,
+        ..Faults::default()
+    };
+    ctl.set_client(a.local_addr().unwrap(), Direction::ToTarget, Some(blocked));
+    for i in 0..5 {
+        a.send(b"a").await.unwrap();
+        b.send(format!("b{i}").as_bytes()).await.unwrap();
+        assert_eq!(recv(&b, WAIT).await.unwrap(), format!("b{i}").as_bytes());
+    }
+    until(&ctl, |s| s.to_target.dropped_blocked == 5).await;
+    assert_eq!(recv(&a, Duration::from_millis(300)).await, None);
+    ctl.set_client(a.local_addr().unwrap(), Direction::ToTarget, None);
+    a.send(b"again").await.unwrap();
+    assert_eq!(recv(&a, WAIT).await.unwrap(), b"again");
+}
+
+/// A block of one direction of one client is a one-way cut: its datagrams
+/// reach the target, the replies do not come back; the other direction
+/// blocked instead, nothing reaches the target.
+#[tokio::test]
+async fn one_direction_blocked_is_a_one_way_cut() {
+    // A target that counts what it gets and answers.
+    let target = UdpSocket::bind(lo()).await.unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let got = Arc::new(AtomicU64::new(0));
+    let got2 = got.clone();
+    let _server = AbortOnDrop(tokio::spawn(async move {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        while let Ok((n, from)) = target.recv_from(&mut buf).await {
+            got2.fetch_add(1, Relaxed);
+            let _ = target.send_to(&buf[..n], from).await;
+        }
+    }));
+    let relay = Relay::start(lo(), target_addr, 15).await.unwrap();
+    let ctl = relay.control();
+    let c = client(&relay).await;
+    let me = c.local_addr().unwrap();
+    let blocked = Some(Faults {
+        blocked: true,
+        ..Faults::default()
+    });
+    ctl.set_client(me, Direction::ToClient, blocked);
+    for _ in 0..5 {
+        c.send(b"x").await.unwrap();
+    }
+    until(&ctl, |s| s.to_client.dropped_blocked == 5).await;
+    assert_eq!(got.load(Relaxed), 5, "the client's datagrams got through");
+    assert_eq!(recv(&c, Duration::from_millis(300)).await, None);
+
+    ctl.clear_clients();
+    ctl.set_client(me, Direction::ToTarget, blocked);
+    for _ in 0..5 {
+        c.send(b"y").await.unwrap();
+    }
+    until(&ctl, |s| s.to_target.dropped_blocked == 5).await;
+    assert_eq!(got.load(Relaxed), 5, "nothing more reached the target");
+    ctl.clear_clients();
+    c.send(b"z").await.unwrap();
+    assert_eq!(recv(&c, WAIT).await.unwrap(), b"z");
+}
