@@ -106,6 +106,10 @@ pub struct Config {
     /// checks peers' certificates.
     #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH")]
     pub peer_client_cert_auth: bool,
+    /// The CommonName every peer's certificate must have (https:// peer
+    /// URLs); checked at both ends of each peer connection.
+    #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_CN")]
+    pub peer_cert_allowed_cn: Option<String>,
     /// How each shard's WAL writes and syncs (cairn's own): `dsync`
     /// (io_uring writes on O_DSYNC segments: one op per batch), `ring`
     /// (io_uring write, then io_uring fdatasync) or `blocking` (pwrite(2) +

@@ -111,6 +111,7 @@ fn quic(
             cert: cert.clone(),
             key: key.clone(),
             ca: ca.clone(),
+            allowed_cn: cfg.peer_cert_allowed_cn.clone(),
         },
         _ => {
             eprintln!(
@@ -118,6 +119,12 @@ fn quic(
                  are not authenticated; use https:// peer URLs with --peer-cert-file, \
                  --peer-key-file and --peer-trusted-ca-file"
             );
+            if cfg.peer_cert_allowed_cn.is_some() {
+                eprintln!(
+                    "cairn: WARNING: --peer-cert-allowed-cn has no effect without \
+                     --peer-cert-file, --peer-key-file and --peer-trusted-ca-file"
+                );
+            }
             PeerTls::Unauthenticated
         }
     };

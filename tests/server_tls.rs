@@ -1,7 +1,8 @@
 //! TLS: the client port over `https://` (etcdctl with --cacert/--cert/--key;
 //! with --client-cert-auth, no client certificate, no connection), and
 //! members over `https://` peer URLs (mutual TLS over QUIC: a member whose
-//! certificate chains to another CA is refused).
+//! certificate chains to another CA is refused, and under
+//! `--peer-cert-allowed-cn` one whose certificate has another CommonName).
 
 mod common;
 
@@ -104,14 +105,62 @@ fn members_authenticate_each_other_and_refuse_another_cas_member() {
     make_member(&pki, "member", &["127.0.0.1", "localhost"], 30, false).unwrap();
     make_ca(&other, "another CA", 30, false).unwrap();
     make_member(&other, "member", &["127.0.0.1", "localhost"], 30, false).unwrap();
-    let flags = |dir: &Path| -> Vec<String> {
-        vec![
-            format!("--peer-cert-file={}", dir.join("member.pem").display()),
-            format!("--peer-key-file={}", dir.join("member-key.pem").display()),
-            format!("--peer-trusted-ca-file={}", pki.join("ca.pem").display()),
-            "--peer-client-cert-auth".into(),
-        ]
+    // m2 trusts the cluster's CA but presents a certificate of another CA.
+    let flags = [
+        peer_flags(&pki, &pki, "member"),
+        peer_flags(&pki, &pki, "member"),
+        peer_flags(&other, &pki, "member"),
+    ];
+    an_outsider_is_kept_out(base.path(), flags);
+}
+
+/// `--peer-cert-allowed-cn`: a member whose certificate chains to the
+/// cluster's CA but has another CommonName is refused, whichever end of
+/// the connection it is (the lower id dials).
+#[test]
+fn a_member_with_another_cn_is_refused_under_peer_cert_allowed_cn() {
+    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let pki = base.path().join("pki");
+    make_ca(&pki, "cluster CA", 30, false).unwrap();
+    make_member(&pki, "member", &["127.0.0.1", "localhost"], 30, false).unwrap();
+    make_member(&pki, "intruder", &["127.0.0.1", "localhost"], 30, false).unwrap();
+    let allowed = |mut f: Vec<String>| {
+        f.push("--peer-cert-allowed-cn=member".into());
+        f
     };
+    let flags = [
+        allowed(peer_flags(&pki, &pki, "member")),
+        allowed(peer_flags(&pki, &pki, "member")),
+        allowed(peer_flags(&pki, &pki, "intruder")),
+    ];
+    let logs = an_outsider_is_kept_out(base.path(), flags);
+    assert!(
+        logs.contains("CommonName authentication failed"),
+        "no member logged the refusal:\n{logs}"
+    );
+}
+
+/// A member's peer TLS flags: its certificate `name` in `dir`, the CA of
+/// `ca_dir`.
+fn peer_flags(dir: &Path, ca_dir: &Path, name: &str) -> Vec<String> {
+    vec![
+        format!(
+            "--peer-cert-file={}",
+            dir.join(format!("{name}.pem")).display()
+        ),
+        format!(
+            "--peer-key-file={}",
+            dir.join(format!("{name}-key.pem")).display()
+        ),
+        format!("--peer-trusted-ca-file={}", ca_dir.join("ca.pem").display()),
+        "--peer-client-cert-auth".into(),
+    ]
+}
+
+/// Three members over https:// peer URLs with `flags`; m0 and m1 form the
+/// cluster and take a write, m2 must stay out (no leader, no write).
+/// Returns the members' logs.
+fn an_outsider_is_kept_out(base: &Path, flags: [Vec<String>; 3]) -> String {
     let extra: Vec<String> = [
         "--shards",
         "2",
@@ -123,18 +172,12 @@ fn members_authenticate_each_other_and_refuse_another_cas_member() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut c = LocalCluster::new(
-        Path::new(env!("CARGO_BIN_EXE_cairn")),
-        base.path(),
-        3,
-        &extra,
-    );
+    let mut c = LocalCluster::new(Path::new(env!("CARGO_BIN_EXE_cairn")), base, 3, &extra);
     c.https_peers();
-    c.members[0].flags = flags(&pki);
-    c.members[1].flags = flags(&pki);
-    // m2 trusts the cluster's CA but presents a certificate of another CA.
-    c.members[2].flags = flags(&other);
-    let log = |i: usize| base.path().join(format!("m{i}.log"));
+    for (m, f) in c.members.iter_mut().zip(flags) {
+        m.flags = f;
+    }
+    let log = |i: usize| base.join(format!("m{i}.log"));
     for i in 0..3 {
         c.start(i, Some(&log(i))).unwrap();
     }
@@ -170,4 +213,8 @@ fn members_authenticate_each_other_and_refuse_another_cas_member() {
         "",
         "m2 got the write"
     );
+    c.stop_all();
+    (0..3)
+        .map(|i| std::fs::read_to_string(log(i)).unwrap_or_default())
+        .collect()
 }

@@ -101,7 +101,33 @@ pub enum PeerTls {
         cert: PathBuf,
         key: PathBuf,
         ca: PathBuf,
+        /// `--peer-cert-allowed-cn`: the CommonName a peer's certificate
+        /// must have (checked at both ends of a connection, since one
+        /// connection serves a pair both ways).
+        allowed_cn: Option<String>,
     },
+}
+
+/// The CommonName of the certificate `conn`'s peer presented, if any.
+fn peer_common_name(conn: &quinn::Connection) -> Option<String> {
+    let identity = conn.peer_identity()?;
+    let chain = identity.downcast_ref::<Vec<rustls::pki_types::CertificateDer<'static>>>()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(chain.first()?.as_ref()).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
+    Some(cn.to_string())
+}
+
+/// Why `conn`'s peer is refused under `--peer-cert-allowed-cn`, if it is
+/// (etcd's log says "CommonName authentication failed").
+fn cn_refusal(allowed: Option<&str>, conn: &quinn::Connection) -> Option<String> {
+    let allowed = allowed?;
+    match peer_common_name(conn) {
+        Some(cn) if cn == allowed => None,
+        cn => Some(format!(
+            "CommonName authentication failed: the certificate's CN is {cn:?}, \
+             --peer-cert-allowed-cn is {allowed:?}"
+        )),
+    }
 }
 
 /// How to start a [`QuicTransport`].
@@ -127,6 +153,8 @@ struct Shared {
     conns: Mutex<BTreeMap<u64, quinn::Connection>>,
     /// Addresses already logged as refused (each is logged once).
     refused: Mutex<std::collections::BTreeSet<SocketAddr>>,
+    /// `--peer-cert-allowed-cn` (https:// peer URLs only).
+    allowed_cn: Option<String>,
     me: u64,
     /// The members this one dials (those with higher ids), by id.
     dials: Mutex<BTreeMap<u64, (String, tokio::task::JoinHandle<()>)>>,
@@ -236,7 +264,9 @@ fn quic_configs(tls: &PeerTls) -> Result<(quinn::ServerConfig, quinn::ClientConf
                 .with_no_client_auth();
             (server, client)
         }
-        PeerTls::Mutual { cert, key: k, ca } => {
+        PeerTls::Mutual {
+            cert, key: k, ca, ..
+        } => {
             use crate::tls::{certs, key, roots};
             let roots = roots(ca).map_err(|e| format!("--peer-trusted-ca-file {e}"))?;
             let chain = certs(cert)?;
@@ -309,6 +339,10 @@ impl QuicTransport {
             inbox,
             conns: Mutex::new(BTreeMap::new()),
             refused: Mutex::new(Default::default()),
+            allowed_cn: match &cfg.tls {
+                PeerTls::Mutual { allowed_cn, .. } => allowed_cn.clone(),
+                PeerTls::Unauthenticated => None,
+            },
             me: cfg.me,
             dials: Mutex::new(BTreeMap::new()),
         });
@@ -446,6 +480,10 @@ async fn connect(
             quinn::ConnectionError::ConnectionClosed(c) => Dial::Refused(format!("TLS: {c}")),
             e => failed(&e),
         })?;
+    if let Some(why) = cn_refusal(shared.allowed_cn.as_deref(), &conn) {
+        conn.close(1u32.into(), b"CommonName authentication failed");
+        return Err(Dial::Refused(why));
+    }
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| failed(&e))?;
     let hello = postcard::to_stdvec(&shared.hello).map_err(|e| failed(&e))?;
     send.write_all(&hello).await.map_err(|e| failed(&e))?;
@@ -487,6 +525,11 @@ async fn accept(shared: Arc<Shared>) {
                     return;
                 }
             };
+            if let Some(why) = cn_refusal(shared.allowed_cn.as_deref(), &conn) {
+                shared.refuse(remote, &why);
+                conn.close(1u32.into(), b"CommonName authentication failed");
+                return;
+            }
             let Ok((mut send, mut recv)) = conn.accept_bi().await else {
                 return;
             };
