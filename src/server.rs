@@ -500,8 +500,16 @@ impl Running {
             Ok::<(), String>(())
         });
         // A member that failed exits without waiting for its shard cores,
-        // which may be stuck behind the failure.
-        stopped?;
+        // which may be stuck behind the failure, nor for anything else they
+        // hold: the runtime stops in the background and the rest is left to
+        // the process's exit (dropping the peer transport or the runtime can
+        // wait on tasks that wait on the failed shard: a member in a cluster
+        // took over a minute to exit).
+        if let Err(e) = stopped {
+            rt.shutdown_background();
+            std::mem::forget((member, handles, threads, net));
+            return Err(e);
+        }
         drop(member);
         drop(handles);
         drop(rt);
