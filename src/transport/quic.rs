@@ -108,6 +108,9 @@ pub enum PeerTls {
     },
 }
 
+/// Bound on the refusals remembered so as to log each once.
+const REFUSALS_REMEMBERED: usize = 1024;
+
 /// The CommonName of the certificate `conn`'s peer presented, if any.
 fn peer_common_name(conn: &quinn::Connection) -> Option<String> {
     let identity = conn.peer_identity()?;
@@ -151,8 +154,9 @@ struct Shared {
     endpoint: quinn::Endpoint,
     inbox: Arc<dyn Inbox>,
     conns: Mutex<BTreeMap<u64, quinn::Connection>>,
-    /// Addresses already logged as refused (each is logged once).
-    refused: Mutex<std::collections::BTreeSet<SocketAddr>>,
+    /// Refusals already logged (each address and reason is logged once; at
+    /// most [`REFUSALS_REMEMBERED`], then forgotten and logged anew).
+    refused: Mutex<std::collections::BTreeSet<(SocketAddr, String)>>,
     /// `--peer-cert-allowed-cn` (https:// peer URLs only).
     allowed_cn: Option<String>,
     me: u64,
@@ -163,11 +167,13 @@ struct Shared {
 impl Shared {
     /// Logs a refused peer, once per address.
     fn refuse(&self, addr: SocketAddr, why: &str) {
-        let first = self
-            .refused
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(addr);
+        let first = {
+            let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+            if refused.len() >= REFUSALS_REMEMBERED {
+                refused.clear();
+            }
+            refused.insert((addr, why.to_string()))
+        };
         if first {
             eprintln!("cairn: refusing peer at {addr}: {why}");
         }
