@@ -121,7 +121,13 @@ impl Member {
         let deadline = Instant::now() + START_MAX;
         loop {
             if let Some(status) = self.try_exit() {
-                bail!("{} exited while starting: {status}", self.name);
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                bail!(
+                    "{} exited while starting: {status} (its log ends: {:?})",
+                    self.name,
+                    tail.into_iter().rev().collect::<Vec<_>>()
+                );
             }
             if let Some((200, _)) = self.http("GET", "/health", "") {
                 return Ok(());
