@@ -310,31 +310,43 @@ fn a_watch_that_requires_a_leader_ends_when_its_member_loses_it() {
     let leader = c.leader(&[]);
     let follower = (leader + 1) % MEMBERS;
     let url = c.url(follower);
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut stream = c.rt.block_on(async move {
-        tx.send(pb::WatchRequest {
-            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
-                pb::WatchCreateRequest {
-                    key: b"k".to_vec(),
-                    ..Default::default()
-                },
-            )),
-        })
-        .await
-        .expect("create");
-        std::mem::forget(tx);
-        let mut req = tonic::Request::new(ReceiverStream::new(rx));
-        // clientv3's WithRequireLeader.
-        req.metadata_mut()
-            .insert("hasleader", "true".parse().expect("metadata"));
-        WatchClient::connect(url)
+    // The follower may not know the leader yet when the leader does: a
+    // client retries `no leader` (as clientv3 does) until it knows one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut stream = loop {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let url = url.clone();
+        let opened = c.rt.block_on(async move {
+            tx.send(pb::WatchRequest {
+                request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                    pb::WatchCreateRequest {
+                        key: b"k".to_vec(),
+                        ..Default::default()
+                    },
+                )),
+            })
             .await
-            .expect("connect")
-            .watch(req)
-            .await
-            .expect("watch")
-            .into_inner()
-    });
+            .expect("create");
+            std::mem::forget(tx);
+            let mut req = tonic::Request::new(ReceiverStream::new(rx));
+            // clientv3's WithRequireLeader.
+            req.metadata_mut()
+                .insert("hasleader", "true".parse().expect("metadata"));
+            WatchClient::connect(url)
+                .await
+                .expect("connect")
+                .watch(req)
+                .await
+        });
+        match opened {
+            Ok(r) => break r.into_inner(),
+            Err(s) if s.message() == "etcdserver: no leader" => {
+                assert!(std::time::Instant::now() < deadline, "{s:?}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(s) => panic!("watch: {s:?}"),
+        }
+    };
     let created =
         c.rt.block_on(stream.message())
             .expect("created")
