@@ -5,7 +5,7 @@
 
 use super::Member;
 use crate::api::EtcdError;
-use crate::raft::state_machine::write_durably;
+use crate::raft::snapshot_file::write_durably;
 use cairn_proto::etcdserverpb::AlarmType;
 use std::collections::BTreeSet;
 use std::path::PathBuf;

@@ -8,7 +8,7 @@
 //! Snapshots are the whole state (small), in `shard-0/meta/current.snap`, in
 //! the same checksummed file format as a shard's.
 
-use super::state_machine::{
+use super::snapshot_file::{
     encode_snapshot_file, read_snapshot_file, write_durably, SNAPSHOT_FILE,
 };
 use crate::raft::GlommioRuntime;

@@ -8,6 +8,7 @@ pub mod log_store;
 pub mod meta;
 pub mod network;
 pub mod parts;
+pub mod snapshot_file;
 pub mod state_machine;
 pub mod types;
 

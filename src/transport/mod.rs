@@ -16,6 +16,8 @@
 //! holds at most a bounded number of frames per destination.
 
 pub mod channel;
+mod handshake;
+mod peer_tls;
 pub mod quic;
 
 use futures::future::BoxFuture;

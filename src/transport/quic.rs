@@ -12,9 +12,11 @@
 //!   (protocol version, member id, cluster token, shard count); the other
 //!   side checks it against its own and answers with its own Hello or the
 //!   reason it refuses. Both sides log a refusal and close the connection.
+//!   (The Hello and its checks are in `super::handshake`.)
 //! - **TLS**: `https://` peer URLs use mutual TLS with the given CA;
 //!   `http://` ones an ephemeral self-signed certificate that peers do not
-//!   verify (encrypted, not authenticated: a warning at start).
+//!   verify (encrypted, not authenticated: a warning at start). See
+//!   [`PeerTls`] (in `super::peer_tls`).
 //! - **Bounded**: at most [`STREAMS_MAX`] streams at once per connection
 //!   (QUIC flow control makes the sender wait), frames of at most
 //!   [`FRAME_BYTES_MAX`].
@@ -23,115 +25,24 @@
 //! stream's end ends it. Reply = status (u8: 0 ok, 1 refused), then the
 //! body or the reason (UTF-8).
 
+use super::handshake::HELLO_BYTES_MAX;
+pub use super::handshake::{Hello, PROTOCOL_VERSION};
+pub use super::peer_tls::PeerTls;
+use super::peer_tls::{cn_refusal, rustls_configs};
 use super::{CallError, Frame, Inbox, Kind, Transport};
 use futures::future::BoxFuture;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// The peer protocol this build speaks; members of other versions are
-/// refused at the handshake. Bumped on any change of the frames' encoding.
-pub const PROTOCOL_VERSION: u32 = 1;
 /// Streams open at once on one connection, each way.
 pub const STREAMS_MAX: u32 = 1024;
 /// The largest frame (a snapshot travels as one).
 pub const FRAME_BYTES_MAX: usize = 1 << 30;
-/// The largest handshake message.
-const HELLO_BYTES_MAX: usize = 4096;
-const ALPN: &[u8] = b"cairn-peer";
-
-/// What two members check about each other before anything else.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hello {
-    pub protocol: u32,
-    pub member_id: u64,
-    /// The cluster's id (from `--initial-cluster` and its token); empty for
-    /// a member that joins and has not learned it yet.
-    pub cluster: String,
-    /// `--initial-cluster-token`.
-    pub token: String,
-    pub shards: u32,
-}
-
-impl Hello {
-    /// Why a member saying `theirs` is not one of ours (None: it is).
-    fn refuses(&self, theirs: &Hello) -> Option<String> {
-        if theirs.protocol != self.protocol {
-            return Some(format!(
-                "member {:x} speaks peer protocol {}, this member {} (run adjacent cairn versions only)",
-                theirs.member_id, theirs.protocol, self.protocol
-            ));
-        }
-        if theirs.token != self.token {
-            return Some(format!(
-                "member {:x} has --initial-cluster-token {:?}, this member {:?}: not the same cluster",
-                theirs.member_id, theirs.token, self.token
-            ));
-        }
-        let joining = theirs.cluster.is_empty() || self.cluster.is_empty();
-        if !joining && theirs.cluster != self.cluster {
-            return Some(format!(
-                "member {:x} is of cluster {}, this member of cluster {}: not the same cluster \
-                 (--initial-cluster differs)",
-                theirs.member_id, theirs.cluster, self.cluster
-            ));
-        }
-        if theirs.shards != self.shards {
-            return Some(format!(
-                "member {:x} has {} shards, this member {}: --shards must be the same on every member",
-                theirs.member_id, theirs.shards, self.shards
-            ));
-        }
-        None
-    }
-}
-
-/// How members authenticate each other.
-#[derive(Clone, Debug)]
-pub enum PeerTls {
-    /// `http://` peer URLs: encrypted with a self-signed certificate made at
-    /// start; peers' certificates are not checked.
-    Unauthenticated,
-    /// `https://` peer URLs: each side presents `cert` and checks the
-    /// other's against `ca`.
-    Mutual {
-        cert: PathBuf,
-        key: PathBuf,
-        ca: PathBuf,
-        /// `--peer-cert-allowed-cn`: the CommonName a peer's certificate
-        /// must have (checked at both ends of a connection, since one
-        /// connection serves a pair both ways).
-        allowed_cn: Option<String>,
-    },
-}
 
 /// Bound on the refusals remembered so as to log each once.
 const REFUSALS_REMEMBERED: usize = 1024;
-
-/// The CommonName of the certificate `conn`'s peer presented, if any.
-fn peer_common_name(conn: &quinn::Connection) -> Option<String> {
-    let identity = conn.peer_identity()?;
-    let chain = identity.downcast_ref::<Vec<rustls::pki_types::CertificateDer<'static>>>()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(chain.first()?.as_ref()).ok()?;
-    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
-    Some(cn.to_string())
-}
-
-/// Why `conn`'s peer is refused under `--peer-cert-allowed-cn`, if it is
-/// (etcd's log says "CommonName authentication failed").
-fn cn_refusal(allowed: Option<&str>, conn: &quinn::Connection) -> Option<String> {
-    let allowed = allowed?;
-    match peer_common_name(conn) {
-        Some(cn) if cn == allowed => None,
-        cn => Some(format!(
-            "CommonName authentication failed: the certificate's CN is {cn:?}, \
-             --peer-cert-allowed-cn is {allowed:?}"
-        )),
-    }
-}
 
 /// How to start a [`QuicTransport`].
 pub struct QuicConfig {
@@ -196,109 +107,9 @@ impl Drop for QuicTransport {
     }
 }
 
-/// Accepts any server certificate: `http://` peer URLs (see the module docs).
-#[derive(Debug)]
-struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// The QUIC server and client configurations for `tls`.
 fn quic_configs(tls: &PeerTls) -> Result<(quinn::ServerConfig, quinn::ClientConfig), String> {
-    let provider = crate::tls::provider();
-    let versions = rustls::DEFAULT_VERSIONS;
-    let (mut server, mut client) = match tls {
-        PeerTls::Unauthenticated => {
-            let made = rcgen::generate_simple_self_signed(vec!["cairn-peer".to_string()])
-                .map_err(|e| format!("making a peer certificate: {e}"))?;
-            let cert = made.cert.der().clone();
-            let key =
-                rustls::pki_types::PrivateKeyDer::Pkcs8(made.signing_key.serialize_der().into());
-            let server = rustls::ServerConfig::builder_with_provider(provider.clone())
-                .with_protocol_versions(versions)
-                .map_err(|e| e.to_string())?
-                .with_no_client_auth()
-                .with_single_cert(vec![cert], key)
-                .map_err(|e| format!("peer certificate: {e}"))?;
-            let client = rustls::ClientConfig::builder_with_provider(provider.clone())
-                .with_protocol_versions(versions)
-                .map_err(|e| e.to_string())?
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider.clone())))
-                .with_no_client_auth();
-            (server, client)
-        }
-        PeerTls::Mutual {
-            cert, key: k, ca, ..
-        } => {
-            use crate::tls::{certs, key, roots};
-            let roots = roots(ca).map_err(|e| format!("--peer-trusted-ca-file {e}"))?;
-            let chain = certs(cert)?;
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                roots.clone(),
-                provider.clone(),
-            )
-            .build()
-            .map_err(|e| format!("--peer-trusted-ca-file: {e}"))?;
-            let server = rustls::ServerConfig::builder_with_provider(provider.clone())
-                .with_protocol_versions(versions)
-                .map_err(|e| e.to_string())?
-                .with_client_cert_verifier(verifier)
-                .with_single_cert(chain.clone(), key(k)?)
-                .map_err(|e| format!("--peer-cert-file/--peer-key-file: {e}"))?;
-            let client = rustls::ClientConfig::builder_with_provider(provider.clone())
-                .with_protocol_versions(versions)
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(roots)
-                .with_client_auth_cert(chain, key(k)?)
-                .map_err(|e| format!("--peer-cert-file/--peer-key-file: {e}"))?;
-            (server, client)
-        }
-    };
-    server.alpn_protocols = vec![ALPN.to_vec()];
-    client.alpn_protocols = vec![ALPN.to_vec()];
+    let (server, client) = rustls_configs(tls)?;
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(STREAMS_MAX.into())
