@@ -17,6 +17,7 @@ mod error;
 mod groups;
 pub mod peer;
 pub mod route;
+mod starting;
 mod upkeep;
 mod write;
 pub use error::ShardError;
@@ -313,6 +314,9 @@ pub fn start_all(
     }
 }
 
+/// When a shard still starting first says which step it is in.
+const STARTING_SLOW: Duration = Duration::from_secs(30);
+
 /// How long replaying the logs at start may take.
 const REPLAY_MAX: Duration = Duration::from_secs(600);
 
@@ -326,11 +330,14 @@ fn start(cfg: ShardConfig) -> Result<StartedShard, String> {
     let placement = cfg.cpu.map_or(Placement::Unbound, Placement::Fixed);
     let id = cfg.id;
     let name = format!("shard-{id}");
+    let step = starting::StartStep::default();
+    step.watch(id, STARTING_SLOW);
     let thread = LocalExecutorBuilder::new(placement)
         .name(&name)
         .io_memory(crate::raft::runtime::IO_MEMORY_BYTES)
         .spawn(move || async move {
-            let r = run(cfg, rx, start_rx, shard_gauges).await;
+            let r = run(cfg, rx, start_rx, shard_gauges, step.clone()).await;
+            step.done();
             if let Err(e) = &r {
                 let _ = failed_tx.send(e.clone());
             }
@@ -350,7 +357,9 @@ async fn run(
     rx: flume::Receiver<ShardMsg>,
     start: oneshot::Receiver<(Arc<SharedSequencer>, Arc<WatchHub>)>,
     gauges: Arc<ShardGauges>,
+    step: starting::StartStep,
 ) -> Result<(), String> {
+    step.at("opening the WAL");
     let e = |what: &str| {
         let what = what.to_string();
         move |err: &dyn std::fmt::Display| format!("shard {}: {what}: {err}", cfg.id)
@@ -392,16 +401,19 @@ async fn run(
     // The meta group's state machine, once started (core 0).
     let meta: RefCell<Option<crate::raft::meta::MetaStateMachine>> = RefCell::new(None);
     let store = Rc::new(RefCell::new(Store::new()));
+    step.at("loading the snapshot");
     let sm = ShardStateMachine::open(store.clone(), cfg.dir.join("snapshots"))
         .map_err(|x| e("loading the snapshot")(&x))?
         .with_parts(cfg.parts.clone(), cfg.id as u32);
     let mut log_store: WalLogStore<ShardRaft, DmaStorage> = WalLogStore::new(wal.clone(), 0);
+    step.at("reading the log's tail");
     let newest = newest_revision_in_log(&wal, &mut log_store)
         .await
         .map_err(|x| e("reading the log's tail")(&x))?;
     cfg.parts.newest_in_log(cfg.id as u32, newest);
     let cluster = cfg.clustered;
     let config = Arc::new(raft_config(cfg.snapshot_count, cfg.raft_timing, cluster)?);
+    step.at("starting raft");
     let raft = Raft::new(
         cfg.member_id,
         config,
@@ -425,6 +437,7 @@ async fn run(
         board: cfg.board.clone(),
     });
     peer::serve(cfg.raft_in.clone(), groups.clone());
+    step.at("joining its group");
     if cluster {
         if cfg.voters.len() > 1 {
             join(&raft, &cfg.voters)
@@ -449,12 +462,14 @@ async fn run(
     // shards' logs (or for the member to start: parts left incomplete by a
     // crash are dropped then). A cluster member applies what the cluster
     // commits, as it learns it.
+    step.at("replaying the log");
     if !cluster {
         replay(&raft, None)
             .await
             .map_err(|x| e("replaying the log")(&x))?;
     }
     cfg.parts.replayed(cfg.id as u32, store.borrow().revision());
+    step.at("waiting to be told to serve");
     let (seq, hub) = start
         .await
         .map_err(|_| format!("shard {}: never told to serve", cfg.id))?;
@@ -468,6 +483,7 @@ async fn run(
         // Everything at or below C is decided: say so in the log, so a later
         // replay drops what this start dropped (DESIGN §2.1 point 5). This
         // member stamps this shard's writes from now on.
+        step.at("writing the start tick");
         let closed = seq.committed();
         let resp = raft
             .client_write(ShardCommand::Tick { closed })
@@ -477,6 +493,7 @@ async fn run(
         sm.stamp_as(resp.log_id.leader_id);
     }
     if let Some(me) = &cfg.member {
+        step.at("starting the meta group");
         let (meta_raft, meta_sm) = start_meta(&cfg, wal.clone(), me.clone())
             .await
             .map_err(|x| e("starting the meta group")(&x))?;
@@ -492,6 +509,7 @@ async fn run(
         *meta.borrow_mut() = Some(meta_sm);
     }
 
+    step.done();
     let inflight = Rc::new(glommio::sync::Semaphore::new(SHARD_INFLIGHT_WRITES_MAX));
     let publish_bytes = || {
         gauges
