@@ -84,6 +84,11 @@ pub async fn run(member: Arc<Member>) {
     // Publishing this member's record: not yet (None), under way, or done.
     let mut publish: Option<tokio::task::JoinHandle<bool>> = None;
     let mut published = false;
+    // Since when no member has led every group as this member sees it, and
+    // when that was last said (a cluster stuck without a write leader says
+    // what each group looks like from here).
+    let mut leaderless_since: Option<Instant> = None;
+    let mut leaderless_said: Option<Instant> = None;
     loop {
         if member.fatal.is_latched() {
             member.seq.follow();
@@ -114,6 +119,26 @@ pub async fn run(member: Arc<Member>) {
                 Err(e) => eprintln!("cairn: member {me:x}: failover: {e}"),
             },
             State::Following => {}
+        }
+        let settled = meta.leader.is_some()
+            && views[..n]
+                .iter()
+                .all(|v| v.leader == meta.leader && v.term > 0);
+        if settled {
+            leaderless_since = None;
+        } else {
+            let now = Instant::now();
+            let since = *leaderless_since.get_or_insert(now);
+            if now - since >= LEADERLESS_SAY
+                && leaderless_said.is_none_or(|t| now - t >= LEADERLESS_SAY)
+            {
+                leaderless_said = Some(now);
+                eprintln!(
+                    "cairn: member {me:x}: no write leader for {} s: {}",
+                    (now - since).as_secs(),
+                    describe(&views)
+                );
+            }
         }
         // This member's record in the meta group, once a leader exists.
         if !published {
@@ -211,8 +236,15 @@ pub async fn run(member: Arc<Member>) {
             // Not led by the meta leader (led by nobody, or by a member
             // that may be gone: a follower keeps naming a dead leader
             // until a new term, and Pre-Vote keeps failed campaigns from
-            // starting one).
-            let astray = v.leader.is_none() || (meta.leader.is_some() && v.leader != meta.leader);
+            // starting one); or named as led by a member this one has not
+            // heard from as the group's leader for two election timeouts
+            // (the meta leader restarted with a log of this group that is
+            // behind: it cannot win the group, and the followers still
+            // name it, as the group's last leader).
+            let silent = !v.leading && !peers.board.heard_within(shard, 2 * election);
+            let astray = v.leader.is_none()
+                || (meta.leader.is_some() && v.leader != meta.leader)
+                || silent;
             astray_since[shard] = match (astray, astray_since[shard]) {
                 (true, None) => Some(now),
                 (true, since) => since,
@@ -247,6 +279,30 @@ pub async fn run(member: Arc<Member>) {
             }
         }
     }
+}
+
+/// How long the groups may be without one leader before the controller
+/// says how they look (then again as often while it lasts).
+const LEADERLESS_SAY: Duration = Duration::from_secs(10);
+
+/// Each group's term and leader as this member sees them, for the log.
+fn describe(views: &[GroupView]) -> String {
+    let n = views.len() - 1;
+    views
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let name = if i == n {
+                "meta".to_string()
+            } else {
+                format!("shard {i}")
+            };
+            let leader = v.leader.map_or("none".to_string(), |l| format!("{l:x}"));
+            let mark = if v.leading { " (this member)" } else { "" };
+            format!("{name}: term {} leader {leader}{mark}", v.term)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Tells member `id` it was removed (a few tries, in the background).
@@ -291,7 +347,7 @@ async fn record_cluster(member: &Member) -> bool {
                 reply
             })
             .await,
-        Ok(Ok(()))
+        Ok(Ok(_))
     )
 }
 

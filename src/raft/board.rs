@@ -30,10 +30,11 @@ pub struct GroupBoard {
     /// Times the meta group's leader changed to a new one, as this member
     /// saw it (etcd_server_leader_changes_seen_total).
     leader_changes: std::sync::atomic::AtomicU64,
-    /// When this member last knew the meta group's leader alive: a
-    /// follower, when it accepted the leader's AppendEntries (heartbeats
-    /// included); the leader, when a quorum last acknowledged it.
-    contact: Mutex<Option<std::time::Instant>>,
+    /// Per group (data groups, then the meta group): when this member last
+    /// knew the group's leader alive. A follower, when it answered the
+    /// leader's AppendEntries (heartbeats included); the meta group's
+    /// leader, when a quorum last acknowledged it. Only moves forward.
+    contact: Mutex<Vec<Option<std::time::Instant>>>,
     changed: tokio::sync::watch::Sender<u64>,
     data_groups: usize,
 }
@@ -44,7 +45,7 @@ impl GroupBoard {
         Self {
             views: Mutex::new(vec![GroupView::default(); data_groups + 1]),
             leader_changes: Default::default(),
-            contact: Mutex::new(None),
+            contact: Mutex::new(vec![None; data_groups + 1]),
             changed: tokio::sync::watch::channel(0).0,
             data_groups,
         }
@@ -96,10 +97,21 @@ impl GroupBoard {
 
     /// This member knows the meta leader alive as of `at`.
     pub fn contact(&self, at: std::time::Instant) {
+        self.contact_with(self.data_groups, at);
+    }
+
+    /// This member knows the leader of `group` alive as of `at`.
+    pub fn contact_with(&self, group: usize, at: std::time::Instant) {
         let mut c = self.contact.lock().unwrap_or_else(|e| e.into_inner());
-        if c.is_none_or(|c| c < at) {
-            *c = Some(at);
+        if c[group].is_none_or(|c| c < at) {
+            c[group] = Some(at);
         }
+    }
+
+    /// Whether this member heard the leader of `group` within `within`.
+    pub fn heard_within(&self, group: usize, within: std::time::Duration) -> bool {
+        let c = self.contact.lock().unwrap_or_else(|e| e.into_inner())[group];
+        c.is_some_and(|c| c.elapsed() <= within)
     }
 
     /// The meta group's leader, if this member knew it alive within
@@ -107,8 +119,8 @@ impl GroupBoard {
     /// from for an election timeout).
     pub fn live_meta_leader(&self, within: std::time::Duration) -> Option<u64> {
         let leader = self.meta_leader()?;
-        let c = *self.contact.lock().unwrap_or_else(|e| e.into_inner());
-        c.is_some_and(|c| c.elapsed() <= within).then_some(leader)
+        self.heard_within(self.data_groups, within)
+            .then_some(leader)
     }
 
     /// Leader changes of the meta group this member saw.

@@ -147,6 +147,11 @@ pub fn raft_config(
 
 /// Makes `voters` the group's first membership if it has none (every
 /// member does the same with the same voters, as openraft allows).
+///
+/// A peer may be quicker: once this member has voted in the group's first
+/// election (its vote is no longer the initial one), openraft refuses to
+/// initialize it. That is no failure: the member that asked for the vote
+/// initialized the group with the same voters and replicates it here.
 pub(super) async fn join<C, SM>(
     raft: &Raft<C, SM>,
     voters: &BTreeMap<u64, String>,
@@ -160,7 +165,13 @@ where
             .iter()
             .map(|(id, url)| (*id, BasicNode::new(url)))
             .collect();
-        raft.initialize(members).await.map_err(|e| e.to_string())?;
+        match raft.initialize(members).await {
+            Ok(())
+            | Err(openraft::error::RaftError::APIError(
+                openraft::error::InitializeError::NotAllowed(_),
+            )) => {}
+            Err(e) => return Err(e.to_string()),
+        }
     }
     Ok(())
 }

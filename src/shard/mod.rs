@@ -435,6 +435,7 @@ async fn run(
         meta: RefCell::new(None),
         ticked: Cell::new(0),
         board: cfg.board.clone(),
+        id: cfg.id,
     });
     peer::serve(cfg.raft_in.clone(), groups.clone());
     step.at("joining its group");

@@ -181,6 +181,8 @@ pub(super) struct Groups {
     /// The newest `closed` this core appended in a Tick.
     pub ticked: Cell<i64>,
     pub board: std::sync::Arc<crate::raft::board::GroupBoard>,
+    /// This core's shard (its data group's index on the board).
+    pub id: usize,
 }
 
 /// Serves `rx` on the current shard core until every sender is gone.
@@ -210,7 +212,13 @@ async fn handle(g: &Groups, msg: RaftIn) {
             body,
             reply,
         } => {
-            let _ = reply.send(network::serve(&g.data, kind, &body).await);
+            let r = network::serve(&g.data, kind, &body).await;
+            // As for the meta group below: the controller tells a data
+            // group's live leader from one a follower only still names.
+            if kind == Kind::Append && r.is_ok() {
+                g.board.contact_with(g.id, std::time::Instant::now());
+            }
+            let _ = reply.send(r);
         }
         RaftIn::Frame {
             group: Group::Meta,

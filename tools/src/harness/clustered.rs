@@ -51,28 +51,17 @@ pub(super) fn run_cluster(cfg: &Config) -> Result<Summary> {
     let rt = runtime()?;
     let relay_seed = rng.random();
     let started = Instant::now();
-    let start = |dir: &std::path::Path| {
-        cluster::Cluster::start(
-            &cfg.cairn,
-            dir,
-            cfg.members,
-            &args,
-            &cfg.failpoints,
-            &rt,
-            cfg.relays,
-            relay_seed,
-        )
-    };
-    // A cluster that fails to form is tried once more in a fresh directory
-    // (the first failure is printed: a member that exits at start shows
-    // its log's end); the run then fails if it does not form either.
-    let mut cluster = match start(&cfg.dir) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("cairn-harness: the cluster did not form ({e:#}); once more");
-            start(&cfg.dir.join("second-start"))?
-        }
-    };
+    // A member that exits at start fails the run, its log's end shown.
+    let mut cluster = cluster::Cluster::start(
+        &cfg.cairn,
+        &cfg.dir,
+        cfg.members,
+        &args,
+        &cfg.failpoints,
+        &rt,
+        cfg.relays,
+        relay_seed,
+    )?;
     let relays = cluster.net.as_ref().map(|net| {
         (0..net.len())
             .map(|i| net.relay_addr(i))
