@@ -20,6 +20,7 @@ pub mod compactor;
 pub mod config;
 pub mod fatal;
 pub mod identity;
+pub mod lease;
 pub mod member;
 pub mod mvcc;
 pub mod raft;

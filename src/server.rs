@@ -3,6 +3,7 @@
 
 use crate::api::cluster::ClusterService;
 use crate::api::kv::KvService;
+use crate::api::lease::LeaseService;
 use crate::api::maintenance::MaintenanceService;
 use crate::api::watch::WatchService;
 use crate::config::Config;
@@ -19,8 +20,8 @@ use crate::transport::channel::ChannelNet;
 use crate::transport::{NoPeers, SharedTransport};
 use crate::watch::WatchHub;
 use cairn_proto::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
-    watch_server::WatchServer,
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -227,6 +228,7 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
     let raft_term = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let fatal = Arc::new(crate::fatal::Fatal::default());
     let parts = Arc::new(PartBook::new(shards));
+    let leases = Arc::new(crate::lease::LeaseView::new());
     let cfgs = raft_in_rx
         .into_iter()
         .enumerate()
@@ -242,6 +244,7 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
                 peer_urls: split_urls(&cfg.initial_advertise_peer_urls),
                 client_urls: split_urls(&cfg.advertise_client_urls),
             }),
+            leases: leases.clone(),
             raft_term: raft_term.clone(),
             snapshot_count: cfg.snapshot_count,
             wal_segment_bytes: cfg.wal_segment_bytes,
@@ -311,6 +314,7 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
         alarms: Alarms::open(&dir)?,
         fatal: fatal.clone(),
         proposals_failed: Default::default(),
+        leases: crate::member::lease::Leases::new(leases, member_id, timing),
         peers: Peers {
             transport,
             board,
@@ -343,6 +347,19 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
     let servers = rt.block_on(async {
         if let Some(policy) = auto_compaction {
             tokio::spawn(crate::compactor::run(member.clone(), policy));
+        }
+        if !clustered {
+            // This member stamps from now on: its leases' deadlines start
+            // (each gets its whole TTL again, as after etcd's restart), and
+            // keys of leases a stopped revoke left behind go.
+            member
+                .lease_leadership_starts()
+                .await
+                .map_err(|e| format!("starting leases: {}", e.message()))?;
+            tokio::spawn(crate::member::lease::expire(
+                member.clone(),
+                stop_tx.subscribe(),
+            ));
         }
         if clustered {
             tokio::spawn(crate::member::leader::run(member.clone()));
@@ -380,6 +397,7 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
             .add_service(MaintenanceServer::new(MaintenanceService(member.clone())))
             .add_service(ClusterServer::new(ClusterService(member.clone())))
             .add_service(WatchServer::new(WatchService(member.clone())))
+            .add_service(LeaseServer::new(LeaseService(member.clone())))
             .prepare()
             .into_axum_router();
             let app = grpc

@@ -1,19 +1,35 @@
-//! Model-based property test of the MVCC: random puts, deletes, delete-ranges,
-//! txns, compactions and rollbacks, checked against a reference that keeps the
-//! full revision history of every key and derives etcd's fields from it; reads
-//! at every revision (old, current, future, compacted) must agree, errors
-//! included.
+//! Model-based property test of the MVCC: random puts (with and without
+//! leases, `ignore_lease`), deletes, delete-ranges, txns, lease deletes,
+//! compactions, rollbacks and imports (image, borrowed image, chunked
+//! snapshot), checked against a reference that keeps the full revision
+//! history of every key and derives etcd's fields from it; reads at every
+//! revision (old, current, future, compacted) must agree, errors included,
+//! and the store's lease index must equal the live keys' leases.
 
+use cairn::mvcc::store::chunked;
 use cairn::mvcc::txn::{
-    no_leases, stamp, Compare, CompareResult, CompareTarget, DeleteRangeRequest, Eval, PutRequest,
-    RangeRequest, RequestOp, ResponseOp, TxnRequest,
+    no_leases, stamp, Compare, CompareResult, CompareTarget, DeleteRangeRequest,
+    DeleteRangeResponse, Eval, EvalError, PutRequest, RangeRequest, RequestOp, ResponseOp,
+    TxnRequest,
 };
-use cairn::mvcc::{KeyValue, MvccError, RangeEnd, Store};
+use cairn::mvcc::{KeyValue, MvccError, RangeEnd, Store, StoreImage};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
-/// One key's history: (revision, Some(value) | None for a delete).
-type History = Vec<(i64, Option<Vec<u8>>)>;
+/// One key's history: (revision, Some((value, lease)) | None for a delete).
+type History = Vec<(i64, Option<(Vec<u8>, i64)>)>;
+
+/// The lease ids the test uses: 0 (none), three granted (one negative: etcd
+/// takes any non-zero id) and one that is not.
+const LEASES: [i64; 5] = [0, 1, 2, -3, 99];
+
+fn lease_exists(lease: i64) -> bool {
+    matches!(lease, 1 | 2 | -3)
+}
+
+fn lease_of(l: u8) -> i64 {
+    LEASES[l as usize % LEASES.len()]
+}
 
 /// Reference: every key's full history, never compacted.
 #[derive(Default, Clone, Debug)]
@@ -28,7 +44,7 @@ impl Reference {
         let h = self.history.get(key)?;
         let upto: Vec<_> = h.iter().filter(|(r, _)| *r <= at).collect();
         let (mod_rev, value) = upto.last()?;
-        let value = value.clone()?;
+        let (value, lease) = value.clone()?;
         // The current generation: puts after the last delete.
         let gen_start = upto
             .iter()
@@ -41,8 +57,28 @@ impl Reference {
             mod_revision: *mod_rev,
             version: generation.len() as i64,
             value,
-            lease: 0,
+            lease,
         })
+    }
+
+    /// Live keys by lease (not 0) at the newest revision, in key order.
+    fn lease_index(&self) -> BTreeMap<i64, Vec<Vec<u8>>> {
+        let mut index: BTreeMap<i64, Vec<Vec<u8>>> = BTreeMap::new();
+        for k in self.history.keys() {
+            if let Some(kv) = self.kv_at(k, self.revision).filter(|kv| kv.lease != 0) {
+                index.entry(kv.lease).or_default().push(k.clone());
+            }
+        }
+        index
+    }
+
+    /// Drops every revision above `to`.
+    fn rollback_to(&mut self, to: i64) {
+        for h in self.history.values_mut() {
+            h.retain(|(r, _)| *r <= to);
+        }
+        self.history.retain(|_, h| !h.is_empty());
+        self.revision = self.revision.min(to);
     }
 
     fn range(&self, key: &[u8], end: &RangeEnd, at: i64) -> Result<Vec<KeyValue>, MvccError> {
@@ -61,12 +97,12 @@ impl Reference {
             .collect())
     }
 
-    fn apply(&mut self, revision: i64, puts: &[(Vec<u8>, Vec<u8>)], deletes: &[Vec<u8>]) {
-        for (k, v) in puts {
+    fn apply(&mut self, revision: i64, puts: &[(Vec<u8>, Vec<u8>, i64)], deletes: &[Vec<u8>]) {
+        for (k, v, lease) in puts {
             self.history
                 .entry(k.clone())
                 .or_default()
-                .push((revision, Some(v.clone())));
+                .push((revision, Some((v.clone(), *lease))));
         }
         for k in deletes {
             if self.kv_at(k, self.revision).is_some() {
@@ -82,7 +118,8 @@ impl Reference {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Put(u8, u8),
+    /// key, value, lease (see [`lease_of`]), ignore_lease
+    Put(u8, u8, u8, bool),
     Delete(u8),
     DeleteRange(u8, u8),
     /// if version(k) == v then put(a) else delete(b)
@@ -92,8 +129,17 @@ enum Op {
         a: u8,
         b: u8,
     },
+    /// The deletes of a lease's revoke, after a put in the same request
+    /// (key, lease) when `put` is set.
+    LeaseDeletes {
+        lease: u8,
+        put: Option<(u8, u8)>,
+    },
     Compact(u8),
     Rollback(u8),
+    /// A store loaded from an image of itself at a revision (like
+    /// Rollback), taken three ways.
+    Import(u8, u8),
     Range {
         key: u8,
         end: Option<u8>,
@@ -108,12 +154,16 @@ fn key(k: u8) -> Vec<u8> {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        5 => (0..8u8, any::<u8>()).prop_map(|(k, v)| Op::Put(k, v)),
+        5 => (0..8u8, any::<u8>(), any::<u8>(), prop::bool::weighted(0.15))
+            .prop_map(|(k, v, l, il)| Op::Put(k, v, l, il)),
+        2 => (any::<u8>(), prop::option::of((0..8u8, any::<u8>())))
+            .prop_map(|(lease, put)| Op::LeaseDeletes { lease, put }),
         2 => (0..8u8).prop_map(Op::Delete),
         1 => (0..8u8, 0..9u8).prop_map(|(a, b)| Op::DeleteRange(a, b)),
         2 => (0..8u8, 0..3i64, 0..8u8, 0..8u8).prop_map(|(k, v, a, b)| Op::Txn { k, v, a, b }),
         1 => any::<u8>().prop_map(Op::Compact),
         1 => any::<u8>().prop_map(Op::Rollback),
+        1 => (any::<u8>(), any::<u8>()).prop_map(|(x, how)| Op::Import(x, how)),
         4 => (0..8u8, prop::option::of(0..10u8), any::<u8>(), 0..4u8)
             .prop_map(|(key, end, back, limit)| Op::Range { key, end, back, limit }),
     ]
@@ -143,7 +193,9 @@ fn commit(
     let puts: Vec<_> = changes
         .iter()
         .filter_map(|c| match c {
-            cairn::mvcc::Change::Put { key, value, .. } => Some((key.clone(), value.clone())),
+            cairn::mvcc::Change::Put { key, value, lease } => {
+                Some((key.clone(), value.clone(), *lease))
+            }
             _ => None,
         })
         .collect();
@@ -169,22 +221,35 @@ fn run(ops: Vec<Op>) {
     store.apply(1, &[]); // etcd starts at revision 1
     for op in ops {
         match op {
-            Op::Put(k, v) => {
-                let mut e = Eval::new(&store, &no_leases);
+            Op::Put(k, v, l, ignore_lease) => {
+                let mut e = Eval::new(&store, &lease_exists);
+                let lease = if ignore_lease { 0 } else { lease_of(l) };
                 let req = PutRequest {
                     key: key(k),
                     value: vec![v],
+                    lease,
                     prev_kv: true,
+                    ignore_lease,
                     ..Default::default()
                 };
-                let resp = e.put(&req).unwrap();
-                assert_eq!(
-                    resp.prev_kv,
-                    reference.kv_at(&key(k), reference.revision),
-                    "prev_kv"
-                );
+                let prev = reference.kv_at(&key(k), reference.revision);
+                let want = if !lease_exists(lease) && lease != 0 {
+                    Err(EvalError::LeaseNotFound)
+                } else if ignore_lease && prev.is_none() {
+                    Err(EvalError::KeyNotFound)
+                } else {
+                    Ok(ResponseOp::Put(cairn::mvcc::txn::PutResponse {
+                        prev_kv: prev.clone(),
+                    }))
+                };
+                assert_eq!(e.op(&RequestOp::Put(req)), want, "put");
                 let changes = e.into_changes();
-                commit(&mut store, &mut reference, changes).expect("a put always writes");
+                let rev = commit(&mut store, &mut reference, changes);
+                assert_eq!(rev.is_some(), want.is_ok(), "a put writes unless refused");
+                if let (Some(_), Some(prev)) = (rev, prev.filter(|_| ignore_lease)) {
+                    let kv = store.get(&key(k)).expect("just put");
+                    assert_eq!(kv.lease, prev.lease, "ignore_lease keeps the lease");
+                }
             }
             Op::Delete(k) | Op::DeleteRange(k, _) if matches!(op, Op::Delete(_)) => {
                 let mut e = Eval::new(&store, &no_leases);
@@ -241,6 +306,8 @@ fn run(ops: Vec<Op>) {
                         RequestOp::Put(PutRequest {
                             key: key(a),
                             value: b"txn".to_vec(),
+                            // a granted lease, or none
+                            lease: lease_of(b % 4),
                             ..Default::default()
                         }),
                         RequestOp::Range(RangeRequest {
@@ -257,7 +324,7 @@ fn run(ops: Vec<Op>) {
                     .kv_at(&key(k), reference.revision)
                     .map_or(0, |kv| kv.version)
                     == v;
-                let mut e = Eval::new(&store, &no_leases);
+                let mut e = Eval::new(&store, &lease_exists);
                 let mut resp = ResponseOp::Txn(e.txn(&req).unwrap());
                 let changes = e.into_changes();
                 let rev = commit(&mut store, &mut reference, changes);
@@ -297,16 +364,107 @@ fn run(ops: Vec<Op>) {
                     reference.revision = reference.revision.max(target);
                 }
             }
+            Op::LeaseDeletes { lease, put } => {
+                use cairn::mvcc::Change;
+                let lease = lease_of(lease);
+                let mut e = Eval::new(&store, &lease_exists);
+                let mut expected = reference.clone();
+                // The put, its change and whether it created the key.
+                let mut put_change = None;
+                if let Some((k, l)) = put {
+                    // A granted lease or none: the put is taken.
+                    let l = lease_of(l % 4);
+                    let value = b"before".to_vec();
+                    e.op(&RequestOp::Put(PutRequest {
+                        key: key(k),
+                        value: value.clone(),
+                        lease: l,
+                        ..Default::default()
+                    }))
+                    .unwrap();
+                    let created = expected.kv_at(&key(k), expected.revision).is_none();
+                    let rev = expected.revision + 1;
+                    expected.apply(rev, &[(key(k), value.clone(), l)], &[]);
+                    let change = Change::Put {
+                        key: key(k),
+                        value,
+                        lease: l,
+                    };
+                    put_change = Some((change, created));
+                }
+                let doomed = if lease == 0 {
+                    Vec::new()
+                } else {
+                    expected.lease_index().remove(&lease).unwrap_or_default()
+                };
+                let resp = e.lease_deletes(lease);
+                assert_eq!(
+                    resp,
+                    DeleteRangeResponse {
+                        deleted: doomed.len() as i64,
+                        prev_kvs: Vec::new(),
+                    }
+                );
+                // The put unless deleted after it, then the deletes in key
+                // order (none for a key the put created: it never was).
+                let mut want = Vec::new();
+                let mut created_here = None;
+                if let Some((change, created)) = put_change {
+                    let k = change.key().expect("a put").to_vec();
+                    if !doomed.contains(&k) {
+                        want.push(change);
+                    } else if created {
+                        created_here = Some(k);
+                    }
+                }
+                want.extend(
+                    doomed
+                        .iter()
+                        .filter(|k| Some(*k) != created_here.as_ref())
+                        .map(|k| Change::Delete { key: k.clone() }),
+                );
+                let changes = e.into_changes();
+                assert_eq!(changes, want, "the lease's keys, in key order");
+                let rev = commit(&mut store, &mut reference, changes);
+                assert_eq!(rev.is_some(), !want.is_empty(), "no change: no revision");
+                assert!(
+                    lease == 0 || store.lease_keys(lease).is_empty(),
+                    "no key carries the lease any more"
+                );
+            }
             Op::Rollback(x) => {
                 let floor = reference.compacted.max(1);
                 let span = reference.revision - floor + 1;
                 let to = floor + (x as i64) % span;
                 store.rollback_to(to);
-                for h in reference.history.values_mut() {
-                    h.retain(|(r, _)| *r <= to);
-                }
-                reference.history.retain(|_, h| !h.is_empty());
-                reference.revision = reference.revision.min(to);
+                reference.rollback_to(to);
+            }
+            Op::Import(x, how) => {
+                let floor = reference.compacted.max(1);
+                let span = reference.revision - floor + 1;
+                let to = floor + (x as i64) % span;
+                let image = match how % 3 {
+                    0 => store.export_at(to),
+                    1 => postcard::from_bytes::<StoreImage>(
+                        &postcard::to_stdvec(&store.image_at(to)).unwrap(),
+                    )
+                    .unwrap(),
+                    _ => {
+                        let mut out = Vec::new();
+                        chunked::begin(&mut out, to);
+                        let mut after = None;
+                        while let Some(last) =
+                            chunked::chunk(&store, after.as_deref(), to, 3, &mut out).unwrap()
+                        {
+                            after = Some(last);
+                        }
+                        chunked::end(&store, &mut out);
+                        chunked::decode(&out).unwrap()
+                    }
+                };
+                store = Store::import(image);
+                reference.rollback_to(to);
+                assert_eq!(store.revision(), reference.revision);
             }
             Op::Range {
                 key: k,
@@ -349,6 +507,19 @@ fn run(ops: Vec<Op>) {
             }
         }
         store.check_invariants();
+        let index = reference.lease_index();
+        assert_eq!(
+            store.leases_in_use(),
+            index.keys().copied().collect::<Vec<_>>(),
+            "leases in use"
+        );
+        for lease in LEASES {
+            assert_eq!(
+                store.lease_keys(lease),
+                index.get(&lease).cloned().unwrap_or_default(),
+                "keys of lease {lease}"
+            );
+        }
     }
 }
 

@@ -241,9 +241,12 @@ fn services_not_built_yet_answer_unimplemented() {
     let cairn = Cairn::start(base.path(), 1);
     common::rt().block_on(async {
         let ch = cairn.channel().await;
-        let mut lease = lease_client::LeaseClient::new(ch.clone());
-        let e = lease
-            .lease_grant(LeaseGrantRequest { ttl: 10, id: 0 })
+        let mut lock = cairn_proto::v3lockpb::lock_client::LockClient::new(ch.clone());
+        let e = lock
+            .lock(cairn_proto::v3lockpb::LockRequest {
+                name: b"l".to_vec(),
+                lease: 1,
+            })
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::Unimplemented);

@@ -26,6 +26,7 @@ fn txn_keys(t: &m::TxnRequest, out: &mut Vec<(Vec<u8>, Vec<u8>)>) {
             m::RequestOp::Put(p) => out.push((p.key.clone(), Vec::new())),
             m::RequestOp::DeleteRange(d) => out.push((d.key.clone(), d.range_end.clone())),
             m::RequestOp::Txn(t) => txn_keys(t, out),
+            m::RequestOp::LeaseDeletes { .. } => {} // internal: never in a client's txn
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`kv`], [`cluster`]: the KV and Cluster services.
 //! - [`maintenance`]: the Maintenance service, snapshots.
 //! - [`watch`]: the Watch service (events from the member's `WatchHub`).
+//! - [`lease`]: the Lease service.
 //! - [`gateway`], [`http`]: etcd's JSON gateway, health, version, metrics.
 //! - [`coalesce`], [`tls`]: the listeners of client connections (coalesced
 //!   writes; TLS).
@@ -21,6 +22,7 @@ pub mod errors;
 pub mod gateway;
 pub mod http;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod rpc_metrics;
 pub mod tls;

@@ -20,7 +20,7 @@
 
 use super::Member;
 use crate::api::EtcdError;
-use crate::mvcc::txn::{self as m, no_leases, Eval};
+use crate::mvcc::txn::{self as m, Eval};
 use crate::mvcc::{RangeEnd, Store, StoreImage};
 use crate::shard::route::{shards_touched, split};
 use crate::shard::{LatchCtl, ShardMsg, WriteOutcome};
@@ -124,7 +124,8 @@ impl Member {
         }
         let (mut response, changes) = {
             let state = Store::import(StoreImage::merge(images));
-            let mut eval = Eval::new(&state, &no_leases).current_revision(view);
+            let lease_exists = |id| self.leases.view.exists(id);
+            let mut eval = Eval::new(&state, &lease_exists).current_revision(view);
             let response = eval.op(&op).map_err(EtcdError::from)?;
             (response, eval.into_changes())
         };

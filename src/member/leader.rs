@@ -242,9 +242,8 @@ pub async fn run(member: Arc<Member>) {
             // behind: it cannot win the group, and the followers still
             // name it, as the group's last leader).
             let silent = !v.leading && !peers.board.heard_within(shard, 2 * election);
-            let astray = v.leader.is_none()
-                || (meta.leader.is_some() && v.leader != meta.leader)
-                || silent;
+            let astray =
+                v.leader.is_none() || (meta.leader.is_some() && v.leader != meta.leader) || silent;
             astray_since[shard] = match (astray, astray_since[shard]) {
                 (true, None) => Some(now),
                 (true, since) => since,

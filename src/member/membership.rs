@@ -249,14 +249,7 @@ impl Member {
             .map_err(|_| EtcdError::Stopped.status())?
             .map_err(|e| Status::unavailable(format!("cairn: membership change: {e}")))?;
         if let Some(command) = record {
-            self.peers
-                .ask(0, Group::Meta, |reply| GroupCtl::MetaWrite {
-                    command,
-                    reply,
-                })
-                .await
-                .map_err(|_| EtcdError::Stopped.status())?
-                .map_err(|_| EtcdError::LeaderChanged.status())?;
+            self.meta_write(command).await?;
         }
         Ok(id)
     }

@@ -12,6 +12,7 @@
 pub mod alarms;
 mod cross;
 pub mod leader;
+pub mod lease;
 pub mod membership;
 pub mod peers;
 
@@ -60,6 +61,7 @@ pub struct Member {
     /// Writes whose proposal failed (a leader change, a stopped shard):
     /// etcd_server_proposals_failed_total.
     pub proposals_failed: std::sync::atomic::AtomicU64,
+    pub leases: lease::Leases,
 }
 
 impl Member {
@@ -340,6 +342,22 @@ impl Member {
         } else {
             Some(self.member_id)
         }
+    }
+
+    /// Writes `command` in the meta group (this member leads it).
+    pub async fn meta_write(
+        &self,
+        command: crate::raft::meta::MetaCommand,
+    ) -> Result<crate::raft::meta::MetaReply, Status> {
+        use crate::shard::peer::{Group, GroupCtl};
+        self.peers
+            .ask(0, Group::Meta, |reply| GroupCtl::MetaWrite {
+                command,
+                reply,
+            })
+            .await
+            .map_err(|_| EtcdError::Stopped.status())?
+            .map_err(|_| EtcdError::LeaderChanged.status())
     }
 
     /// The highest Raft term any shard reports.

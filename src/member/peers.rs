@@ -235,15 +235,9 @@ impl Member {
 
     /// Records `record` in the meta group (this member leads it).
     async fn put_member_here(&self, record: MemberRecord) -> Result<(), Status> {
-        let command = MetaCommand::PutMember(record);
-        self.peers
-            .ask(0, Group::Meta, |reply| GroupCtl::MetaWrite {
-                command,
-                reply,
-            })
+        self.meta_write(MetaCommand::PutMember(record))
             .await
-            .map_err(|_| EtcdError::Stopped.status())?
-            .map_err(|_| EtcdError::LeaderChanged.status())
+            .map(|_| ())
     }
 
     /// Makes sure the meta group holds this member's record as it is now

@@ -9,9 +9,11 @@
 //! never committed.
 //!
 //! - [`store`]: key histories, apply, range at a revision, compaction.
+//! - [`lease_index`]: the live keys of each lease, kept by the store.
 //! - [`txn`]: evaluating etcd requests (Put, DeleteRange, Txn with compares and
 //!   nested txns) into a response and the changes to stamp with one revision.
 
+pub mod lease_index;
 pub mod store;
 pub mod txn;
 

@@ -4,6 +4,7 @@
 //! tombstone version. Reading at revision R finds, per key, the newest version
 //! at or below R. Compaction at C drops what no read at C or later can see.
 
+use super::lease_index::LeaseIndex;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
@@ -215,6 +216,8 @@ pub struct Store {
     compacted: i64,
     /// Bytes the histories hold, as [`Store::bytes`] counts them.
     bytes: u64,
+    /// The live keys (newest version not a tombstone) by their lease.
+    leases: LeaseIndex,
 }
 
 /// What one version costs beyond its key and value in [`Store::bytes`]: an
@@ -233,6 +236,7 @@ impl Default for Store {
             revision: 0,
             compacted: -1,
             bytes: 0,
+            leases: LeaseIndex::new(),
         }
     }
 }
@@ -309,6 +313,7 @@ impl Store {
             "key changed twice at revision {revision}"
         );
         let live = latest.filter(|v| !v.is_tombstone());
+        let old_lease = live.map_or(0, |v| v.lease);
         let next = match put {
             Some((value, lease)) => Version {
                 mod_revision: revision,
@@ -327,7 +332,19 @@ impl Store {
             },
         };
         self.bytes += version_bytes(key, &next.value);
+        self.leases.moved(key, old_lease, next.lease);
         self.keys.entry(key.into()).or_default().push(next);
+    }
+
+    /// The live keys whose newest version carries `lease`, in key order
+    /// (none for lease 0).
+    pub fn lease_keys(&self, lease: i64) -> Vec<Vec<u8>> {
+        self.leases.keys(lease)
+    }
+
+    /// Every lease that some live key carries, ascending.
+    pub fn leases_in_use(&self) -> Vec<i64> {
+        self.leases.leases()
     }
 
     /// The events of `changes` just applied at `revision` (see [`Store::apply`]),
@@ -495,11 +512,18 @@ impl Store {
             return;
         }
         let mut freed = 0;
+        let leases = &mut self.leases;
         self.keys.retain(|key, history| {
             let keep = history.partition_point(|v| v.mod_revision <= revision);
+            if keep == history.len() {
+                return true;
+            }
+            let newest_lease = |h: &[Version]| h.last().map_or(0, live_lease);
+            let dropped_lease = newest_lease(history);
             for v in history.drain(keep..) {
                 freed += version_bytes(key, &v.value);
             }
+            leases.moved(key, dropped_lease, newest_lease(history));
             !history.is_empty()
         });
         self.bytes -= freed;
@@ -614,11 +638,13 @@ impl Store {
                     .sum::<u64>()
             })
             .sum();
+        let leases = lease_index_of(&keys);
         Store {
             keys,
             revision: image.revision,
             compacted: image.compacted,
             bytes,
+            leases,
         }
     }
 
@@ -630,6 +656,11 @@ impl Store {
             .map(|(k, h)| h.iter().map(|v| version_bytes(k, &v.value)).sum::<u64>())
             .sum();
         assert_eq!(self.bytes, bytes, "byte count matches the histories");
+        assert_eq!(
+            self.leases,
+            lease_index_of(&self.keys),
+            "lease index matches the live keys"
+        );
         assert!(
             self.compacted <= self.revision.max(self.compacted),
             "compacted <= revision"
@@ -881,6 +912,26 @@ pub mod chunked {
             keys,
         })
     }
+}
+
+/// The lease of a key's newest version `v`: 0 if it is a tombstone.
+fn live_lease(v: &Version) -> i64 {
+    if v.is_tombstone() {
+        0
+    } else {
+        v.lease
+    }
+}
+
+/// The lease index of `keys`, from each key's newest version.
+fn lease_index_of(keys: &BTreeMap<Key, History>) -> LeaseIndex {
+    let mut index = LeaseIndex::new();
+    for (k, history) in keys {
+        if let Some(v) = history.last() {
+            index.attach(live_lease(v), k);
+        }
+    }
+    index
 }
 
 fn visible(history: &[Version], at: i64) -> Option<&Version> {
@@ -1154,6 +1205,88 @@ mod tests {
             b"1"
         );
         back.check_invariants();
+    }
+
+    fn put_in(k: &str, v: &str, lease: i64) -> Change {
+        Change::Put {
+            key: k.into(),
+            value: v.into(),
+            lease,
+        }
+    }
+
+    #[test]
+    fn the_lease_index_follows_puts_deletes_rollbacks_and_imports() {
+        let keys = |s: &Store, lease| -> Vec<String> {
+            s.lease_keys(lease)
+                .into_iter()
+                .map(|k| String::from_utf8(k).unwrap())
+                .collect()
+        };
+        let mut s = Store::new();
+        s.apply(
+            2,
+            &[put_in("b", "1", 5), put_in("a", "1", 5), put("z", "1")],
+        );
+        assert_eq!(keys(&s, 5), ["a", "b"], "in key order");
+        assert_eq!(s.leases_in_use(), [5]);
+        assert!(s.lease_keys(0).is_empty(), "lease 0 is no lease");
+        s.apply(3, &[put_in("a", "2", 6), put_in("c", "1", 5)]);
+        assert_eq!(
+            (keys(&s, 5), keys(&s, 6)),
+            (vec!["b".into(), "c".into()], vec!["a".into()])
+        );
+        s.apply(4, &[put("b", "2"), del("c")]);
+        assert!(
+            keys(&s, 5).is_empty(),
+            "a put without a lease and a delete detach"
+        );
+        assert_eq!(s.leases_in_use(), [6]);
+        s.apply(
+            5,
+            &[Change::DeleteRange {
+                key: b"a".to_vec(),
+                end: RangeEnd::ToEnd,
+            }],
+        );
+        assert!(
+            s.leases_in_use().is_empty(),
+            "a logged range delete detaches"
+        );
+        s.check_invariants();
+        // Compaction changes no live key.
+        s.compact(3).unwrap();
+        s.check_invariants();
+        // Rolled back to 3: a at lease 6, b and c at lease 5 again.
+        s.rollback_to(3);
+        assert_eq!(
+            (keys(&s, 5), keys(&s, 6)),
+            (vec!["b".into(), "c".into()], vec!["a".into()])
+        );
+        s.check_invariants();
+        // An image taken at 2 brings back the index of revision 2.
+        let mut t = Store::new();
+        t.apply(2, &[put_in("b", "1", 5), put_in("a", "1", 5)]);
+        t.apply(3, &[put_in("a", "2", 7), del("b")]);
+        let back = Store::import(t.export_at(2));
+        assert_eq!(keys(&back, 5), ["a", "b"]);
+        assert!(back.lease_keys(7).is_empty());
+        back.check_invariants();
+        let back = Store::import(t.export_at(3));
+        assert_eq!(
+            (back.leases_in_use(), keys(&back, 7)),
+            (vec![7], vec!["a".into()])
+        );
+        back.check_invariants();
+    }
+
+    #[test]
+    #[should_panic(expected = "lease index matches the live keys")]
+    fn check_invariants_sees_a_stale_lease_index() {
+        let mut s = Store::new();
+        s.apply(2, &[put_in("a", "1", 5)]);
+        s.leases.detach(5, b"a");
+        s.check_invariants();
     }
 
     #[test]

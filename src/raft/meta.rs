@@ -3,6 +3,12 @@
 //! cluster's membership now (`Cluster.MemberList` reads it), the lease table
 //! and the auth store when they are built. Its leader is the write leader.
 //!
+//! The lease table is here too (`Grant`, `Revoke`): which leases exist and
+//! their TTLs. Which keys a lease holds is not: each key's version names its
+//! lease, and each shard indexes them (as etcd rebuilds it from its keys).
+//! Every member mirrors the applied table in its [`LeaseView`], which the
+//! shards consult when a put names a lease.
+//!
 //! Each member records itself when it starts (`PutMember`), as etcd publishes
 //! its attributes: a changed name or URL is a new entry in the log.
 //! Snapshots are the whole state (small), in `shard-0/meta/current.snap`, in
@@ -11,6 +17,7 @@
 use super::snapshot_file::{
     encode_snapshot_file, read_snapshot_file, write_durably, SNAPSHOT_FILE,
 };
+use crate::lease::LeaseView;
 use crate::raft::GlommioRuntime;
 use futures::{Stream, TryStreamExt};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
@@ -23,6 +30,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// The meta group's id in shard 0's WAL (the shard's own group is 0).
 pub const META_GROUP: u64 = 1;
@@ -45,6 +53,25 @@ pub enum MetaCommand {
     /// The cluster's id, recorded once by the first write leader (a member
     /// that joins later learns it from here).
     SetCluster(u64),
+    /// A lease granted (its TTL already raised to the minimum); refused
+    /// (`LeaseExists`) if the id is taken.
+    Grant {
+        id: i64,
+        ttl: i64,
+    },
+    /// Leases revoked or expired; `LeaseNotFound` if the first is unknown
+    /// (then nothing changes).
+    Revoke {
+        ids: Vec<i64>,
+    },
+}
+
+/// What applying a [`MetaCommand`] says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaReply {
+    Done,
+    LeaseExists,
+    LeaseNotFound,
 }
 
 impl std::fmt::Display for MetaCommand {
@@ -53,6 +80,8 @@ impl std::fmt::Display for MetaCommand {
             MetaCommand::PutMember(m) => write!(f, "put-member({:x} {})", m.id, m.name),
             MetaCommand::RemoveMember(id) => write!(f, "remove-member({id:x})"),
             MetaCommand::SetCluster(id) => write!(f, "set-cluster({id:x})"),
+            MetaCommand::Grant { id, ttl } => write!(f, "grant({id:x} ttl {ttl})"),
+            MetaCommand::Revoke { ids } => write!(f, "revoke({} leases)", ids.len()),
         }
     }
 }
@@ -61,7 +90,7 @@ openraft::declare_raft_types!(
     /// The type configuration of the meta group.
     pub MetaRaft:
         D = MetaCommand,
-        R = (),
+        R = MetaReply,
         AsyncRuntime = GlommioRuntime,
 );
 
@@ -70,6 +99,15 @@ openraft::declare_raft_types!(
 pub struct MetaState {
     pub members: BTreeMap<u64, MemberRecord>,
     pub cluster_id: Option<u64>,
+    /// Granted leases: id → TTL (s).
+    pub leases: BTreeMap<i64, i64>,
+}
+
+/// The state as snapshots before leases held it.
+#[derive(Deserialize)]
+struct MetaStateV2 {
+    members: BTreeMap<u64, MemberRecord>,
+    cluster_id: Option<u64>,
 }
 
 /// The state as snapshots before the cluster id was recorded held it.
@@ -79,7 +117,7 @@ struct MetaStateV1 {
 }
 
 impl MetaState {
-    pub fn apply(&mut self, command: &MetaCommand) {
+    pub fn apply(&mut self, command: &MetaCommand) -> MetaReply {
         match command {
             MetaCommand::PutMember(m) => {
                 self.members.insert(m.id, m.clone());
@@ -90,7 +128,22 @@ impl MetaState {
             MetaCommand::SetCluster(id) => {
                 self.cluster_id.get_or_insert(*id);
             }
+            MetaCommand::Grant { id, ttl } => {
+                if self.leases.contains_key(id) {
+                    return MetaReply::LeaseExists;
+                }
+                self.leases.insert(*id, *ttl);
+            }
+            MetaCommand::Revoke { ids } => {
+                if ids.first().is_some_and(|id| !self.leases.contains_key(id)) {
+                    return MetaReply::LeaseNotFound;
+                }
+                for id in ids {
+                    self.leases.remove(id);
+                }
+            }
         }
+        MetaReply::Done
     }
 }
 
@@ -106,17 +159,21 @@ pub struct MetaStateMachine {
     state: Rc<RefCell<MetaState>>,
     applied: Rc<RefCell<Applied>>,
     dir: Rc<PathBuf>,
+    /// The member's mirror of the lease table, kept equal to `state.leases`.
+    leases: Arc<LeaseView>,
 }
 
 impl MetaStateMachine {
     /// Keeps snapshots in `dir`, starting from the one there (if any); a
     /// file that does not verify refuses the start, naming it.
-    pub fn open(dir: PathBuf) -> io::Result<Self> {
+    pub fn open(dir: PathBuf, leases: Arc<LeaseView>) -> io::Result<Self> {
         let sm = Self {
             state: Rc::default(),
             applied: Rc::default(),
             dir: Rc::new(dir),
+            leases,
         };
+        sm.leases.set_table(std::iter::empty());
         if let Some((meta, data)) = read_snapshot_file(&sm.dir.join(SNAPSHOT_FILE))? {
             sm.load(&meta, &data)?;
         }
@@ -136,19 +193,43 @@ impl MetaStateMachine {
     fn load(&self, meta: &SnapshotMetaOf<MetaRaft>, data: &[u8]) -> io::Result<()> {
         let state: MetaState = match postcard::from_bytes(data) {
             Ok(state) => state,
-            Err(e) => match postcard::from_bytes::<MetaStateV1>(data) {
-                Ok(v1) => MetaState {
-                    members: v1.members,
-                    cluster_id: None,
+            Err(e) => match postcard::from_bytes::<MetaStateV2>(data) {
+                Ok(v2) => MetaState {
+                    members: v2.members,
+                    cluster_id: v2.cluster_id,
+                    leases: BTreeMap::new(),
                 },
-                Err(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                Err(_) => match postcard::from_bytes::<MetaStateV1>(data) {
+                    Ok(v1) => MetaState {
+                        members: v1.members,
+                        ..MetaState::default()
+                    },
+                    Err(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                },
             },
         };
+        self.leases
+            .set_table(state.leases.iter().map(|(id, ttl)| (*id, *ttl)));
         *self.state.borrow_mut() = state;
         let mut a = self.applied.borrow_mut();
         a.log_id = meta.last_log_id;
         a.membership = meta.last_membership.clone();
         Ok(())
+    }
+
+    /// Brings the lease view to an applied command.
+    fn mirror(&self, command: &MetaCommand) {
+        match command {
+            MetaCommand::Grant { id, ttl } => self.leases.granted(*id, *ttl),
+            MetaCommand::Revoke { ids } => self.leases.revoked(ids),
+            _ => {}
+        }
+    }
+
+    /// The granted leases (id, TTL).
+    pub fn leases(&self) -> Vec<(i64, i64)> {
+        let state = self.state.borrow();
+        state.leases.iter().map(|(id, ttl)| (*id, *ttl)).collect()
     }
 
     fn keep(&self, meta: &SnapshotMetaOf<MetaRaft>, data: &[u8]) -> io::Result<()> {
@@ -194,9 +275,15 @@ impl RaftStateMachine<MetaRaft> for MetaStateMachine {
     {
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id();
+            let mut reply = MetaReply::Done;
             match &entry.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(command) => self.state.borrow_mut().apply(command),
+                EntryPayload::Normal(command) => {
+                    reply = self.state.borrow_mut().apply(command);
+                    if reply == MetaReply::Done {
+                        self.mirror(command);
+                    }
+                }
                 EntryPayload::Membership(m) => {
                     self.applied.borrow_mut().membership =
                         StoredMembershipOf::<MetaRaft>::new(Some(log_id), m.clone());
@@ -204,7 +291,7 @@ impl RaftStateMachine<MetaRaft> for MetaStateMachine {
             }
             self.applied.borrow_mut().log_id = Some(log_id);
             if let Some(r) = responder {
-                r.send(());
+                r.send(reply);
             }
         }
         Ok(())

@@ -259,16 +259,20 @@ pub(super) async fn start_meta(
     wal: Rc<Wal<DmaStorage>>,
     me: MemberRecord,
 ) -> Result<(Raft<MetaRaft, MetaStateMachine>, MetaStateMachine), String> {
-    let sm = MetaStateMachine::open(cfg.dir.join("meta")).map_err(|e| e.to_string())?;
+    let sm = MetaStateMachine::open(cfg.dir.join("meta"), cfg.leases.clone())
+        .map_err(|e| e.to_string())?;
     let config = openraft::Config {
         cluster_name: "cairn-meta".into(),
         heartbeat_interval: cfg.raft_timing.heartbeat_ms,
         election_timeout_min: cfg.raft_timing.election_ms,
         election_timeout_max: cfg.raft_timing.election_ms * 2,
         // The meta group shares shard 0's WAL, whose segments are reclaimed
-        // only once no group needs them: its rare entries must not pin them.
-        // A snapshot (a few hundred bytes) after every entry purges its log.
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1),
+        // only once no group needs them: its entries must not pin them. It
+        // snapshots whenever shard 0's data group does (see the shard loop),
+        // and after `--snapshot-count` entries of its own (lease grants and
+        // revokes are entries: a snapshot per entry would rewrite the whole
+        // lease table each time).
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_count.max(1)),
         max_in_snapshot_log_to_keep: 0,
         purge_batch_size: 1,
         enable_leader_restore: if cfg.clustered { Some(false) } else { None },
@@ -305,6 +309,29 @@ pub(super) async fn start_meta(
             .map_err(|e| e.to_string())?;
     }
     Ok((raft, sm))
+}
+
+/// Makes the meta group snapshot whenever `data` (shard 0's group, in the
+/// same WAL) has built one, on every member: the meta group's entries then
+/// never pin a WAL segment that the data group's log no longer needs.
+pub(super) fn snapshot_along(
+    data: Raft<ShardRaft, ShardStateMachine>,
+    meta: Raft<MetaRaft, MetaStateMachine>,
+) {
+    glommio::spawn_local(async move {
+        let mut metrics = data.metrics();
+        let mut seen = metrics.borrow_watched().snapshot;
+        while metrics.changed().await.is_ok() {
+            let now = metrics.borrow_watched().snapshot;
+            if now != seen {
+                seen = now;
+                if meta.trigger().snapshot().await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .detach();
 }
 
 /// Builds a snapshot of everything applied and waits until it is kept.

@@ -107,6 +107,15 @@ pub enum ShardMsg {
     Members {
         reply: oneshot::Sender<Option<Vec<MemberRecord>>>,
     },
+    /// The keys that carry a lease, in key order (a revoke gathers them).
+    LeaseKeys {
+        lease: i64,
+        reply: oneshot::Sender<Vec<Vec<u8>>>,
+    },
+    /// The leases this shard's keys carry.
+    LeasesInUse {
+        reply: oneshot::Sender<Vec<i64>>,
+    },
     /// The cluster id the meta group holds (shard 0), if recorded.
     ClusterId {
         reply: oneshot::Sender<Option<u64>>,
@@ -234,6 +243,9 @@ pub struct ShardConfig {
     pub peer_url: String,
     /// This member's record: shard 0 runs the meta group and records it there.
     pub member: Option<MemberRecord>,
+    /// The member's mirror of the lease table (the meta group on shard 0
+    /// keeps it; every shard's writes consult it).
+    pub leases: Arc<crate::lease::LeaseView>,
     /// Where this shard publishes its Raft term (the member's response
     /// headers read it without asking a shard).
     pub raft_term: Arc<std::sync::atomic::AtomicU64>,
@@ -506,6 +518,7 @@ async fn run(
             cfg.fatal.clone(),
             stopping.clone(),
         );
+        groups::snapshot_along(raft.clone(), meta_raft.clone());
         *groups.meta.borrow_mut() = Some(meta_raft);
         *meta.borrow_mut() = Some(meta_sm);
     }
@@ -555,6 +568,7 @@ async fn run(
                             entry_bytes_max,
                             fatal: &cfg.fatal,
                             no_space: &gauges.wal_no_space,
+                            leases: &cfg.leases,
                         };
                         since_snapshot += write::write(&ctx, batch, permit).await;
                         if since_snapshot >= cfg.snapshot_count {
@@ -643,6 +657,12 @@ async fn run(
             }
             ShardMsg::Snapshot { reply } => {
                 let _ = reply.send(snapshot_now(&raft).await);
+            }
+            ShardMsg::LeaseKeys { lease, reply } => {
+                let _ = reply.send(store.borrow().lease_keys(lease));
+            }
+            ShardMsg::LeasesInUse { reply } => {
+                let _ = reply.send(store.borrow().leases_in_use());
             }
             ShardMsg::Members { reply } => {
                 let _ = reply.send(meta.borrow().as_ref().map(|sm| sm.members()));

@@ -10,7 +10,7 @@
 use super::groups::newest_revision_in_log;
 use crate::mvcc::Store;
 use crate::raft::log_store::WalLogStore;
-use crate::raft::meta::{MetaCommand, MetaRaft, MetaStateMachine};
+use crate::raft::meta::{MetaCommand, MetaRaft, MetaReply, MetaStateMachine};
 use crate::raft::network;
 use crate::raft::state_machine::ShardStateMachine;
 use crate::raft::types::{ShardCommand, ShardRaft};
@@ -90,7 +90,7 @@ pub enum GroupCtl {
     /// Append to the meta group's log (its leader only), and wait until applied.
     MetaWrite {
         command: MetaCommand,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<MetaReply, String>>,
     },
 }
 
@@ -283,7 +283,7 @@ async fn meta_ctl(meta: &Raft<MetaRaft, MetaStateMachine>, ctl: GroupCtl) {
         }
         GroupCtl::MetaWrite { command, reply } => {
             let r = meta.client_write(command).await;
-            let _ = reply.send(r.map(|_| ()).map_err(|e| e.to_string()));
+            let _ = reply.send(r.map(|resp| resp.data).map_err(|e| e.to_string()));
         }
     }
 }

@@ -11,7 +11,7 @@
 
 use super::{ShardError, WriteOutcome, WriteReply};
 use crate::fatal::Fatal;
-use crate::mvcc::txn::{no_leases, stamp, Eval, RequestOp, ResponseOp};
+use crate::mvcc::txn::{stamp, Eval, RequestOp, ResponseOp};
 use crate::mvcc::{Change, Event, RangeEnd, Store};
 use crate::raft::state_machine::ShardStateMachine;
 use crate::raft::types::{ShardCommand, ShardRaft};
@@ -198,6 +198,23 @@ pub fn fit_entry(
     }
 }
 
+/// Failpoint `shard::write::evaluated=return(PREFIX)`: a put of a key that
+/// starts with PREFIX waits here, evaluated but not yet stamped nor applied,
+/// holding its shard core (which answers nothing meanwhile), until the
+/// failpoint changes. For the test of a put racing its lease's revoke.
+#[cfg(feature = "failpoints")]
+fn hold_evaluated(op: &RequestOp) {
+    let RequestOp::Put(put) = op else {
+        return;
+    };
+    while fail::eval("shard::write::evaluated", |arg| arg)
+        .flatten()
+        .is_some_and(|prefix| put.key.starts_with(prefix.as_bytes()))
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// What [`write`] works with.
 pub(super) struct WriteCtx<'a> {
     pub raft: &'a Raft<ShardRaft, ShardStateMachine>,
@@ -209,6 +226,8 @@ pub(super) struct WriteCtx<'a> {
     pub fatal: &'a Arc<Fatal>,
     /// Set while the WAL has no room for its next segment.
     pub no_space: &'a std::sync::atomic::AtomicBool,
+    /// Which leases a put may name (see `crate::member::lease`).
+    pub leases: &'a crate::lease::LeaseView,
 }
 
 /// Writes stamped for one log entry, with their answers and watch events.
@@ -257,13 +276,16 @@ pub(super) async fn write(
             // The member's newest revision: reads of this shard's keys at any
             // revision up to it are valid (it holds all of its own).
             let current = seq.last_stamped();
-            let mut eval = Eval::new(&s, &no_leases).current_revision(current);
+            let lease_exists = |id| ctx.leases.exists(id);
+            let mut eval = Eval::new(&s, &lease_exists).current_revision(current);
             // A read at an older revision of the member is answered once C
             // covers it (a range in a branch not taken may name a future one:
             // ignored).
             let view = s.revision().max(op.max_revision().min(current));
             eval.op(&op).map(|resp| (resp, eval.into_changes(), view))
         };
+        #[cfg(feature = "failpoints")]
+        hold_evaluated(&op);
         match evaluated {
             Err(err) => {
                 let _ = reply.send(Err(err.into()));

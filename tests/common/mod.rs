@@ -26,11 +26,24 @@ impl Cairn {
 
     /// An HTTP/1.1 request on the client port: status code and body.
     pub fn http(&self, method: &str, path: &str) -> (u16, String) {
+        self.http_with(method, path, "")
+    }
+
+    /// Sets a failpoint of this (failpoints) build: `action` in the fail
+    /// crate's syntax, `off` to lift it.
+    pub fn failpoint(&self, name: &str, action: &str) {
+        let (code, body) = self.http_with("PUT", &format!("/failpoints/{name}"), action);
+        assert_eq!(code, 200, "failpoint {name}={action}: {body}");
+    }
+
+    /// An HTTP/1.1 request with a body.
+    pub fn http_with(&self, method: &str, path: &str, body: &str) -> (u16, String) {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(self.endpoint()).expect("connect");
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
         )
         .expect("request");
         let mut out = String::new();

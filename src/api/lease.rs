@@ -1,0 +1,118 @@
+//! The Lease service: etcd's messages to the member's lease calls
+//! (`crate::member::lease`) and back.
+
+use crate::member::Member;
+use cairn_proto::etcdserverpb as pb;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Keepalive answers queued per stream before the task waits for the
+/// client.
+const SEND_QUEUE: usize = 16;
+
+pub struct LeaseService(pub Arc<Member>);
+
+impl LeaseService {
+    /// A header at the member's current revision.
+    fn header(&self) -> Option<pb::ResponseHeader> {
+        Some(current_header(&self.0))
+    }
+}
+
+fn current_header(member: &Member) -> pb::ResponseHeader {
+    member.header(member.seq.committed(), member.raft_term())
+}
+
+#[tonic::async_trait]
+impl pb::lease_server::Lease for LeaseService {
+    async fn lease_grant(
+        &self,
+        request: Request<pb::LeaseGrantRequest>,
+    ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        let r = request.into_inner();
+        let (id, ttl) = self.0.lease_grant(r.id, r.ttl).await?;
+        Ok(Response::new(pb::LeaseGrantResponse {
+            header: self.header(),
+            id,
+            ttl,
+            error: String::new(),
+        }))
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: Request<pb::LeaseRevokeRequest>,
+    ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        let id = request.into_inner().id;
+        let revision = self.0.lease_revoke(id).await?;
+        let revision = revision.unwrap_or_else(|| self.0.seq.committed());
+        Ok(Response::new(pb::LeaseRevokeResponse {
+            header: Some(self.0.header(revision, self.0.raft_term())),
+        }))
+    }
+
+    type LeaseKeepAliveStream = ReceiverStream<Result<pb::LeaseKeepAliveResponse, Status>>;
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let member = self.0.clone();
+        let mut requests = request.into_inner();
+        let (tx, rx) = mpsc::channel(SEND_QUEUE);
+        tokio::spawn(async move {
+            // Answers in request order; a failed renew (not an unknown
+            // lease: that answers TTL 0) ends the stream with its status.
+            while let Ok(Some(req)) = requests.message().await {
+                // etcd fills the header before renewing.
+                let header = current_header(&member);
+                let answer =
+                    member
+                        .lease_renew(req.id)
+                        .await
+                        .map(|ttl| pb::LeaseKeepAliveResponse {
+                            header: Some(header),
+                            id: req.id,
+                            ttl,
+                        });
+                let failed = answer.is_err();
+                if tx.send(answer).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<pb::LeaseTimeToLiveRequest>,
+    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        let r = request.into_inner();
+        let header = self.header();
+        let t = self.0.lease_time_to_live(r.id, r.keys).await?;
+        Ok(Response::new(pb::LeaseTimeToLiveResponse {
+            header,
+            id: r.id,
+            ttl: t.ttl,
+            granted_ttl: t.granted,
+            keys: t.keys,
+        }))
+    }
+
+    async fn lease_leases(
+        &self,
+        _request: Request<pb::LeaseLeasesRequest>,
+    ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        let leases = self.0.lease_list()?;
+        Ok(Response::new(pb::LeaseLeasesResponse {
+            header: self.header(),
+            leases: leases
+                .into_iter()
+                .map(|id| pb::LeaseStatus { id })
+                .collect(),
+        }))
+    }
+}

@@ -1,0 +1,402 @@
+//! Leases (etcd 3.4's lessor) on the member that stamps.
+//!
+//! - The table (which leases exist, their TTLs) is in the meta group:
+//!   `Grant` and `Revoke` entries. Every member mirrors what it applied in
+//!   its [`LeaseView`], which the shards consult when a put names a lease.
+//! - Which keys a lease holds is not in the table: each key's version names
+//!   its lease and each shard indexes its keys by lease (as etcd rebuilds it
+//!   from its keys at start).
+//! - Deadlines are kept by this member's [`Lessor`] while it stamps, never
+//!   written to a log (etcd 3.4 without checkpoints): when a leadership
+//!   starts, every lease gets its whole TTL again plus an election timeout.
+//! - A revoke (asked, or an expiry) deletes every key of the lease at one
+//!   revision: on one shard by a `LeaseDeletes` write that reads the
+//!   shard's index when it is evaluated, across shards by one cross-shard
+//!   txn whose compares say the keys still carry the lease (retried if one
+//!   moved meanwhile).
+//!
+//! The race the design leaves open (a put attaching a key to lease L while L
+//! is revoked) is closed by a fence, with this invariant: once a revoke has
+//! fenced L, no evaluation on any shard accepts a put with L; and a put
+//! evaluated before the fence is applied to its shard's store before that
+//! shard answers which keys carry L, because a shard evaluates, stamps and
+//! applies a batch of writes within one message, and answers the next
+//! message only after (a latched shard answers only after its cross-shard
+//! part is applied). So the keys the revoke gathers are all the keys that
+//! will ever carry L, and the revoke deletes them all.
+//!
+//! Until leases are forwarded between members, a member of a cluster answers
+//! the Lease RPCs `Unimplemented` (and so no `Grant` is ever written in a
+//! cluster: a put with a lease answers `requested lease not found` there).
+
+use super::Member;
+use crate::api::EtcdError;
+use crate::lease::{min_lease_ttl, IdGen, LeaseView, Lessor, EXPIRY_TICK, MAX_LEASE_TTL};
+use crate::mvcc::txn as m;
+use crate::raft::meta::{MetaCommand, MetaReply};
+use crate::shard::{RaftTiming, ShardMsg};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tonic::Status;
+
+/// Most leases one expiry round revokes (etcd: `leaseRevokeRate / 2` per
+/// 500 ms).
+const EXPIRED_PER_ROUND: usize = crate::lease::LEASE_REVOKE_RATE / 2;
+
+/// How often a revoke whose cross-shard delete found a key moved gathers
+/// the keys again before giving up (the lease is gone from the table by
+/// then; what is left is swept when a leadership starts).
+const DELETE_TRIES: usize = 20;
+
+/// The member's lease state.
+pub struct Leases {
+    pub view: Arc<LeaseView>,
+    lessor: Mutex<Lessor>,
+    ids: IdGen,
+    /// etcd's minimum TTL for this member's Raft timing.
+    pub min_ttl: i64,
+    election: Duration,
+    /// Leases being revoked: a grant of the same id, a keepalive and a
+    /// TimeToLive wait until the revoke is done.
+    revoking: Mutex<HashSet<i64>>,
+    revoked: tokio::sync::Notify,
+}
+
+/// A lease's TimeToLive.
+pub struct TimeToLive {
+    /// Remaining seconds (truncated), -1 if the lease is unknown.
+    pub ttl: i64,
+    pub granted: i64,
+    pub keys: Vec<Vec<u8>>,
+}
+
+impl Leases {
+    pub fn new(view: Arc<LeaseView>, member_id: u64, timing: RaftTiming) -> Self {
+        let election = Duration::from_millis(timing.election_ms);
+        Self {
+            view,
+            lessor: Mutex::new(Lessor::new(election)),
+            ids: IdGen::new(member_id, std::time::SystemTime::now()),
+            min_ttl: min_lease_ttl(timing.heartbeat_ms, timing.election_ms),
+            election,
+            revoking: Mutex::default(),
+            revoked: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn lessor(&self) -> MutexGuard<'_, Lessor> {
+        self.lessor.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn revoking(&self) -> MutexGuard<'_, HashSet<i64>> {
+        self.revoking.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks `id` as being revoked; false if it already is.
+    fn start_revoke(&self, id: i64) -> bool {
+        self.revoking().insert(id)
+    }
+
+    fn end_revoke(&self, id: i64) {
+        self.revoking().remove(&id);
+        self.view.unfence(&[id]);
+        self.revoked.notify_waiters();
+    }
+
+    /// Waits until no revoke of `id` is under way.
+    async fn settled(&self, id: i64) {
+        loop {
+            let notified = self.revoked.notified();
+            if !self.revoking().contains(&id) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// A leadership starts: every lease in the table gets its TTL plus an
+    /// election timeout from now (etcd's Promote).
+    pub fn promote(&self) {
+        self.lessor().promote(
+            self.view.leases().into_iter(),
+            Instant::now(),
+            self.election,
+        );
+    }
+}
+
+impl Member {
+    fn leases_here(&self) -> Result<&Leases, Status> {
+        if self.peers.clustered() {
+            return Err(Status::unimplemented(
+                "cairn: leases are not built for clusters yet",
+            ));
+        }
+        Ok(&self.leases)
+    }
+
+    /// LeaseGrant: the lease's id (chosen here if 0) and TTL (raised to
+    /// the minimum).
+    pub async fn lease_grant(&self, id: i64, ttl: i64) -> Result<(i64, i64), Status> {
+        let leases = self.leases_here()?;
+        // etcd checks the TTL before the id.
+        if ttl > MAX_LEASE_TTL {
+            return Err(EtcdError::LeaseTtlTooLarge.status());
+        }
+        self.check_quota(crate::lease::LEASE_GRANT_COST)?;
+        let id = if id == 0 { leases.ids.next() } else { id };
+        let ttl = ttl.max(leases.min_ttl);
+        leases.settled(id).await;
+        match self.meta_write(MetaCommand::Grant { id, ttl }).await? {
+            MetaReply::Done => {}
+            MetaReply::LeaseExists => return Err(EtcdError::LeaseExist.status()),
+            MetaReply::LeaseNotFound => return Err(EtcdError::LeaseNotFound.status()),
+        }
+        leases.lessor().grant(id, ttl, Instant::now());
+        Ok((id, ttl))
+    }
+
+    /// LeaseRevoke: the revision at which the lease's keys were deleted
+    /// (None if it held none).
+    pub async fn lease_revoke(self: &Arc<Self>, id: i64) -> Result<Option<i64>, Status> {
+        let leases = self.leases_here()?;
+        if !leases.start_revoke(id) {
+            // Another revoke of it is under way: once it is done, the
+            // lease is not found.
+            leases.settled(id).await;
+            return Err(EtcdError::LeaseNotFound.status());
+        }
+        let r = self.revoke_started(id, true).await;
+        leases.end_revoke(id);
+        r
+    }
+
+    /// The revoke of `id`, marked as under way: fence, remove from the
+    /// table (unless `in_table` is false: a sweep of keys whose lease is
+    /// gone), delete its keys.
+    async fn revoke_started(
+        self: &Arc<Self>,
+        id: i64,
+        in_table: bool,
+    ) -> Result<Option<i64>, Status> {
+        if in_table {
+            self.leases
+                .view
+                .fence(&[id])
+                .map_err(|_| EtcdError::LeaseNotFound.status())?;
+            // Failpoint `lease::revoke::fenced=return(MS)`: the revoke
+            // waits MS ms once fenced (for the race test).
+            #[cfg(feature = "failpoints")]
+            if let Some(ms) = fail::eval("lease::revoke::fenced", |arg| {
+                arg.and_then(|ms| ms.parse::<u64>().ok())
+            })
+            .flatten()
+            {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            match self
+                .meta_write(MetaCommand::Revoke { ids: vec![id] })
+                .await?
+            {
+                MetaReply::Done => {}
+                _ => return Err(EtcdError::LeaseNotFound.status()),
+            }
+            self.leases.lessor().remove(id);
+        }
+        self.delete_lease_keys(id).await
+    }
+
+    /// Which keys carry lease `id`, per shard (only shards that hold some).
+    async fn lease_keys_by_shard(&self, id: i64) -> Result<Vec<(usize, Vec<Vec<u8>>)>, Status> {
+        let mut found = Vec::new();
+        for shard in 0..self.shards.len() {
+            let keys = self
+                .ask(shard, |reply| ShardMsg::LeaseKeys { lease: id, reply })
+                .await?;
+            if !keys.is_empty() {
+                found.push((shard, keys));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Deletes every key that carries `id` at one revision (None: there
+    /// were none). `id` is fenced or gone from the table: no key gets it
+    /// any more.
+    async fn delete_lease_keys(self: &Arc<Self>, id: i64) -> Result<Option<i64>, Status> {
+        for _ in 0..DELETE_TRIES {
+            let found = self.lease_keys_by_shard(id).await?;
+            match &found[..] {
+                [] => return Ok(None),
+                [(shard, _)] => {
+                    let outcome = self
+                        .write(*shard, m::RequestOp::LeaseDeletes { lease: id })
+                        .await?;
+                    return Ok(outcome.revision);
+                }
+                _ => {
+                    let keys: Vec<Vec<u8>> = found.into_iter().flat_map(|(_, k)| k).collect();
+                    let touched = keys.iter().map(|k| (k.clone(), Vec::new())).collect();
+                    let txn = m::TxnRequest {
+                        compare: keys
+                            .iter()
+                            .map(|k| m::Compare {
+                                result: m::CompareResult::Equal,
+                                target: m::CompareTarget::Lease(id),
+                                key: k.clone(),
+                                range_end: Vec::new(),
+                            })
+                            .collect(),
+                        success: keys
+                            .iter()
+                            .map(|k| {
+                                m::RequestOp::DeleteRange(m::DeleteRangeRequest {
+                                    key: k.clone(),
+                                    range_end: Vec::new(),
+                                    prev_kv: false,
+                                })
+                            })
+                            .collect(),
+                        failure: Vec::new(),
+                    };
+                    let outcome = self.write_across(m::RequestOp::Txn(txn), touched).await?;
+                    if let m::ResponseOp::Txn(t) = &outcome.response {
+                        if t.succeeded {
+                            return Ok(outcome.revision);
+                        }
+                    }
+                    // A key moved to another lease or was deleted since
+                    // they were gathered: gather again.
+                }
+            }
+        }
+        Err(Status::unavailable(format!(
+            "cairn: the keys of lease {id:x} kept changing while it was revoked"
+        )))
+    }
+
+    /// LeaseKeepAlive for one lease: its TTL, or 0 if it is unknown or
+    /// expired.
+    pub async fn lease_renew(&self, id: i64) -> Result<i64, Status> {
+        let leases = self.leases_here()?;
+        leases.settled(id).await;
+        if !leases.view.exists(id) {
+            return Ok(0);
+        }
+        Ok(leases.lessor().renew(id, Instant::now()).unwrap_or(0))
+    }
+
+    /// LeaseTimeToLive.
+    pub async fn lease_time_to_live(&self, id: i64, keys: bool) -> Result<TimeToLive, Status> {
+        let leases = self.leases_here()?;
+        leases.settled(id).await;
+        let (remaining, granted) = {
+            let lessor = leases.lessor();
+            (lessor.remaining(id, Instant::now()), lessor.ttl(id))
+        };
+        let (Some(ttl), Some(granted), true) = (remaining, granted, leases.view.in_table(id))
+        else {
+            return Ok(TimeToLive {
+                ttl: -1,
+                granted: 0,
+                keys: Vec::new(),
+            });
+        };
+        let keys = if keys {
+            let mut all: Vec<Vec<u8>> = self
+                .lease_keys_by_shard(id)
+                .await?
+                .into_iter()
+                .flat_map(|(_, k)| k)
+                .collect();
+            all.sort();
+            all
+        } else {
+            Vec::new()
+        };
+        Ok(TimeToLive { ttl, granted, keys })
+    }
+
+    /// LeaseLeases: every lease, the soonest to expire first.
+    pub fn lease_list(&self) -> Result<Vec<i64>, Status> {
+        let leases = self.leases_here()?;
+        let listed = leases.lessor().by_expiry(Instant::now());
+        Ok(listed.into_iter().map(|(id, _, _)| id).collect())
+    }
+
+    /// A leadership starts (a single member: once it serves): every lease
+    /// gets its TTL again, and keys whose lease is gone (a revoke that
+    /// stopped between the table and the keys) are deleted.
+    pub async fn lease_leadership_starts(self: &Arc<Self>) -> Result<(), Status> {
+        let leases = self.leases_here()?;
+        // Asked first: shard 0 answers only once its loop runs, which is
+        // after its meta group has replayed its log (`shard::run`), so the
+        // view holds every granted lease when it is read below. (Read
+        // before that, an empty table would make every leased key look
+        // orphaned.)
+        let mut in_use = HashSet::new();
+        for shard in 0..self.shards.len() {
+            in_use.extend(
+                self.ask(shard, |reply| ShardMsg::LeasesInUse { reply })
+                    .await?,
+            );
+        }
+        leases.view.clear_fences();
+        leases.promote();
+        for id in in_use {
+            if leases.view.in_table(id) || !leases.start_revoke(id) {
+                continue;
+            }
+            let r = self.revoke_started(id, false).await;
+            leases.end_revoke(id);
+            r?;
+        }
+        Ok(())
+    }
+}
+
+/// Revokes expired leases while the member runs (a single member; the write
+/// leader of a cluster once leases are built for clusters): at most
+/// [`EXPIRED_PER_ROUND`] every [`EXPIRY_TICK`], as etcd. Ends when the
+/// member starts to stop (`stop`): a member draining its clients revokes
+/// nothing more, as etcd stops its lessor first.
+pub async fn expire(member: Arc<Member>, mut stop: tokio::sync::broadcast::Receiver<()>) {
+    if member.peers.clustered() {
+        return;
+    }
+    let mut tick = tokio::time::interval(EXPIRY_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.recv() => return,
+        }
+        if member.fatal.is_latched() {
+            return;
+        }
+        let expired = member
+            .leases
+            .lessor()
+            .expired(Instant::now(), EXPIRED_PER_ROUND);
+        // (A lease a client is revoking right now is left to that revoke.)
+        let mine: Vec<i64> = expired
+            .into_iter()
+            .filter(|id| member.leases.start_revoke(*id))
+            .collect();
+        let revokes = mine.into_iter().map(|id| {
+            let member = member.clone();
+            async move {
+                let r = member.revoke_started(id, true).await;
+                member.leases.end_revoke(id);
+                if let Err(e) = r {
+                    // Offered again after the lessor's retry interval.
+                    if e.code() != tonic::Code::NotFound {
+                        eprintln!("cairn: revoking expired lease {id:x}: {}", e.message());
+                    }
+                }
+            }
+        });
+        futures::future::join_all(revokes).await;
+    }
+}
