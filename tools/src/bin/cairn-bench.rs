@@ -128,6 +128,14 @@ enum Cmd {
         #[arg(long, default_value_t = 100.0)]
         put_rate: f64,
     },
+    /// Grants LEASES leases (not measured), then keeps them alive: each
+    /// client a LeaseKeepAlive stream, one request in flight.
+    LeaseKeepalive {
+        #[arg(long, default_value_t = 10_000)]
+        leases: u64,
+        #[arg(long, default_value_t = 600)]
+        ttl: i64,
+    },
     /// Linearizable ranges and puts, mixed.
     Mixed {
         /// Fraction of operations that are reads.
@@ -278,13 +286,31 @@ async fn run(args: Args) -> Result<()> {
             .await?;
             ("watch-latency", rec, elapsed)
         }
+        Cmd::LeaseKeepalive { leases, ttl } => {
+            let ids = cairn_tools::loadgen::lease::grant(&conns, args.clients, leases, ttl).await?;
+            let total = match (args.total, args.duration) {
+                (Some(t), _) => Some(t),
+                (None, Some(_)) => None,
+                (None, None) => Some(10_000),
+            };
+            let bound = cairn_tools::loadgen::lease::Bound {
+                total,
+                deadline: args
+                    .duration
+                    .map(|d| Instant::now() + Duration::from_secs_f64(d)),
+            };
+            let (rec, elapsed) =
+                cairn_tools::loadgen::lease::keep_alive(&conns, args.clients, Arc::new(ids), bound)
+                    .await?;
+            ("lease-keepalive", rec, elapsed)
+        }
         cmd => {
             let name = match cmd {
                 Cmd::Put => "put",
                 Cmd::Range { .. } => "range",
                 Cmd::TxnPut => "txn-put",
                 Cmd::Mixed { .. } => "mixed",
-                Cmd::WatchLatency { .. } => unreachable!(),
+                Cmd::WatchLatency { .. } | Cmd::LeaseKeepalive { .. } => unreachable!(),
             };
             let (rec, elapsed) = closed_or_open_loop(&args, &conns, cmd).await?;
             (name, rec, elapsed)
@@ -415,7 +441,9 @@ async fn client(
                     put(&mut kv, key, &value).await
                 }
             }
-            Cmd::WatchLatency { .. } => unreachable!("handled separately"),
+            Cmd::WatchLatency { .. } | Cmd::LeaseKeepalive { .. } => {
+                unreachable!("handled separately")
+            }
         };
         match result {
             Ok(()) => rec.ok(t0.elapsed()),

@@ -2,4 +2,5 @@
 //! latency recording and the summary. Works against any etcd v3 endpoint.
 
 pub mod keys;
+pub mod lease;
 pub mod report;
