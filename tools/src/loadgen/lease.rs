@@ -64,7 +64,21 @@ pub async fn keep_alive(
         let (next, bound, ids) = (next.clone(), bound.clone(), ids.clone());
         let mut rec = ClientRecorder::new(shared.clone());
         tasks.push(tokio::spawn(async move {
+            let take = || {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let done = bound.total.is_some_and(|t| i >= t)
+                    || bound.deadline.is_some_and(|d| Instant::now() >= d);
+                (!done).then(|| ids[(i % ids.len() as u64) as usize])
+            };
+            let Some(mut id) = take() else {
+                return;
+            };
+            // The first request is queued before the stream opens: a Go
+            // server (etcd) sends the response headers only with its first
+            // answer, so opening an empty stream would wait for ever.
             let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let mut t0 = Instant::now();
+            let _ = tx.send(LeaseKeepAliveRequest { id }).await;
             let mut answers = match lease.lease_keep_alive(ReceiverStream::new(rx)).await {
                 Ok(r) => r.into_inner(),
                 Err(e) => {
@@ -73,18 +87,6 @@ pub async fn keep_alive(
                 }
             };
             loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if bound.total.is_some_and(|t| i >= t)
-                    || bound.deadline.is_some_and(|d| Instant::now() >= d)
-                {
-                    return;
-                }
-                let id = ids[(i % ids.len() as u64) as usize];
-                let t0 = Instant::now();
-                if tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
-                    rec.error("the keepalive stream closed");
-                    return;
-                }
                 match answers.message().await {
                     Ok(Some(r)) if r.ttl > 0 => rec.ok(t0.elapsed()),
                     Ok(Some(r)) => rec.error(format!("lease {:x}: TTL {}", r.id, r.ttl)),
@@ -96,6 +98,15 @@ pub async fn keep_alive(
                         rec.error(format!("{:?}: {}", e.code(), e.message()));
                         return;
                     }
+                }
+                let Some(next_id) = take() else {
+                    return;
+                };
+                id = next_id;
+                t0 = Instant::now();
+                if tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
+                    rec.error("the keepalive stream closed");
+                    return;
                 }
             }
         }));
