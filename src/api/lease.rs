@@ -32,7 +32,12 @@ impl pb::lease_server::Lease for LeaseService {
         request: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
         let r = request.into_inner();
-        let (id, ttl) = self.0.lease_grant(r.id, r.ttl).await?;
+        // Run to the end even if the client goes away (a grant half done
+        // would leave the table and the deadlines apart).
+        let member = self.0.clone();
+        let (id, ttl) = tokio::spawn(async move { member.lease_grant(r.id, r.ttl).await })
+            .await
+            .map_err(|e| Status::internal(format!("lease grant failed: {e}")))??;
         Ok(Response::new(pb::LeaseGrantResponse {
             header: self.header(),
             id,
@@ -46,7 +51,12 @@ impl pb::lease_server::Lease for LeaseService {
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
         let id = request.into_inner().id;
-        let revision = self.0.lease_revoke(id).await?;
+        // Run to the end even if the client goes away: a revoke dropped
+        // half way would leave the lease fenced and marked as being revoked.
+        let member = self.0.clone();
+        let revision = tokio::spawn(async move { member.lease_revoke(id).await })
+            .await
+            .map_err(|e| Status::internal(format!("lease revoke failed: {e}")))??;
         let revision = revision.unwrap_or_else(|| self.0.seq.committed());
         Ok(Response::new(pb::LeaseRevokeResponse {
             header: Some(self.0.header(revision, self.0.raft_term())),
