@@ -20,10 +20,15 @@ use tonic::Code;
 /// which the revoke writes to, is on shard 0: holding shard 1 must not hold
 /// the revoke before it gathers).
 fn key_on_shard_1() -> Vec<u8> {
+    key_on("race/", 1)
+}
+
+/// The first key `PREFIX<n>` that lives on `shard` of 2.
+fn key_on(prefix: &str, shard: usize) -> Vec<u8> {
     (0..)
-        .map(|i| format!("race/{i}").into_bytes())
-        .find(|k| cairn::shard::route::shard_of(k, 2) == 1)
-        .expect("a key on shard 1")
+        .map(|i| format!("{prefix}{i}").into_bytes())
+        .find(|k| cairn::shard::route::shard_of(k, 2) == shard)
+        .expect("a key on the shard")
 }
 
 async fn grant(lease: &mut LeaseClient<tonic::transport::Channel>, id: i64) {
@@ -70,10 +75,7 @@ fn a_put_evaluated_before_the_revoke_is_deleted_with_the_lease() {
         let (mut kv, mut lease) = (KvClient::new(ch.clone()), LeaseClient::new(ch.clone()));
         grant(&mut lease, 7).await;
         // A key of the lease on shard 0 too: the revoke spans both shards.
-        let other = (0..)
-            .map(|i| format!("race/o{i}").into_bytes())
-            .find(|k| cairn::shard::route::shard_of(k, 2) == 0)
-            .expect("a key on shard 0");
+        let other = key_on("race/o", 0);
         kv.put(put_req(&other, 7)).await.expect("put on shard 0");
 
         cairn.failpoint("shard::write::evaluated", "return(race/)");
