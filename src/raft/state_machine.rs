@@ -27,6 +27,7 @@ use std::cell::RefCell;
 use std::io;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,6 +82,10 @@ pub struct ShardStateMachine {
     /// Decides cross-shard parts (None: parts apply at once, for tests of a
     /// lone shard).
     parts: Option<(Arc<PartBook>, u32)>,
+    /// Where the store's size ([`Store::bytes`]) is published after every
+    /// apply (a compaction replicated or answered off the shard loop
+    /// changes it with no request to the shard).
+    size: Option<Arc<AtomicU64>>,
 }
 
 /// Beside the snapshot: the cross-shard parts it holds that some shard may
@@ -105,6 +110,20 @@ impl ShardStateMachine {
             wiring: Rc::default(),
             dir: None,
             parts: None,
+            size: None,
+        }
+    }
+
+    /// Publishes the store's size to `gauge` now and after every apply.
+    pub fn with_size_gauge(mut self, gauge: Arc<AtomicU64>) -> Self {
+        gauge.store(self.store.borrow().bytes(), Ordering::Relaxed);
+        self.size = Some(gauge);
+        self
+    }
+
+    fn publish_size(&self) {
+        if let Some(g) = &self.size {
+            g.store(self.store.borrow().bytes(), Ordering::Relaxed);
         }
     }
 
@@ -217,6 +236,7 @@ impl ShardStateMachine {
             wiring: Rc::default(),
             dir: Some(Rc::new(dir)),
             parts: None,
+            size: None,
         };
         if let Some((meta, data)) = read_snapshot_file(&path)? {
             sm.load(&meta, data)?;
@@ -344,6 +364,8 @@ impl ShardStateMachine {
                 self.reached(*revision);
             }
         }
+        // Before the entry's answer: whoever waited on it sees the new size.
+        self.publish_size();
     }
 }
 
@@ -486,6 +508,7 @@ impl RaftStateMachine<ShardRaft> for ShardStateMachine {
         if let Some((book, shard)) = &self.parts {
             book.reached(*shard, self.applied.borrow().revision);
         }
+        self.publish_size();
         Ok(())
     }
 
@@ -543,6 +566,24 @@ mod tests {
         for at in 2..=5 {
             assert_eq!(s.hash_kv(at).unwrap(), want.hash_kv(at).unwrap(), "at {at}");
         }
+    }
+
+    #[test]
+    fn an_applied_compaction_publishes_the_smaller_size_with_no_other_request() {
+        let store = Rc::new(RefCell::new(Store::new()));
+        let gauge = Arc::new(AtomicU64::new(0));
+        let sm = ShardStateMachine::new(store.clone()).with_size_gauge(gauge.clone());
+        let writes = (2..12)
+            .map(|r| (r, vec![put("k", &"v".repeat(100))]))
+            .collect();
+        futures::executor::block_on(sm.apply_one(&ShardCommand::Writes { writes }));
+        let full = gauge.load(Ordering::Relaxed);
+        assert_eq!(full, store.borrow().bytes());
+        assert!(full > 1000, "{full}");
+        futures::executor::block_on(sm.apply_one(&ShardCommand::Compact { revision: 11 }));
+        let compacted = gauge.load(Ordering::Relaxed);
+        assert_eq!(compacted, store.borrow().bytes());
+        assert!(compacted < full / 5, "{compacted} of {full}");
     }
 
     #[test]

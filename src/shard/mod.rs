@@ -195,8 +195,9 @@ pub struct ShardHandle {
 /// What a shard core publishes for the front's metrics without being asked.
 #[derive(Debug, Default)]
 pub struct ShardGauges {
-    /// The store's size ([`Store::bytes`]), as of the shard's last request.
-    pub bytes: std::sync::atomic::AtomicU64,
+    /// The store's size ([`Store::bytes`]), as of the shard's last request
+    /// or the state machine's last apply.
+    pub bytes: Arc<std::sync::atomic::AtomicU64>,
     /// The WAL's fdatasync latencies (set once the WAL is open).
     pub wal_fsync: std::sync::OnceLock<Arc<cairn_wal::Histogram>>,
     /// The WAL found no room for its next segment (see [`Upkeep::NoSpace`]):
@@ -416,7 +417,8 @@ async fn run(
     step.at("loading the snapshot");
     let sm = ShardStateMachine::open(store.clone(), cfg.dir.join("snapshots"))
         .map_err(|x| e("loading the snapshot")(&x))?
-        .with_parts(cfg.parts.clone(), cfg.id as u32);
+        .with_parts(cfg.parts.clone(), cfg.id as u32)
+        .with_size_gauge(gauges.bytes.clone());
     let mut log_store: WalLogStore<ShardRaft, DmaStorage> = WalLogStore::new(wal.clone(), 0);
     step.at("reading the log's tail");
     let newest = newest_revision_in_log(&wal, &mut log_store)
