@@ -356,11 +356,11 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
                 .lease_leadership_starts()
                 .await
                 .map_err(|e| format!("starting leases: {}", e.message()))?;
-            tokio::spawn(crate::member::lease::expire(
-                member.clone(),
-                stop_tx.subscribe(),
-            ));
         }
+        tokio::spawn(crate::member::lease::expire(
+            member.clone(),
+            stop_tx.subscribe(),
+        ));
         if clustered {
             tokio::spawn(crate::member::leader::run(member.clone()));
             // A follower's C is its visible revision.

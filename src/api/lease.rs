@@ -116,7 +116,7 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         _request: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
-        let leases = self.0.lease_list()?;
+        let leases = self.0.lease_list().await?;
         Ok(Response::new(pb::LeaseLeasesResponse {
             header: self.header(),
             leases: leases

@@ -92,6 +92,7 @@ pub async fn run(member: Arc<Member>) {
     loop {
         if member.fatal.is_latched() {
             member.seq.follow();
+            member.leases.demote();
             return;
         }
         let _ = tokio::time::timeout(LOOK_EVERY, board.changed()).await;
@@ -104,6 +105,7 @@ pub async fn run(member: Arc<Member>) {
                 // `SharedSequencer::refused`): the failover starts over.
                 if !leads_all || *t != terms(&views) || member.seq.leading_epoch() != Some(*epoch) {
                     member.seq.follow();
+                    member.leases.demote();
                     eprintln!("cairn: member {me:x}: write leadership (epoch {epoch}) ended");
                     state = State::Following;
                 }
@@ -111,6 +113,16 @@ pub async fn run(member: Arc<Member>) {
             State::Following if leads_all => match failover(&member, &views).await {
                 Ok(epoch) => {
                     eprintln!("cairn: member {me:x}: write leader (epoch {epoch})");
+                    // Keys a revoke under an earlier leadership left behind.
+                    let m = member.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = m.sweep_orphaned_lease_keys().await {
+                            eprintln!(
+                                "cairn: member {me:x}: deleting keys of revoked leases: {}",
+                                e.message()
+                            );
+                        }
+                    });
                     state = State::Leading {
                         epoch,
                         terms: terms(&views),
@@ -373,7 +385,7 @@ async fn learn_cluster(member: &Member) {
 }
 
 /// DESIGN §2.1 point 5, once this member leads every group (as `views`
-/// show): returns the epoch it stamps in.
+/// show), and the leases' part of it: returns the epoch it stamps in.
 async fn failover(member: &Member, views: &[GroupView]) -> Result<u64, String> {
     let peers = &member.peers;
     let n = member.shards.len();
@@ -389,6 +401,11 @@ async fn failover(member: &Member, views: &[GroupView]) -> Result<u64, String> {
     for r in settled {
         last = last.max(r??);
     }
+    // The meta group too: every lease granted or revoked before this term
+    // is in the table the lessor starts from (step 4).
+    tokio::time::timeout(ttl, peers.ask(0, Group::Meta, GroupCtl::Settle))
+        .await
+        .map_err(|_| "the meta group did not apply its log in time")???;
     // 2. Every group closed at `last`, and applied up to it.
     let closes = (0..n).map(|shard| {
         peers.ask(shard, Group::Data, |reply| GroupCtl::Close {
@@ -407,5 +424,9 @@ async fn failover(member: &Member, views: &[GroupView]) -> Result<u64, String> {
     if now.iter().any(|v| !v.leading) || terms(&now) != terms(views) {
         return Err("leadership changed during the failover".into());
     }
+    // 4. The leases' deadlines start here (each gets its TTL plus an
+    // election timeout: no lease expires for a failover), before any
+    // request is routed here.
+    member.leases.promote();
     Ok(member.seq.lead(last))
 }

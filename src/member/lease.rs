@@ -25,16 +25,25 @@
 //! part is applied). So the keys the revoke gathers are all the keys that
 //! will ever carry L, and the revoke deletes them all.
 //!
-//! Until leases are forwarded between members, a member of a cluster answers
-//! the Lease RPCs `Unimplemented` (and so no `Grant` is ever written in a
-//! cluster: a put with a lease answers `requested lease not found` there).
+//! In a cluster every lease RPC runs on the write leader (etcd's followers
+//! forward keepalives and TimeToLive to theirs): a member that does not
+//! stamp forwards it as a [`LeaseCall`]. Only the write leader's lessor
+//! holds deadlines and expires leases; it gets them when its failover
+//! makes it the write leader, after its meta group applied every entry
+//! before its term (so its table is the cluster's), and drops them when
+//! that leadership ends. A revoke that ended half way under an old leader
+//! (table done, keys not) is finished by the next one: each leadership
+//! starts with a sweep of keys whose lease is gone. The fences are the
+//! leader's alone: only the write leader's shards evaluate puts.
 
+use super::peers::Route;
 use super::Member;
 use crate::api::EtcdError;
 use crate::lease::{min_lease_ttl, IdGen, LeaseView, Lessor, EXPIRY_TICK, MAX_LEASE_TTL};
 use crate::mvcc::txn as m;
 use crate::raft::meta::{MetaCommand, MetaReply};
 use crate::shard::{RaftTiming, ShardMsg};
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -64,6 +73,7 @@ pub struct Leases {
 }
 
 /// A lease's TimeToLive.
+#[derive(Debug, Serialize, Deserialize)]
 pub struct TimeToLive {
     /// Remaining seconds (truncated), -1 if the lease is unknown.
     pub ttl: i64,
@@ -124,22 +134,117 @@ impl Leases {
             self.election,
         );
     }
+
+    /// The leadership ended: no deadlines here any more (etcd's Demote).
+    /// Revokes under way end by themselves (their meta writes fail).
+    pub fn demote(&self) {
+        self.lessor().demote();
+    }
+}
+
+/// A lease RPC, as a member that does not stamp forwards it to the write
+/// leader.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum LeaseCall {
+    Grant { id: i64, ttl: i64 },
+    Revoke { id: i64 },
+    Renew { id: i64 },
+    TimeToLive { id: i64, keys: bool },
+    List,
+}
+
+/// The write leader's answer to a [`LeaseCall`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum LeaseAnswer {
+    Granted { id: i64, ttl: i64 },
+    Revoked(Option<i64>),
+    Renewed(i64),
+    TimeToLive(TimeToLive),
+    List(Vec<i64>),
+}
+
+fn unexpected(answer: LeaseAnswer) -> Status {
+    Status::internal(format!("cairn: unexpected lease answer {answer:?}"))
 }
 
 impl Member {
-    fn leases_here(&self) -> Result<&Leases, Status> {
-        if self.peers.clustered() {
-            return Err(Status::unimplemented(
-                "cairn: leases are not built for clusters yet",
-            ));
+    /// Runs `call` on the write leader: here, or forwarded.
+    async fn lease_call(self: &Arc<Self>, call: LeaseCall) -> Result<LeaseAnswer, Status> {
+        match self.write_route().await? {
+            Route::Here => self.lease_call_here(call).await,
+            Route::To(leader) => self.forward_lease(leader, call).await,
         }
-        Ok(&self.leases)
     }
 
-    /// LeaseGrant: the lease's id (chosen here if 0) and TTL (raised to
-    /// the minimum).
-    pub async fn lease_grant(&self, id: i64, ttl: i64) -> Result<(i64, i64), Status> {
-        let leases = self.leases_here()?;
+    /// Runs `call` on this member, which stamps (or did when it was
+    /// routed).
+    pub(super) async fn lease_call_here(
+        self: &Arc<Self>,
+        call: LeaseCall,
+    ) -> Result<LeaseAnswer, Status> {
+        Ok(match call {
+            LeaseCall::Grant { id, ttl } => {
+                let (id, ttl) = self.grant_here(id, ttl).await?;
+                LeaseAnswer::Granted { id, ttl }
+            }
+            LeaseCall::Revoke { id } => LeaseAnswer::Revoked(self.revoke_here(id).await?),
+            LeaseCall::Renew { id } => LeaseAnswer::Renewed(self.renew_here(id).await?),
+            LeaseCall::TimeToLive { id, keys } => {
+                LeaseAnswer::TimeToLive(self.time_to_live_here(id, keys).await?)
+            }
+            LeaseCall::List => LeaseAnswer::List(self.list_here()),
+        })
+    }
+
+    /// LeaseGrant: the lease's id (chosen by the write leader if 0) and
+    /// TTL (raised to the minimum).
+    pub async fn lease_grant(self: &Arc<Self>, id: i64, ttl: i64) -> Result<(i64, i64), Status> {
+        match self.lease_call(LeaseCall::Grant { id, ttl }).await? {
+            LeaseAnswer::Granted { id, ttl } => Ok((id, ttl)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// LeaseRevoke: the revision at which the lease's keys were deleted
+    /// (None if it held none).
+    pub async fn lease_revoke(self: &Arc<Self>, id: i64) -> Result<Option<i64>, Status> {
+        match self.lease_call(LeaseCall::Revoke { id }).await? {
+            LeaseAnswer::Revoked(revision) => Ok(revision),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// LeaseKeepAlive for one lease: its TTL, or 0 if it is unknown or
+    /// expired.
+    pub async fn lease_renew(self: &Arc<Self>, id: i64) -> Result<i64, Status> {
+        match self.lease_call(LeaseCall::Renew { id }).await? {
+            LeaseAnswer::Renewed(ttl) => Ok(ttl),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// LeaseTimeToLive.
+    pub async fn lease_time_to_live(
+        self: &Arc<Self>,
+        id: i64,
+        keys: bool,
+    ) -> Result<TimeToLive, Status> {
+        match self.lease_call(LeaseCall::TimeToLive { id, keys }).await? {
+            LeaseAnswer::TimeToLive(t) => Ok(t),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// LeaseLeases: every lease, the soonest to expire first.
+    pub async fn lease_list(self: &Arc<Self>) -> Result<Vec<i64>, Status> {
+        match self.lease_call(LeaseCall::List).await? {
+            LeaseAnswer::List(ids) => Ok(ids),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn grant_here(&self, id: i64, ttl: i64) -> Result<(i64, i64), Status> {
+        let leases = &self.leases;
         // etcd checks the TTL before the id.
         if ttl > MAX_LEASE_TTL {
             return Err(EtcdError::LeaseTtlTooLarge.status());
@@ -161,10 +266,8 @@ impl Member {
         Ok((id, ttl))
     }
 
-    /// LeaseRevoke: the revision at which the lease's keys were deleted
-    /// (None if it held none).
-    pub async fn lease_revoke(self: &Arc<Self>, id: i64) -> Result<Option<i64>, Status> {
-        let leases = self.leases_here()?;
+    async fn revoke_here(self: &Arc<Self>, id: i64) -> Result<Option<i64>, Status> {
+        let leases = &self.leases;
         if !leases.start_revoke(id) {
             // Another revoke of it is under way: once it is done, the
             // lease is not found.
@@ -281,10 +384,8 @@ impl Member {
         )))
     }
 
-    /// LeaseKeepAlive for one lease: its TTL, or 0 if it is unknown or
-    /// expired.
-    pub async fn lease_renew(&self, id: i64) -> Result<i64, Status> {
-        let leases = self.leases_here()?;
+    async fn renew_here(&self, id: i64) -> Result<i64, Status> {
+        let leases = &self.leases;
         leases.settled(id).await;
         if !leases.view.exists(id) {
             return Ok(0);
@@ -292,9 +393,8 @@ impl Member {
         Ok(leases.lessor().renew(id, Instant::now()).unwrap_or(0))
     }
 
-    /// LeaseTimeToLive.
-    pub async fn lease_time_to_live(&self, id: i64, keys: bool) -> Result<TimeToLive, Status> {
-        let leases = self.leases_here()?;
+    async fn time_to_live_here(&self, id: i64, keys: bool) -> Result<TimeToLive, Status> {
+        let leases = &self.leases;
         leases.settled(id).await;
         let (remaining, granted) = {
             let lessor = leases.lessor();
@@ -323,23 +423,27 @@ impl Member {
         Ok(TimeToLive { ttl, granted, keys })
     }
 
-    /// LeaseLeases: every lease, the soonest to expire first.
-    pub fn lease_list(&self) -> Result<Vec<i64>, Status> {
-        let leases = self.leases_here()?;
-        let listed = leases.lessor().by_expiry(Instant::now());
-        Ok(listed.into_iter().map(|(id, _, _)| id).collect())
+    fn list_here(&self) -> Vec<i64> {
+        let listed = self.leases.lessor().by_expiry(Instant::now());
+        listed.into_iter().map(|(id, _, _)| id).collect()
     }
 
-    /// A leadership starts (a single member: once it serves): every lease
-    /// gets its TTL again, and keys whose lease is gone (a revoke that
-    /// stopped between the table and the keys) are deleted.
+    /// A single member starts to serve: every lease gets its TTL again,
+    /// and keys whose lease is gone (a revoke that stopped between the
+    /// table and the keys) are deleted.
     pub async fn lease_leadership_starts(self: &Arc<Self>) -> Result<(), Status> {
-        let leases = self.leases_here()?;
         // Asked first: shard 0 answers only once its loop runs, which is
         // after its meta group has replayed its log (`shard::run`), so the
         // view holds every granted lease when it is read below. (Read
         // before that, an empty table would make every leased key look
         // orphaned.)
+        self.leases_in_use().await?;
+        self.leases.promote();
+        self.sweep_orphaned_lease_keys().await
+    }
+
+    /// The leases that keys carry, on every shard.
+    async fn leases_in_use(&self) -> Result<HashSet<i64>, Status> {
         let mut in_use = HashSet::new();
         for shard in 0..self.shards.len() {
             in_use.extend(
@@ -347,9 +451,16 @@ impl Member {
                     .await?,
             );
         }
-        leases.view.clear_fences();
-        leases.promote();
-        for id in in_use {
+        Ok(in_use)
+    }
+
+    /// Deletes the keys whose lease is no longer in the table (a revoke
+    /// that stopped between the table and the keys), as the write leader
+    /// whose table is the cluster's: a single member once it replayed its
+    /// log, a cluster's write leader after its failover.
+    pub async fn sweep_orphaned_lease_keys(self: &Arc<Self>) -> Result<(), Status> {
+        let leases = &self.leases;
+        for id in self.leases_in_use().await? {
             if leases.view.in_table(id) || !leases.start_revoke(id) {
                 continue;
             }
@@ -367,15 +478,12 @@ impl Member {
     }
 }
 
-/// Revokes expired leases while the member runs (a single member; the write
-/// leader of a cluster once leases are built for clusters): at most
+/// Revokes expired leases while the member runs and stamps (a single
+/// member, or a cluster's write leader): at most
 /// [`EXPIRED_PER_ROUND`] every [`EXPIRY_TICK`], as etcd. Ends when the
 /// member starts to stop (`stop`): a member draining its clients revokes
 /// nothing more, as etcd stops its lessor first.
 pub async fn expire(member: Arc<Member>, mut stop: tokio::sync::broadcast::Receiver<()>) {
-    if member.peers.clustered() {
-        return;
-    }
     let mut tick = tokio::time::interval(EXPIRY_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -385,6 +493,10 @@ pub async fn expire(member: Arc<Member>, mut stop: tokio::sync::broadcast::Recei
         }
         if member.fatal.is_latched() {
             return;
+        }
+        // A follower's lessor is empty (demoted); checked for clarity.
+        if !member.seq.leading() {
+            continue;
         }
         let expired = member
             .leases

@@ -111,6 +111,15 @@ pub enum Forward {
     PutMember(MemberRecord),
     /// A membership change.
     Members(super::membership::Change),
+    /// A lease RPC (run by the write leader's lessor).
+    Lease(super::lease::LeaseCall),
+}
+
+/// The write leader's answer to a [`Forward`].
+#[derive(Debug, Serialize, Deserialize)]
+enum Answer {
+    Write(Option<WriteOutcome>),
+    Lease(super::lease::LeaseAnswer),
 }
 
 /// A gRPC status as it crosses the transport.
@@ -135,7 +144,7 @@ impl From<WireStatus> for Status {
     }
 }
 
-type ForwardReply = Result<Option<WriteOutcome>, WireStatus>;
+type ForwardReply = Result<Answer, WireStatus>;
 type ReadIndexReply = Result<i64, WireStatus>;
 
 fn call_error(e: CallError) -> Status {
@@ -178,7 +187,37 @@ impl Member {
     /// Sends `fwd` to the write leader `leader` and returns its outcome,
     /// once this member's C covers it.
     pub async fn forward(&self, leader: u64, fwd: Forward) -> Result<Option<WriteOutcome>, Status> {
-        let body = postcard::to_stdvec(&fwd).map_err(|e| Status::internal(e.to_string()))?;
+        let outcome = match self.call_leader(leader, &fwd).await? {
+            Answer::Write(outcome) => outcome,
+            Answer::Lease(a) => return Err(Status::internal(format!("unexpected answer {a:?}"))),
+        };
+        if let Some(o) = &outcome {
+            // Read-your-writes through this member; bounded: the write
+            // committed whether or not this member catches up in time.
+            let _ = tokio::time::timeout(FORWARD_TTL, self.seq.wait_committed(o.view)).await;
+        }
+        Ok(outcome)
+    }
+
+    /// Sends a lease RPC to the write leader `leader` and returns its
+    /// answer (a revoke's once this member's C covers its revision).
+    pub async fn forward_lease(
+        &self,
+        leader: u64,
+        call: super::lease::LeaseCall,
+    ) -> Result<super::lease::LeaseAnswer, Status> {
+        let answer = match self.call_leader(leader, &Forward::Lease(call)).await? {
+            Answer::Lease(answer) => answer,
+            Answer::Write(o) => return Err(Status::internal(format!("unexpected answer {o:?}"))),
+        };
+        if let super::lease::LeaseAnswer::Revoked(Some(revision)) = &answer {
+            let _ = tokio::time::timeout(FORWARD_TTL, self.seq.wait_committed(*revision)).await;
+        }
+        Ok(answer)
+    }
+
+    async fn call_leader(&self, leader: u64, fwd: &Forward) -> Result<Answer, Status> {
+        let body = postcard::to_stdvec(fwd).map_err(|e| Status::internal(e.to_string()))?;
         let frame = Frame {
             kind: Kind::Forward,
             group: 0,
@@ -192,24 +231,18 @@ impl Member {
             .map_err(call_error)?;
         let reply: ForwardReply =
             postcard::from_bytes(&reply).map_err(|e| Status::internal(e.to_string()))?;
-        let outcome = reply.map_err(Status::from)?;
-        if let Some(o) = &outcome {
-            // Read-your-writes through this member; bounded: the write
-            // committed whether or not this member catches up in time.
-            let _ = tokio::time::timeout(FORWARD_TTL, self.seq.wait_committed(o.view)).await;
-        }
-        Ok(outcome)
+        reply.map_err(Status::from)
     }
 
     /// Runs a request forwarded by another member, if this member stamps.
-    async fn run_forwarded(self: &Arc<Self>, fwd: Forward) -> Result<Option<WriteOutcome>, Status> {
+    async fn run_forwarded(self: &Arc<Self>, fwd: Forward) -> Result<Answer, Status> {
         // The member that forwarded it took this one for the write leader: if
         // it is finishing its failover, it waits (bounded); if another
         // member leads, the request is not forwarded again.
         if let Route::To(_) = self.write_route().await? {
             return Err(EtcdError::LeaderChanged.status());
         }
-        match fwd {
+        let outcome = match fwd {
             Forward::Write {
                 shard: Some(shard),
                 op,
@@ -230,7 +263,9 @@ impl Member {
             Forward::Compact { revision } => self.compact_here(revision).await.map(|()| None),
             Forward::PutMember(record) => self.put_member_here(record).await.map(|()| None),
             Forward::Members(change) => self.change_members_here(change).await.map(|_| None),
-        }
+            Forward::Lease(call) => return self.lease_call_here(call).await.map(Answer::Lease),
+        };
+        outcome.map(Answer::Write)
     }
 
     /// Records `record` in the meta group (this member leads it).

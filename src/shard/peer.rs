@@ -59,9 +59,11 @@ pub enum GroupCtl {
     Elect,
     /// Hand the group's leadership to this member (if leading it).
     Transfer(u64),
-    /// Failover, first step (data groups): commit an entry of this term, so
-    /// every entry in the log is committed; answers the newest revision in
-    /// the log.
+    /// Failover, first step. A data group: commit an entry of this term,
+    /// so every entry in the log is committed; answers the newest revision
+    /// in the log. The meta group: once this member's leadership is
+    /// confirmed, apply every entry before its term (its lease table is
+    /// then the cluster's); answers 0.
     Settle(oneshot::Sender<Result<i64, String>>),
     /// Failover, second step: every revision up to `closed` is decided; say
     /// so in the log (cross-shard parts below it are decided by it), wait
@@ -269,7 +271,19 @@ async fn meta_ctl(meta: &Raft<MetaRaft, MetaStateMachine>, ctl: GroupCtl) {
             let _ = reply.send(r.map(|_| ()).map_err(|e| e.to_string()));
         }
         GroupCtl::Settle(reply) => {
-            let _ = reply.send(Err("the meta group holds no revisions".into()));
+            // The read index of a leader is at least its term's first entry.
+            let r = match meta
+                .get_read_linearizer(openraft::ReadPolicy::ReadIndex)
+                .await
+            {
+                Ok(linearizer) => linearizer
+                    .await_ready(meta)
+                    .await
+                    .map(|_| 0)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = reply.send(r);
         }
         GroupCtl::Close { reply, .. } => {
             let _ = reply.send(Err("the meta group holds no revisions".into()));
