@@ -86,10 +86,10 @@ fn quic(
         if *id == member_id {
             continue;
         }
-        let peer = crate::transport::quic::resolve(url).ok_or_else(|| {
+        crate::transport::quic::resolve(url).ok_or_else(|| {
             format!("--initial-cluster: {name}={url}: not an http(s):// URL that resolves")
         })?;
-        peers.insert(*id, peer);
+        peers.insert(*id, url.clone());
     }
     // A member that joined knows the others by address alone.
     let mut seeds = Vec::new();
@@ -98,9 +98,10 @@ fn quic(
             if name == cfg.name {
                 continue;
             }
-            seeds.push(crate::transport::quic::resolve(&url).ok_or_else(|| {
+            crate::transport::quic::resolve(&url).ok_or_else(|| {
                 format!("--initial-cluster: {name}={url}: not an http(s):// URL that resolves")
-            })?);
+            })?;
+            seeds.push(url);
         }
     }
     let tls = match (

@@ -16,6 +16,7 @@
 //! holds at most a bounded number of frames per destination.
 
 pub mod channel;
+mod dial;
 mod handshake;
 mod peer_tls;
 pub mod quic;

@@ -25,6 +25,8 @@
 //! stream's end ends it. Reply = status (u8: 0 ok, 1 refused), then the
 //! body or the reason (UTF-8).
 
+use super::dial::learn;
+pub use super::dial::resolve;
 use super::handshake::HELLO_BYTES_MAX;
 pub use super::handshake::{Hello, PROTOCOL_VERSION};
 pub use super::peer_tls::PeerTls;
@@ -49,30 +51,32 @@ pub struct QuicConfig {
     pub me: u64,
     /// The UDP address to listen on (`--listen-peer-urls`).
     pub listen: SocketAddr,
-    /// Every other member: its peer address and the name its certificate
-    /// carries (the host of its peer URL).
-    pub peers: BTreeMap<u64, (SocketAddr, String)>,
-    /// Members known by address alone (a member that joins knows its
+    /// Every other member's peer URL, by id.
+    pub peers: BTreeMap<u64, String>,
+    /// Members known by peer URL alone (a member that joins knows its
     /// cluster's members from `--initial-cluster`, not their ids): dialed
     /// once each, to learn who they are.
-    pub seeds: Vec<(SocketAddr, String)>,
+    pub seeds: Vec<String>,
     pub tls: PeerTls,
     pub hello: Hello,
 }
 
-struct Shared {
-    hello: Hello,
-    endpoint: quinn::Endpoint,
-    inbox: Arc<dyn Inbox>,
-    conns: Mutex<BTreeMap<u64, quinn::Connection>>,
+pub(super) struct Shared {
+    pub(super) hello: Hello,
+    pub(super) endpoint: quinn::Endpoint,
+    pub(super) inbox: Arc<dyn Inbox>,
+    pub(super) conns: Mutex<BTreeMap<u64, quinn::Connection>>,
     /// Refusals already logged (each address and reason is logged once; at
     /// most [`REFUSALS_REMEMBERED`], then forgotten and logged anew).
     refused: Mutex<std::collections::BTreeSet<(SocketAddr, String)>>,
     /// `--peer-cert-allowed-cn` (https:// peer URLs only).
-    allowed_cn: Option<String>,
-    me: u64,
-    /// The members this one dials (those with higher ids), by id.
-    dials: Mutex<BTreeMap<u64, (String, tokio::task::JoinHandle<()>)>>,
+    pub(super) allowed_cn: Option<String>,
+    pub(super) me: u64,
+    /// The members this one dials (those with higher ids), by id: the peer
+    /// URL and the task that keeps the connection up. At most one task per
+    /// member (a second would make a second connection, and each one's
+    /// adoption would replace the other's).
+    pub(super) dials: Mutex<BTreeMap<u64, (String, tokio::task::JoinHandle<()>)>>,
 }
 
 impl Shared {
@@ -163,19 +167,14 @@ impl QuicTransport {
             me: cfg.me,
             dials: Mutex::new(BTreeMap::new()),
         });
-        runtime.spawn(accept(shared.clone()));
-        for (id, (addr, name)) in cfg.peers {
-            if cfg.me < id {
-                let task = runtime.spawn(dial(shared.clone(), Some(id), addr, name));
-                shared
-                    .dials
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(id, (addr.to_string(), task));
-            }
+        for url in cfg.peers.values().chain(&cfg.seeds) {
+            resolve(url)
+                .ok_or_else(|| format!("peer URL {url}: not an http(s):// URL that resolves"))?;
         }
-        for (addr, name) in cfg.seeds {
-            runtime.spawn(dial(shared.clone(), None, addr, name));
+        runtime.spawn(accept(shared.clone()));
+        shared.dial_peers(runtime.handle(), &cfg.peers);
+        for url in cfg.seeds {
+            runtime.spawn(learn(shared.clone(), url));
         }
         Ok(Arc::new(Self {
             shared,
@@ -190,7 +189,7 @@ impl QuicTransport {
 }
 
 impl Shared {
-    fn conn(&self, to: u64) -> Option<quinn::Connection> {
+    pub(super) fn conn(&self, to: u64) -> Option<quinn::Connection> {
         self.conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -199,7 +198,7 @@ impl Shared {
     }
 
     /// `conn` is the connection to `peer` now; served until it closes.
-    async fn adopt(self: Arc<Self>, peer: u64, conn: quinn::Connection) {
+    pub(super) async fn adopt(self: Arc<Self>, peer: u64, conn: quinn::Connection) {
         self.conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -227,106 +226,6 @@ impl Shared {
             conns.remove(&peer);
         }
     }
-}
-
-/// Keeps a connection to `peer` (a member with a higher id) up; for a
-/// seed (`peer` None: an address whose member is not known yet) until it
-/// answers: kept if its id is higher, else left to it to dial this member.
-async fn dial(shared: Arc<Shared>, peer: Option<u64>, addr: SocketAddr, name: String) {
-    let mut backoff = Duration::from_millis(50);
-    let mut refused_before = false;
-    let mut peer = peer;
-    loop {
-        match connect(&shared, peer, addr, &name).await {
-            Ok((id, conn)) => {
-                if id < shared.me {
-                    conn.close(0u32.into(), b"the lower id dials");
-                    return;
-                }
-                peer = Some(id);
-                backoff = Duration::from_millis(50);
-                refused_before = false;
-                shared.clone().adopt(id, conn).await;
-            }
-            Err(Dial::Refused(why)) => {
-                if !refused_before {
-                    eprintln!(
-                        "cairn: refusing peer {:x} at {addr}: {why}",
-                        peer.unwrap_or(0)
-                    );
-                }
-                refused_before = true;
-                backoff = Duration::from_secs(5);
-            }
-            Err(Dial::Failed(why)) => {
-                if !refused_before && why.contains("certificate") {
-                    eprintln!(
-                        "cairn: refusing peer {:x} at {addr}: {why}",
-                        peer.unwrap_or(0)
-                    );
-                    refused_before = true;
-                }
-            }
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(1));
-    }
-}
-
-enum Dial {
-    /// Reached, and not one of ours (or it refused us).
-    Refused(String),
-    /// Not reached (yet: it is redialed), and why.
-    Failed(String),
-}
-
-async fn connect(
-    shared: &Shared,
-    peer: Option<u64>,
-    addr: SocketAddr,
-    name: &str,
-) -> Result<(u64, quinn::Connection), Dial> {
-    let failed = |e: &dyn std::fmt::Display| Dial::Failed(e.to_string());
-    let conn = shared
-        .endpoint
-        .connect(addr, name)
-        .map_err(|e| failed(&e))?
-        .await
-        .map_err(|e| match e {
-            quinn::ConnectionError::TransportError(t) => Dial::Refused(format!("TLS: {t}")),
-            quinn::ConnectionError::ConnectionClosed(c) => Dial::Refused(format!("TLS: {c}")),
-            e => failed(&e),
-        })?;
-    if let Some(why) = cn_refusal(shared.allowed_cn.as_deref(), &conn) {
-        conn.close(1u32.into(), b"CommonName authentication failed");
-        return Err(Dial::Refused(why));
-    }
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| failed(&e))?;
-    let hello = postcard::to_stdvec(&shared.hello).map_err(|e| failed(&e))?;
-    send.write_all(&hello).await.map_err(|e| failed(&e))?;
-    send.finish().map_err(|e| failed(&e))?;
-    let answer = recv
-        .read_to_end(HELLO_BYTES_MAX)
-        .await
-        .map_err(|e| failed(&e))?;
-    let theirs: Result<Hello, String> = postcard::from_bytes(&answer).map_err(|e| failed(&e))?;
-    let (id, refused) = match theirs {
-        Err(why) => (0, Some(format!("it refuses this member: {why}"))),
-        Ok(h) if peer.is_some_and(|p| p != h.member_id) => (
-            h.member_id,
-            Some(format!(
-                "it is member {:x}, not {:x}",
-                h.member_id,
-                peer.unwrap_or(0)
-            )),
-        ),
-        Ok(h) => (h.member_id, shared.hello.refuses(&h)),
-    };
-    if let Some(why) = refused {
-        conn.close(1u32.into(), why.as_bytes());
-        return Err(Dial::Refused(why));
-    }
-    Ok((id, conn))
 }
 
 /// Accepts connections from members with lower ids.
@@ -433,55 +332,11 @@ async fn serve_stream(
     }
 }
 
-impl QuicTransport {
-    /// The members are now `peers` (id → peer URL; this member may be
-    /// among them): members with higher ids that are new, or whose URL
-    /// changed, are dialed; members gone are not dialed any more.
-    fn update_peers(&self, peers: &BTreeMap<u64, String>) {
-        let Some(runtime) = self.runtime.as_ref() else {
-            return;
-        };
-        let mut dials = self.shared.dials.lock().unwrap_or_else(|e| e.into_inner());
-        dials.retain(|id, (url, task)| {
-            let keep = peers.get(id) == Some(url);
-            if !keep {
-                task.abort();
-            }
-            keep
-        });
-        for (id, url) in peers {
-            if *id <= self.shared.me || dials.contains_key(id) {
-                continue;
-            }
-            let Some((addr, host)) = resolve(url) else {
-                eprintln!("cairn: member {id:x}: cannot resolve peer URL {url}");
-                continue;
-            };
-            let task = runtime.spawn(dial(self.shared.clone(), Some(*id), addr, host));
-            dials.insert(*id, (url.clone(), task));
-        }
-    }
-}
-
-/// The address and certificate name of a peer URL.
-pub fn resolve(url: &str) -> Option<(SocketAddr, String)> {
-    use std::net::ToSocketAddrs;
-    let host_port = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))?
-        .trim_end_matches('/');
-    let addr = host_port.to_socket_addrs().ok()?.next()?;
-    let host = host_port
-        .rsplit_once(':')
-        .map_or(host_port, |(h, _)| h)
-        .trim_matches(['[', ']'])
-        .to_string();
-    Some((addr, host))
-}
-
 impl Transport for QuicTransport {
     fn set_peers(&self, peers: &BTreeMap<u64, String>) {
-        self.update_peers(peers);
+        if let Some(runtime) = self.runtime.as_ref() {
+            self.shared.dial_peers(runtime.handle(), peers);
+        }
     }
 
     fn call(
@@ -579,7 +434,7 @@ mod tests {
             QuicConfig {
                 me: 1,
                 listen: a_addr,
-                peers: BTreeMap::from([(2, (b_addr, "localhost".to_string()))]),
+                peers: BTreeMap::from([(2, format!("http://{b_addr}"))]),
                 seeds: Vec::new(),
                 tls: PeerTls::Unauthenticated,
                 hello: hello(1, "t", 2),
@@ -591,7 +446,7 @@ mod tests {
             QuicConfig {
                 me: 2,
                 listen: b_addr,
-                peers: BTreeMap::from([(1, (a_addr, "localhost".to_string()))]),
+                peers: BTreeMap::from([(1, format!("http://{a_addr}"))]),
                 seeds: Vec::new(),
                 tls: PeerTls::Unauthenticated,
                 hello: b_hello,
@@ -641,6 +496,39 @@ mod tests {
         // A large frame (a snapshot) arrives whole.
         let big = vec![7u8; 8 << 20];
         assert_eq!(call(&a, 2, &big).expect("big").len(), big.len() + 9);
+    }
+
+    #[test]
+    fn the_membership_naming_the_same_urls_keeps_the_connection_and_a_moved_member_loses_it() {
+        let (a, b) = pair(hello(2, "t", 2));
+        call_when_up(&a, 2, b"x").expect("up");
+        let first = a.shared.conn(2).expect("a connection").stable_id();
+        let b_url = format!("http://{}", b.local_addr().expect("bound"));
+        let a_url = format!("http://{}", a.local_addr().expect("bound"));
+        // As the controller does once the meta group names the members.
+        a.set_peers(&BTreeMap::from([(1, a_url.clone()), (2, b_url)]));
+        b.set_peers(&BTreeMap::from([
+            (1, a_url.clone()),
+            (2, "http://x".into()),
+        ]));
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            call(&a, 2, b"y").map(|r| r[..1].to_vec()),
+            Ok(b"y".to_vec())
+        );
+        assert_eq!(
+            a.shared.conn(2).map(|c| c.stable_id()),
+            Some(first),
+            "not redialed"
+        );
+        assert_eq!(a.shared.dials.lock().unwrap().len(), 1);
+        // Member 2 moved to another port: its old connection goes with its dial.
+        let moved = format!("http://{}", free_udp());
+        a.set_peers(&BTreeMap::from([(1, a_url), (2, moved)]));
+        assert!(
+            a.shared.conn(2).is_none_or(|c| c.stable_id() != first),
+            "the old connection is dropped"
+        );
     }
 
     #[test]
