@@ -33,6 +33,9 @@ use tonic::Status;
 /// leads.
 const LEADERSHIP_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// A request across shards, and the keys (and range ends) it touches.
+pub type Across = (m::RequestOp, Vec<(Vec<u8>, Vec<u8>)>);
+
 impl Member {
     /// Runs `op`, which touches the keys in `touched`, across shards (on
     /// the write leader: forwarded there if this member does not stamp).
@@ -62,18 +65,38 @@ impl Member {
         touched: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<WriteOutcome, Status> {
         let member = self.clone();
-        tokio::spawn(async move { member.coordinate(op, touched).await })
+        let mut answers = tokio::spawn(async move { member.coordinate(vec![(op, touched)]).await })
+            .await
+            .map_err(|e| Status::internal(format!("cross-shard write failed: {e}")))??;
+        answers.pop().expect("one answer per request")
+    }
+
+    /// Runs several cross-shard requests in one latch round (a batch of
+    /// lease revokes): each is evaluated on the state the ones before it
+    /// left and gets its own revision; their parts travel together. Here
+    /// only (the write leader). An answer per request, in order; `Err` if
+    /// the round could not start.
+    pub(super) async fn write_across_batch(
+        self: &Arc<Self>,
+        ops: Vec<Across>,
+    ) -> Result<Vec<Result<WriteOutcome, Status>>, Status> {
+        if !self.seq.leading() {
+            return Err(EtcdError::LeaderChanged.status());
+        }
+        let member = self.clone();
+        tokio::spawn(async move { member.coordinate(ops).await })
             .await
             .map_err(|e| Status::internal(format!("cross-shard write failed: {e}")))?
     }
 
     async fn coordinate(
         &self,
-        op: m::RequestOp,
-        touched: Vec<(Vec<u8>, Vec<u8>)>,
-    ) -> Result<WriteOutcome, Status> {
+        ops: Vec<Across>,
+    ) -> Result<Vec<Result<WriteOutcome, Status>>, Status> {
         let _one_at_a_time = self.cross.lock().await;
         let n = self.shards.len();
+        let touched: Vec<(Vec<u8>, Vec<u8>)> =
+            ops.iter().flat_map(|(_, t)| t.iter().cloned()).collect();
         // 1. Latch, in shard order. Dropping `latches` releases them.
         let mut latches: BTreeMap<usize, flume::Sender<LatchCtl>> = BTreeMap::new();
         for shard in shards_touched(&touched, n) {
@@ -105,7 +128,7 @@ impl Member {
                 }
             }
         }
-        // 3. Gather and evaluate.
+        // 3. Gather.
         let ranges: Vec<(Vec<u8>, RangeEnd)> = touched
             .iter()
             .map(|(k, e)| (k.clone(), RangeEnd::from_request(e)))
@@ -122,48 +145,111 @@ impl Member {
             .map_err(|_| EtcdError::Stopped.status())?;
             images.push(image.await.map_err(|_| EtcdError::Stopped.status())?);
         }
-        let (mut response, changes) = {
-            let state = Store::import(StoreImage::merge(images));
+        let mut state = Store::import(StoreImage::merge(images));
+        // 4. Each request evaluated on what the ones before it left, then
+        // stamped and sent; 5. each committed iff every part of it is.
+        let mut answers: Vec<Answer> = Vec::with_capacity(ops.len());
+        let mut current = view;
+        for (op, _) in &ops {
+            let answer = self
+                .evaluate_and_send(op, &mut state, current, epoch, &latches)
+                .await;
+            if let Answer::Sent { stamped, .. } = &answer {
+                current = stamped.revision;
+            }
+            answers.push(answer);
+        }
+        let mut outcomes = Vec::with_capacity(answers.len());
+        for answer in answers {
+            outcomes.push(match answer {
+                Answer::Done(outcome) => outcome,
+                Answer::Sent {
+                    mut response,
+                    stamped,
+                    parts,
+                } => {
+                    let mut all = Ok(());
+                    for done in parts {
+                        let r = match done.await {
+                            Ok(Ok(())) => Ok(()),
+                            Ok(Err(e)) => Err(e.into()),
+                            Err(_) => Err(EtcdError::Stopped.status()),
+                        };
+                        all = all.and(r);
+                    }
+                    all.map(|()| {
+                        self.seq.commit(stamped);
+                        m::stamp(&mut response, stamped.revision);
+                        WriteOutcome {
+                            response,
+                            revision: Some(stamped.revision),
+                            view: stamped.revision,
+                        }
+                    })
+                }
+            });
+        }
+        drop(latches);
+        // Unchanged answers: read at a C this member confirmed it leads at.
+        let mut answered = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            answered.push(match outcome {
+                Ok(o) if o.revision.is_none() => self.unchanged_is_current(o).await,
+                other => other,
+            });
+        }
+        Ok(answered)
+    }
+
+    /// Steps 3 to 4 for one request of a round: evaluated on `state` at
+    /// `current`; if it changes something, stamped (in `epoch`), applied
+    /// to `state`, and its parts sent to the latched shards.
+    async fn evaluate_and_send(
+        &self,
+        op: &m::RequestOp,
+        state: &mut Store,
+        current: i64,
+        epoch: u64,
+        latches: &BTreeMap<usize, flume::Sender<LatchCtl>>,
+    ) -> Answer {
+        let (response, changes) = {
             let lease_exists = |id| self.leases.view.exists(id);
-            let mut eval = Eval::new(&state, &lease_exists).current_revision(view);
-            let response = eval.op(&op).map_err(EtcdError::from)?;
-            (response, eval.into_changes())
+            let mut eval = Eval::new(state, &lease_exists).current_revision(current);
+            match eval.op(op) {
+                Ok(response) => (response, eval.into_changes()),
+                Err(e) => return Answer::Done(Err(EtcdError::from(e).into())),
+            }
         };
         if changes.is_empty() {
-            drop(latches);
-            return self
-                .unchanged_is_current(WriteOutcome {
-                    response,
-                    revision: None,
-                    view,
-                })
-                .await;
+            return Answer::Done(Ok(WriteOutcome {
+                response,
+                revision: None,
+                view: current,
+            }));
         }
-        // 4. One revision, one part per changed shard.
-        let mut parts = split(changes, n);
+        let mut parts = split(changes.clone(), self.shards.len());
         // A shard without room for its log refuses, before anything is stamped.
         if parts.keys().any(|&shard| self.shards[shard].wal_no_space()) {
-            return Err(EtcdError::DiskFull.status());
+            return Answer::Done(Err(EtcdError::DiskFull.status()));
         }
         // Each part is one log entry on its shard, fitted as a shard fits a
         // write; a refusal comes before anything is stamped.
         for part in parts.values_mut() {
-            let changes = std::mem::take(part);
-            *part = crate::shard::fit_entry(&op, changes, self.entry_bytes_max)
-                .map_err(Status::from)?
-                .0;
+            match crate::shard::fit_entry(op, std::mem::take(part), self.entry_bytes_max) {
+                Ok((fitted, _)) => *part = fitted,
+                Err(e) => return Answer::Done(Err(e.into())),
+            }
         }
         let participants: Vec<u32> = parts.keys().map(|s| *s as u32).collect();
         // Stamped only in the leadership whose state it read.
-        let stamped = self
-            .seq
-            .stamp_in(epoch)
-            .ok_or_else(|| EtcdError::LeaderChanged.status())?;
-        let revision = stamped.revision;
-        let mut committed = Vec::with_capacity(parts.len());
+        let Some(stamped) = self.seq.stamp_in(epoch) else {
+            return Answer::Done(Err(EtcdError::LeaderChanged.status()));
+        };
+        state.apply(stamped.revision, &changes);
+        let mut sent = Vec::with_capacity(parts.len());
         for (shard, changes) in parts {
             let (reply, done) = oneshot::channel();
-            let sent = latches[&shard]
+            let r = latches[&shard]
                 .send_async(LatchCtl::Part {
                     stamp: stamped,
                     changes,
@@ -171,28 +257,32 @@ impl Member {
                     reply,
                 })
                 .await;
-            if sent.is_err() {
+            if r.is_err() {
                 // The shard core is gone: the member is stopping, and this
                 // revision stays undecided (C stops below it).
-                return Err(EtcdError::Stopped.status());
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(Err(crate::shard::ShardError::Stopped));
+                sent.push(rx);
+                break;
             }
-            committed.push(done);
+            sent.push(done);
         }
-        // 5. Committed iff every part is.
-        for done in committed {
-            match done.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(e.into()),
-                Err(_) => return Err(EtcdError::Stopped.status()),
-            }
-        }
-        self.seq.commit(stamped);
-        drop(latches);
-        m::stamp(&mut response, revision);
-        Ok(WriteOutcome {
+        Answer::Sent {
             response,
-            revision: Some(revision),
-            view: revision,
-        })
+            stamped,
+            parts: sent,
+        }
     }
+}
+
+/// What became of one request of a round, before its parts committed.
+enum Answer {
+    /// Answered without a revision (nothing changed, or refused).
+    Done(Result<WriteOutcome, Status>),
+    /// Stamped and sent; committed once every part is.
+    Sent {
+        response: m::ResponseOp,
+        stamped: crate::sequencer::Stamp,
+        parts: Vec<oneshot::Receiver<Result<(), crate::shard::ShardError>>>,
+    },
 }
