@@ -1,7 +1,11 @@
 //! The etcd gRPC Cluster service on the member: membership as the meta
 //! group holds it, changes run by the write leader
 //! (`crate::member::membership`). Responses carry etcd 3.4's header (no
-//! revision).
+//! revision); a change's member list is the answering member's once the
+//! change shows in it (etcd's member answers after applying the change).
+//! A learner refuses every Cluster RPC (`etcdserver: rpc not supported for
+//! learner`), as etcd 3.4's. Compared with etcd in
+//! `tests/server_shapes_cluster.rs`.
 
 use crate::member::membership::{Change, Listed};
 use crate::member::Member;
@@ -38,18 +42,17 @@ impl ClusterService {
             .collect())
     }
 
-    /// The members once the change is in this member's view (bounded).
-    async fn members_after(
+    /// The members once `done` holds of them in this member's view (the
+    /// change was applied on the write leader; this member may be another
+    /// one that applies it a little later). Bounded: after 5 s, as they are.
+    async fn members_when(
         &self,
-        present: Option<u64>,
-        gone: Option<u64>,
+        done: impl Fn(&[pb::Member]) -> bool,
     ) -> Result<Vec<pb::Member>, Status> {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
             let list = self.members().await?;
-            let has = |id: u64| list.iter().any(|m| m.id == id);
-            let done = present.is_none_or(has) && gone.is_none_or(|g| !has(g));
-            if done || tokio::time::Instant::now() > deadline {
+            if done(&list) || tokio::time::Instant::now() > deadline {
                 return Ok(list);
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -63,6 +66,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        self.0.not_a_learner()?;
         let r = request.into_inner();
         let id = self
             .0
@@ -71,7 +75,7 @@ impl pb::cluster_server::Cluster for ClusterService {
                 learner: r.is_learner,
             })
             .await?;
-        let members = self.members_after(Some(id), None).await?;
+        let members = self.members_when(|l| l.iter().any(|m| m.id == id)).await?;
         Ok(Response::new(pb::MemberAddResponse {
             header: self.header(),
             member: Some(pb::Member {
@@ -89,9 +93,10 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        self.0.not_a_learner()?;
         let id = request.into_inner().id;
         self.0.change_members(Change::Remove { id }).await?;
-        let members = self.members_after(None, Some(id)).await?;
+        let members = self.members_when(|l| l.iter().all(|m| m.id != id)).await?;
         Ok(Response::new(pb::MemberRemoveResponse {
             header: self.header(),
             members,
@@ -102,16 +107,21 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        self.0.not_a_learner()?;
         let r = request.into_inner();
         self.0
             .change_members(Change::Update {
                 id: r.id,
-                peer_urls: r.peer_ur_ls,
+                peer_urls: r.peer_ur_ls.clone(),
             })
             .await?;
+        let updated = |l: &[pb::Member]| {
+            l.iter()
+                .any(|m| m.id == r.id && m.peer_ur_ls == r.peer_ur_ls)
+        };
         Ok(Response::new(pb::MemberUpdateResponse {
             header: self.header(),
-            members: self.members().await?,
+            members: self.members_when(updated).await?,
         }))
     }
 
@@ -119,6 +129,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         _: Request<pb::MemberListRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
+        self.0.not_a_learner()?;
         Ok(Response::new(pb::MemberListResponse {
             header: self.header(),
             members: self.members().await?,
@@ -129,11 +140,13 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        self.0.not_a_learner()?;
         let id = request.into_inner().id;
         self.0.change_members(Change::Promote { id }).await?;
+        let promoted = |l: &[pb::Member]| l.iter().any(|m| m.id == id && !m.is_learner);
         Ok(Response::new(pb::MemberPromoteResponse {
             header: self.header(),
-            members: self.members().await?,
+            members: self.members_when(promoted).await?,
         }))
     }
 }

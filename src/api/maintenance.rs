@@ -7,7 +7,8 @@
 //!   (`HashKV`), so a compaction changes etcd's HashKV and not cairn's).
 //! - `Alarm`: GET, ACTIVATE and DEACTIVATE as etcd 3.4 (no header; exact
 //!   (member, type) pairs), kept durably in the data dir (`alarms`, one
-//!   `member_id alarm` line each).
+//!   `member_id alarm` line each). In a cluster they are still each
+//!   member's own, not replicated as etcd's (README).
 //! - Space quota: the store's size ([`crate::mvcc::Store::bytes`], every
 //!   version not compacted away) is what `Status.dbSize` reports and
 //!   `--quota-backend-bytes` limits (0: etcd's default, 2 GiB). A put or a
@@ -23,9 +24,14 @@
 //!   the committed revision (format below), streamed as etcd streams its
 //!   file: 32 KiB chunks of the data, then the SHA-256 in a message of its own.
 //! - `MoveLeader`: a lone member leads every shard; only itself is a target.
+//!   In a cluster the write leadership moves to a voter.
+//! - A learner serves `Status` and `Snapshot` only (etcd 3.4's interceptors
+//!   let those through): the rest answer `etcdserver: rpc not supported for
+//!   learner`.
 //!
 //! Response shapes (which fields are set, headers or none) are etcd 3.4.23's,
-//! checked side by side with a real etcd in `tests/server_shapes.rs`.
+//! checked side by side with a real etcd in `tests/server_shapes.rs` and, on
+//! every member of a cluster, `tests/server_shapes_cluster.rs`.
 //!
 //! Snapshot format (all integers little-endian):
 //! ```text
@@ -138,6 +144,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         request: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
+        self.0.not_a_learner()?;
         let r = request.into_inner();
         let m = &self.0;
         let pair = (r.member_id, r.alarm);
@@ -210,7 +217,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             raft_applied_index: applied,
             errors,
             db_size_in_use: size,
-            is_learner: false,
+            is_learner: m.is_learner(),
         }))
     }
 
@@ -218,6 +225,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         _: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        self.0.not_a_learner()?;
         let m = &self.0;
         for shard in 0..m.shards.len() {
             m.ask(shard, |reply| ShardMsg::Snapshot { reply }).await??;
@@ -233,6 +241,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         _: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
+        self.0.not_a_learner()?;
         let (hash, _, revision) = self.0.hash_kv(0).await?;
         let header = self.0.header(revision, self.0.raft_term());
         Ok(Response::new(pb::HashResponse {
@@ -245,6 +254,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
+        self.0.not_a_learner()?;
         let (hash, compact_revision, _) = self.0.hash_kv(request.into_inner().revision).await?;
         let header = self.0.header(self.0.seq.committed(), self.0.raft_term());
         Ok(Response::new(pb::HashKvResponse {
@@ -291,11 +301,12 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
     /// no header) and refuses any other target, which is not a member. In
     /// a cluster the meta group's leadership moves (the data groups follow
     /// it, see `crate::member::leader`), and the answer comes once the
-    /// target leads it.
+    /// target leads it. Every answer is empty (no header), as etcd's.
     async fn move_leader(
         &self,
         request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        self.0.not_a_learner()?;
         let m = &self.0;
         let target = request.into_inner().target_id;
         if !m.peers.clustered() {
@@ -330,9 +341,8 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         if moved.is_err() {
             return Err(EtcdError::Timeout.status());
         }
-        Ok(Response::new(pb::MoveLeaderResponse {
-            header: Some(m.header(m.seq.committed(), m.raft_term())),
-        }))
+        // etcd 3.4 answers an empty response, a move included.
+        Ok(Response::new(pb::MoveLeaderResponse { header: None }))
     }
 }
 

@@ -5,8 +5,10 @@
 //!
 //! As etcd 3.4: at most one learner; a learner is promoted only once it is
 //! in sync with the leader (its matched index at least 90% of the leader's,
-//! in the meta group and every data group); a learner serves only Status
-//! and serializable Range (`etcdserver: rpc not supported for learner`).
+//! in the meta group and every data group; checked before whether it is a
+//! learner at all, so an unstarted voter is "not in sync", as in etcd); a
+//! learner serves only Status, Snapshot and serializable Range (`etcdserver:
+//! rpc not supported for learner`).
 //! An added member's id is computed from its peer URLs and the cluster's
 //! token (etcd draws one at random and a joining member asks its peers; a
 //! cairn member started with `--initial-cluster-state existing` computes
@@ -229,11 +231,14 @@ impl Member {
                 if !view.nodes.contains_key(&id) {
                     return Err(EtcdError::MemberNotFound.status());
                 }
-                if !view.learners.contains(&id) {
-                    return Err(EtcdError::MemberNotLearner.status());
-                }
+                // In etcd's order: whether it caught up comes first, for
+                // any member (an unstarted voter is "not in sync"), then
+                // whether it is a learner.
                 if !self.in_sync(id).await? {
                     return Err(EtcdError::LearnerNotReady.status());
+                }
+                if !view.learners.contains(&id) {
+                    return Err(EtcdError::MemberNotLearner.status());
                 }
                 target.learners.remove(&id);
                 target.voters.insert(id);
