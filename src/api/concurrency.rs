@@ -396,8 +396,12 @@ impl Drop for Cleanup {
             return;
         }
         let (client, key, created_at) = (self.client.clone(), self.key.clone(), self.created_at);
-        // Best effort, as etcd's (its error is dropped too).
-        tokio::spawn(async move {
+        // Best effort, as etcd's (its error is dropped too); nothing to do
+        // if the front runtime is gone (the member stopped).
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
             let _ = match created_at {
                 None => client.delete(key).await.map(|_| ()),
                 Some(rev) => {

@@ -7,7 +7,7 @@
 //! key `<name>/<lease in hex>`, a lease the server chose is shown by its
 //! label (`n/<L1>`); client-chosen leases stay as they are.
 
-use crate::lease_harness::{hdr, Run, PATIENCE};
+use crate::lease_harness::{hdr, Outcome, Run, PATIENCE};
 use cairn_proto::etcdserverpb as pb;
 use cairn_proto::mvccpb;
 use cairn_proto::v3electionpb as epb;
@@ -82,7 +82,7 @@ pub fn election_client(r: &Run) -> ElectionClient<Channel> {
 pub fn lock_outcome(
     r: &mut Run,
     got: Result<tonic::Response<lpb::LockResponse>, tonic::Status>,
-) -> (Result<String, (tonic::Code, String)>, Option<Vec<u8>>) {
+) -> (Outcome, Option<Vec<u8>>) {
     match got {
         Ok(l) => {
             let l = l.into_inner();
@@ -207,10 +207,7 @@ pub fn leader_key(r: &mut Run, l: &epb::LeaderKey) -> String {
 pub fn campaign_outcome(
     r: &mut Run,
     got: Result<tonic::Response<epb::CampaignResponse>, tonic::Status>,
-) -> (
-    Result<String, (tonic::Code, String)>,
-    Option<epb::LeaderKey>,
-) {
+) -> (Outcome, Option<epb::LeaderKey>) {
     match got {
         Ok(c) => {
             let c = c.into_inner();
@@ -287,26 +284,58 @@ pub async fn leader(r: &mut Run, label: &str, name: &str) {
     r.push(label, got, vec![]);
 }
 
-/// An Observe stream.
-pub async fn observe(r: &mut Run, name: &str) -> tonic::Streaming<epb::LeaderResponse> {
+/// An Observe stream, read in a task of its own: etcd's server sends the
+/// response headers only with its first answer, so the call itself waits
+/// until there is a leader. Aborted when dropped.
+pub struct Observe {
+    rx: tokio::sync::mpsc::Receiver<Result<epb::LeaderResponse, tonic::Status>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Observe {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn observe(r: &Run, name: &str) -> Observe {
     let req = epb::LeaderRequest { name: name.into() };
-    let s = election_client(r).observe(req).await.expect("observe");
-    s.into_inner()
+    let mut client = election_client(r);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let task = tokio::spawn(async move {
+        let mut s = match client.observe(req).await {
+            Ok(s) => s.into_inner(),
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        loop {
+            match s.message().await {
+                Ok(Some(l)) => {
+                    if tx.send(Ok(l)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return, // the channel closes: "the stream ended"
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+    });
+    Observe { rx, task }
 }
 
 /// The stream's next answer as a step (waiting at most `limit`; "nothing"
 /// if none came).
-pub async fn observed(
-    r: &mut Run,
-    label: &str,
-    s: &mut tonic::Streaming<epb::LeaderResponse>,
-    limit: Duration,
-) {
-    let got = match tokio::time::timeout(limit, s.message()).await {
+pub async fn observed(r: &mut Run, label: &str, o: &mut Observe, limit: Duration) {
+    let got = match tokio::time::timeout(limit, o.rx.recv()).await {
         Err(_) => Ok("nothing".to_string()),
-        Ok(Ok(Some(l))) => Ok(leader_outcome(r, &l)),
-        Ok(Ok(None)) => Ok("the stream ended".to_string()),
-        Ok(Err(e)) => Err(err(e)),
+        Ok(Some(Ok(l))) => Ok(leader_outcome(r, &l)),
+        Ok(None) => Ok("the stream ended".to_string()),
+        Ok(Some(Err(e))) => Err(err(e)),
     };
     r.push(label, got, vec![]);
 }
