@@ -193,13 +193,13 @@ async fn etcdctl_lock_script(mut r: Run) -> Run {
     let url = r.server.url();
     let first = Ctl::start(&url, &["lock", "L"]);
     let lines = first.lines(2);
-    let got: Vec<String> = lines.iter().map(|l| key(&mut r, l.as_bytes())).collect();
+    let got = keyed(&mut r, &lines);
     r.fact("the first prints its key", got);
     let second = Ctl::start(&url, &["lock", "L"]);
     r.fact("the second waits", second.quiet());
     r.fact("the first ends on SIGTERM", first.stop(false));
     let lines = second.lines(2);
-    let got: Vec<String> = lines.iter().map(|l| key(&mut r, l.as_bytes())).collect();
+    let got = keyed(&mut r, &lines);
     r.fact("the second has it", got);
     let third = Ctl::start(&url, &["lock", "--ttl", "2", "L"]);
     r.fact("the third waits", third.quiet());
@@ -208,21 +208,13 @@ async fn etcdctl_lock_script(mut r: Run) -> Run {
     r.revoke("revoke the second's lease", lease).await;
     let mut second = second;
     r.fact("the second's session expired", second.wait());
-    let got: Vec<String> = third
-        .lines(2)
-        .iter()
-        .map(|l| key(&mut r, l.as_bytes()))
-        .collect();
+    let got = keyed(&mut r, &third.lines(2));
     r.fact("the third has it", got);
     let fourth = Ctl::start(&url, &["lock", "L"]);
     r.fact("the fourth waits", fourth.quiet());
     let (code, _) = third.stop(true);
     r.fact("the third is killed", code);
-    let got: Vec<String> = fourth
-        .lines(2)
-        .iter()
-        .map(|l| key(&mut r, l.as_bytes()))
-        .collect();
+    let got = keyed(&mut r, &fourth.lines(2));
     r.fact("the third's lease expired: the fourth has it", got);
     fourth.stop(false);
     let mut cmd = Ctl::start(

@@ -58,6 +58,11 @@ pub fn key(r: &mut Run, k: &[u8]) -> String {
     s
 }
 
+/// Lines of etcdctl's output, each normalized as a key.
+pub fn keyed(r: &mut Run, lines: &[String]) -> Vec<String> {
+    lines.iter().map(|l| key(r, l.as_bytes())).collect()
+}
+
 pub fn kv(r: &mut Run, kv: &mvccpb::KeyValue) -> String {
     let k = key(r, &kv.key);
     let (c, m, v) = (kv.create_revision, kv.mod_revision, kv.version);
