@@ -2,8 +2,10 @@
 //! gRPC front on a small tokio runtime.
 
 use crate::api::cluster::ClusterService;
+use crate::api::election::ElectionService;
 use crate::api::kv::KvService;
 use crate::api::lease::LeaseService;
+use crate::api::lock::LockService;
 use crate::api::maintenance::MaintenanceService;
 use crate::api::watch::WatchService;
 use crate::config::Config;
@@ -23,6 +25,8 @@ use cairn_proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use cairn_proto::v3electionpb::election_server::ElectionServer;
+use cairn_proto::v3lockpb::lock_server::LockServer;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -399,6 +403,13 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
             .add_service(ClusterServer::new(ClusterService(member.clone())))
             .add_service(WatchServer::new(WatchService(member.clone())))
             .add_service(LeaseServer::new(LeaseService(member.clone())))
+            .add_service(
+                LockServer::new(LockService(member.clone())).max_decoding_message_size(max),
+            )
+            .add_service(
+                ElectionServer::new(ElectionService(member.clone()))
+                    .max_decoding_message_size(max),
+            )
             .prepare()
             .into_axum_router();
             let app = grpc

@@ -9,6 +9,8 @@
 //! - [`maintenance`]: the Maintenance service, snapshots.
 //! - [`watch`]: the Watch service (events from the member's `WatchHub`).
 //! - [`lease`]: the Lease service.
+//! - [`lock`], [`election`]: the Lock and Election services, over
+//!   [`concurrency`] (etcd's mutex and election recipes, in-process).
 //! - [`gateway`], [`http`]: etcd's JSON gateway, health, version, metrics.
 //! - [`coalesce`], [`tls`]: the listeners of client connections (coalesced
 //!   writes; TLS).
@@ -17,12 +19,15 @@
 
 pub mod cluster;
 pub mod coalesce;
+pub mod concurrency;
 pub mod convert;
+pub mod election;
 pub mod errors;
 pub mod gateway;
 pub mod http;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 pub mod rpc_metrics;
 pub mod tls;
