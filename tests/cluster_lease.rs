@@ -3,7 +3,8 @@
 //! forward to the write leader), a revoke deletes every key of the lease on
 //! both shards at one revision on every member, and a lease kept alive
 //! through a follower survives the write leader's stop while an idle one
-//! expires on the new leader, its keys at one revision.
+//! expires on the new leader, its keys at one revision; a Lock (built on
+//! leases) is handed over between contenders on different members.
 
 mod common;
 
@@ -317,4 +318,52 @@ fn a_lease_kept_alive_through_a_follower_outlives_the_leader_and_an_idle_one_exp
         assert_eq!(keys_at(&c, i, "kept/", 0), kept_keys, "member {i}");
         gone_at_once(&c, i, "idle/", &idle_keys, last, now);
     }
+}
+
+#[test]
+fn a_lock_taken_through_one_follower_is_handed_over_through_another() {
+    use cairn_proto::v3lockpb as lpb;
+    use lpb::lock_client::LockClient;
+    let c = Cluster::start(13, &[]);
+    let leader = c.leader(&[]);
+    let (f1, f2) = ((leader + 1) % MEMBERS, (leader + 2) % MEMBERS);
+    let first = retry("grant", || grant(&c, f1, 30)).id;
+    let second = retry("grant", || grant(&c, f2, 30)).id;
+    let lock = |i: usize, lease: i64| {
+        let url = c.url(i);
+        async move {
+            let mut l = LockClient::connect(url)
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            l.lock(lpb::LockRequest {
+                name: b"cluster-lock".to_vec(),
+                lease,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+        }
+    };
+    let held = c.rt.block_on(lock(f1, first)).expect("the first lock");
+    assert_eq!(held.key, format!("cluster-lock/{first:x}").into_bytes());
+    // The second waits (through the other follower) until the first is
+    // unlocked (through the leader).
+    let waiting = c.rt.spawn(lock(f2, second));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!waiting.is_finished(), "the second lock waits");
+    let url = c.url(leader);
+    let key = held.key.clone();
+    c.rt.block_on(async move {
+        let mut l = LockClient::connect(url).await.expect("connect");
+        l.unlock(lpb::UnlockRequest { key }).await.expect("unlock");
+    });
+    let got =
+        c.rt.block_on(async { tokio::time::timeout(CALL, waiting).await })
+            .expect("handed over in time")
+            .expect("task")
+            .expect("the second lock");
+    assert_eq!(got.key, format!("cluster-lock/{second:x}").into_bytes());
+    assert!(
+        got.header.expect("header").revision > held.header.expect("header").revision,
+        "taken after the first was"
+    );
 }
