@@ -10,7 +10,7 @@ use crate::api::maintenance::MaintenanceService;
 use crate::api::watch::WatchService;
 use crate::config::Config;
 use crate::identity::Identity;
-use crate::member::alarms::{Alarms, DEFAULT_QUOTA_BYTES};
+use crate::member::alarms::DEFAULT_QUOTA_BYTES;
 use crate::member::peers::{MemberInbox, Peers};
 use crate::member::Member;
 use crate::raft::board::GroupBoard;
@@ -234,6 +234,7 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
     let fatal = Arc::new(crate::fatal::Fatal::default());
     let parts = Arc::new(PartBook::new(shards));
     let leases = Arc::new(crate::lease::LeaseView::new());
+    let alarms = Arc::new(crate::raft::alarms::AlarmView::new());
     let cfgs = raft_in_rx
         .into_iter()
         .enumerate()
@@ -250,6 +251,7 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
                 client_urls: split_urls(&cfg.advertise_client_urls),
             }),
             leases: leases.clone(),
+            alarms: alarms.clone(),
             raft_term: raft_term.clone(),
             snapshot_count: cfg.snapshot_count,
             wal_segment_bytes: cfg.wal_segment_bytes,
@@ -316,7 +318,7 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
             0 => DEFAULT_QUOTA_BYTES,
             n => n,
         },
-        alarms: Alarms::open(&dir)?,
+        alarms,
         fatal: fatal.clone(),
         proposals_failed: Default::default(),
         leases: crate::member::lease::Leases::new(leases, member_id, timing),
@@ -361,6 +363,17 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
                 .lease_leadership_starts()
                 .await
                 .map_err(|e| format!("starting leases: {}", e.message()))?;
+            // Alarms an older cairn kept in the data dir join the meta group.
+            crate::member::alarms::adopt_alarm_file(member.clone(), dir.clone(), 1).await?;
+        } else {
+            // (Once a write leader answers.)
+            let (member, dir) = (member.clone(), dir.clone());
+            tokio::spawn(async move {
+                let adopted = crate::member::alarms::adopt_alarm_file(member, dir, 600).await;
+                if let Err(e) = adopted {
+                    eprintln!("cairn: {e}");
+                }
+            });
         }
         tokio::spawn(crate::member::lease::expire(
             member.clone(),

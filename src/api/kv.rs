@@ -63,7 +63,8 @@ impl pb::kv_server::Kv for KvService {
         self.0.check_size(r.encoded_len())?;
         validate::check_put(&r)?;
         self.0
-            .check_quota(super::maintenance::put_cost(&r.key, &r.value))?;
+            .check_quota(super::maintenance::put_cost(&r.key, &r.value))
+            .await?;
         let shard = shard_of(&r.key, self.0.shards.len());
         let out = self
             .0
@@ -121,7 +122,7 @@ impl pb::kv_server::Kv for KvService {
         let r = request.into_inner();
         self.0.check_size(r.encoded_len())?;
         validate::check_txn(&r, self.0.max_txn_ops)?;
-        self.0.check_quota(super::maintenance::txn_cost(&r))?;
+        self.0.check_quota(super::maintenance::txn_cost(&r)).await?;
         let t = convert::txn_request(&r)?;
         let mut keys = Vec::new();
         txn_keys(&t, &mut keys);

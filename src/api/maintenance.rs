@@ -156,15 +156,11 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
                 .filter(|(_, alarm)| r.alarm == AlarmType::None as i32 || *alarm == r.alarm)
                 .collect(),
             Ok(AlarmAction::Activate) => {
-                m.alarms.change(|a| {
-                    a.insert(pair);
-                })?;
+                m.change_alarm(pair, true).await?;
                 vec![pair]
             }
             Ok(AlarmAction::Deactivate) => {
-                let mut was_raised = false;
-                m.alarms.change(|a| was_raised = a.remove(&pair))?;
-                if was_raised {
+                if m.change_alarm(pair, false).await? {
                     vec![pair]
                 } else {
                     Vec::new()

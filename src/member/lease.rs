@@ -243,20 +243,22 @@ impl Member {
         }
     }
 
-    async fn grant_here(&self, id: i64, ttl: i64) -> Result<(i64, i64), Status> {
+    async fn grant_here(self: &Arc<Self>, id: i64, ttl: i64) -> Result<(i64, i64), Status> {
         let leases = &self.leases;
         // etcd checks the TTL before the id.
         if ttl > MAX_LEASE_TTL {
             return Err(EtcdError::LeaseTtlTooLarge.status());
         }
-        self.check_quota(crate::lease::LEASE_GRANT_COST)?;
+        self.check_quota(crate::lease::LEASE_GRANT_COST).await?;
         let id = if id == 0 { leases.ids.next() } else { id };
         let ttl = ttl.max(leases.min_ttl);
         leases.settled(id).await;
         match self.meta_write(MetaCommand::Grant { id, ttl }).await? {
             MetaReply::Done => {}
             MetaReply::LeaseExists => return Err(EtcdError::LeaseExist.status()),
-            MetaReply::LeaseNotFound => return Err(EtcdError::LeaseNotFound.status()),
+            MetaReply::LeaseNotFound | MetaReply::Unchanged => {
+                return Err(EtcdError::LeaseNotFound.status())
+            }
         }
         // (Unless a revoke of this id already went by: an expiry of a lease
         // no longer in the table would also drop it, see `revoke_started`.)

@@ -53,7 +53,7 @@ pub struct Member {
     pub cross: tokio::sync::Mutex<()>,
     /// `--quota-backend-bytes` (0 replaced by etcd's default).
     pub quota_bytes: u64,
-    pub alarms: alarms::Alarms,
+    pub alarms: Arc<crate::raft::alarms::AlarmView>,
     /// Set when the member cannot go on (see `crate::fatal`).
     pub fatal: Arc<crate::fatal::Fatal>,
     /// The other members, and this member's groups' leadership.

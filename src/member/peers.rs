@@ -113,6 +113,11 @@ pub enum Forward {
     Members(super::membership::Change),
     /// A lease RPC (run by the write leader's lessor).
     Lease(super::lease::LeaseCall),
+    /// An alarm raised or cleared.
+    Alarm {
+        alarm: crate::raft::alarms::Alarm,
+        raise: bool,
+    },
 }
 
 /// The write leader's answer to a [`Forward`].
@@ -120,6 +125,8 @@ pub enum Forward {
 enum Answer {
     Write(Option<WriteOutcome>),
     Lease(super::lease::LeaseAnswer),
+    /// Whether the alarm change changed anything.
+    Alarm(bool),
 }
 
 /// A gRPC status as it crosses the transport.
@@ -189,7 +196,7 @@ impl Member {
     pub async fn forward(&self, leader: u64, fwd: Forward) -> Result<Option<WriteOutcome>, Status> {
         let outcome = match self.call_leader(leader, &fwd).await? {
             Answer::Write(outcome) => outcome,
-            Answer::Lease(a) => return Err(Status::internal(format!("unexpected answer {a:?}"))),
+            other => return Err(Status::internal(format!("unexpected answer {other:?}"))),
         };
         if let Some(o) = &outcome {
             // Read-your-writes through this member; bounded: the write
@@ -208,12 +215,28 @@ impl Member {
     ) -> Result<super::lease::LeaseAnswer, Status> {
         let answer = match self.call_leader(leader, &Forward::Lease(call)).await? {
             Answer::Lease(answer) => answer,
-            Answer::Write(o) => return Err(Status::internal(format!("unexpected answer {o:?}"))),
+            other => return Err(Status::internal(format!("unexpected answer {other:?}"))),
         };
         if let super::lease::LeaseAnswer::Revoked(Some(revision)) = &answer {
             let _ = tokio::time::timeout(FORWARD_TTL, self.seq.wait_committed(*revision)).await;
         }
         Ok(answer)
+    }
+
+    /// Sends an alarm change to the write leader `leader`.
+    pub async fn forward_alarm(
+        &self,
+        leader: u64,
+        alarm: crate::raft::alarms::Alarm,
+        raise: bool,
+    ) -> Result<bool, Status> {
+        match self
+            .call_leader(leader, &Forward::Alarm { alarm, raise })
+            .await?
+        {
+            Answer::Alarm(changed) => Ok(changed),
+            other => Err(Status::internal(format!("unexpected answer {other:?}"))),
+        }
     }
 
     async fn call_leader(&self, leader: u64, fwd: &Forward) -> Result<Answer, Status> {
@@ -264,6 +287,12 @@ impl Member {
             Forward::PutMember(record) => self.put_member_here(record).await.map(|()| None),
             Forward::Members(change) => self.change_members_here(change).await.map(|_| None),
             Forward::Lease(call) => return self.lease_call_here(call).await.map(Answer::Lease),
+            Forward::Alarm { alarm, raise } => {
+                return self
+                    .change_alarm_here(alarm, raise)
+                    .await
+                    .map(Answer::Alarm)
+            }
         };
         outcome.map(Answer::Write)
     }

@@ -3,6 +3,9 @@
 //! cluster's membership now (`Cluster.MemberList` reads it), the lease table
 //! and the auth store when they are built. Its leader is the write leader.
 //!
+//! The alarms are here (`Alarm`), mirrored in each member's [`AlarmView`]:
+//! as etcd's, they are the cluster's, not one member's.
+//!
 //! The lease table is here too (`Grant`, `Revoke`): which leases exist and
 //! their TTLs. Which keys a lease holds is not: each key's version names its
 //! lease, and each shard indexes them (as etcd rebuilds it from its keys).
@@ -14,6 +17,7 @@
 //! Snapshots are the whole state (small), in `shard-0/meta/current.snap`, in
 //! the same checksummed file format as a shard's.
 
+use super::alarms::{Alarm, AlarmView};
 use super::snapshot_file::{
     encode_snapshot_file, read_snapshot_file, write_durably, SNAPSHOT_FILE,
 };
@@ -26,7 +30,7 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::EntryPayload;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -64,6 +68,12 @@ pub enum MetaCommand {
     Revoke {
         ids: Vec<i64>,
     },
+    /// An alarm raised or cleared (`Unchanged` if it already was).
+    Alarm {
+        member: u64,
+        alarm: i32,
+        raise: bool,
+    },
 }
 
 /// What applying a [`MetaCommand`] says.
@@ -72,6 +82,9 @@ pub enum MetaReply {
     Done,
     LeaseExists,
     LeaseNotFound,
+    /// Nothing to change (an alarm raised again, or cleared when it was
+    /// not raised).
+    Unchanged,
 }
 
 impl std::fmt::Display for MetaCommand {
@@ -82,6 +95,11 @@ impl std::fmt::Display for MetaCommand {
             MetaCommand::SetCluster(id) => write!(f, "set-cluster({id:x})"),
             MetaCommand::Grant { id, ttl } => write!(f, "grant({id:x} ttl {ttl})"),
             MetaCommand::Revoke { ids } => write!(f, "revoke({} leases)", ids.len()),
+            MetaCommand::Alarm {
+                member,
+                alarm,
+                raise,
+            } => write!(f, "alarm({member:x} {alarm} raise {raise})"),
         }
     }
 }
@@ -101,6 +119,16 @@ pub struct MetaState {
     pub cluster_id: Option<u64>,
     /// Granted leases: id → TTL (s).
     pub leases: BTreeMap<i64, i64>,
+    /// Raised alarms (member, type).
+    pub alarms: BTreeSet<Alarm>,
+}
+
+/// The state as snapshots before alarms held it.
+#[derive(Deserialize)]
+struct MetaStateV3 {
+    members: BTreeMap<u64, MemberRecord>,
+    cluster_id: Option<u64>,
+    leases: BTreeMap<i64, i64>,
 }
 
 /// The state as snapshots before leases held it.
@@ -142,6 +170,20 @@ impl MetaState {
                     self.leases.remove(id);
                 }
             }
+            MetaCommand::Alarm {
+                member,
+                alarm,
+                raise,
+            } => {
+                let changed = if *raise {
+                    self.alarms.insert((*member, *alarm))
+                } else {
+                    self.alarms.remove(&(*member, *alarm))
+                };
+                if !changed {
+                    return MetaReply::Unchanged;
+                }
+            }
         }
         MetaReply::Done
     }
@@ -161,19 +203,23 @@ pub struct MetaStateMachine {
     dir: Rc<PathBuf>,
     /// The member's mirror of the lease table, kept equal to `state.leases`.
     leases: Arc<LeaseView>,
+    /// The member's mirror of the alarms, kept equal to `state.alarms`.
+    alarms: Arc<AlarmView>,
 }
 
 impl MetaStateMachine {
     /// Keeps snapshots in `dir`, starting from the one there (if any); a
     /// file that does not verify refuses the start, naming it.
-    pub fn open(dir: PathBuf, leases: Arc<LeaseView>) -> io::Result<Self> {
+    pub fn open(dir: PathBuf, leases: Arc<LeaseView>, alarms: Arc<AlarmView>) -> io::Result<Self> {
         let sm = Self {
             state: Rc::default(),
             applied: Rc::default(),
             dir: Rc::new(dir),
             leases,
+            alarms,
         };
         sm.leases.set_table(std::iter::empty());
+        sm.alarms.set_all(std::iter::empty());
         if let Some((meta, data)) = read_snapshot_file(&sm.dir.join(SNAPSHOT_FILE))? {
             sm.load(&meta, &data)?;
         }
@@ -193,23 +239,32 @@ impl MetaStateMachine {
     fn load(&self, meta: &SnapshotMetaOf<MetaRaft>, data: &[u8]) -> io::Result<()> {
         let state: MetaState = match postcard::from_bytes(data) {
             Ok(state) => state,
-            Err(e) => match postcard::from_bytes::<MetaStateV2>(data) {
-                Ok(v2) => MetaState {
-                    members: v2.members,
-                    cluster_id: v2.cluster_id,
-                    leases: BTreeMap::new(),
+            Err(e) => match postcard::from_bytes::<MetaStateV3>(data) {
+                Ok(v3) => MetaState {
+                    members: v3.members,
+                    cluster_id: v3.cluster_id,
+                    leases: v3.leases,
+                    alarms: BTreeSet::new(),
                 },
-                Err(_) => match postcard::from_bytes::<MetaStateV1>(data) {
-                    Ok(v1) => MetaState {
-                        members: v1.members,
+                Err(_) => match postcard::from_bytes::<MetaStateV2>(data) {
+                    Ok(v2) => MetaState {
+                        members: v2.members,
+                        cluster_id: v2.cluster_id,
                         ..MetaState::default()
                     },
-                    Err(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                    Err(_) => match postcard::from_bytes::<MetaStateV1>(data) {
+                        Ok(v1) => MetaState {
+                            members: v1.members,
+                            ..MetaState::default()
+                        },
+                        Err(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                    },
                 },
             },
         };
         self.leases
             .set_table(state.leases.iter().map(|(id, ttl)| (*id, *ttl)));
+        self.alarms.set_all(state.alarms.iter().copied());
         *self.state.borrow_mut() = state;
         let mut a = self.applied.borrow_mut();
         a.log_id = meta.last_log_id;
@@ -222,6 +277,11 @@ impl MetaStateMachine {
         match command {
             MetaCommand::Grant { id, ttl } => self.leases.granted(*id, *ttl),
             MetaCommand::Revoke { ids } => self.leases.revoked(ids),
+            MetaCommand::Alarm {
+                member,
+                alarm,
+                raise,
+            } => self.alarms.change((*member, *alarm), *raise),
             _ => {}
         }
     }

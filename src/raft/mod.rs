@@ -3,6 +3,7 @@
 //! Runs on the shard core that owns the WAL: the types here are `!Send`
 //! (openraft is built with `single-threaded`).
 
+pub mod alarms;
 pub mod board;
 pub mod log_store;
 pub mod meta;

@@ -247,6 +247,8 @@ pub struct ShardConfig {
     /// The member's mirror of the lease table (the meta group on shard 0
     /// keeps it; every shard's writes consult it).
     pub leases: Arc<crate::lease::LeaseView>,
+    /// The member's mirror of the alarms (the meta group keeps it).
+    pub alarms: Arc<crate::raft::alarms::AlarmView>,
     /// Where this shard publishes its Raft term (the member's response
     /// headers read it without asking a shard).
     pub raft_term: Arc<std::sync::atomic::AtomicU64>,
