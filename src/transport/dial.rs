@@ -156,7 +156,7 @@ impl Shared {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(id);
-                if let Some(conn) = conn {
+                if let Some((conn, _)) = conn {
                     conn.close(0u32.into(), b"no longer a member at this URL");
                 }
             }

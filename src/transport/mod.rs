@@ -18,6 +18,7 @@
 pub mod channel;
 mod dial;
 mod handshake;
+mod liveness;
 mod peer_tls;
 pub mod quic;
 

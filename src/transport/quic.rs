@@ -29,6 +29,7 @@ use super::dial::learn;
 pub use super::dial::resolve;
 use super::handshake::HELLO_BYTES_MAX;
 pub use super::handshake::{Hello, PROTOCOL_VERSION};
+use super::liveness::Liveness;
 pub use super::peer_tls::PeerTls;
 use super::peer_tls::{cn_refusal, rustls_configs};
 use super::{CallError, Frame, Inbox, Kind, Transport};
@@ -65,7 +66,8 @@ pub(super) struct Shared {
     pub(super) hello: Hello,
     pub(super) endpoint: quinn::Endpoint,
     pub(super) inbox: Arc<dyn Inbox>,
-    pub(super) conns: Mutex<BTreeMap<u64, quinn::Connection>>,
+    /// The connection to each member, and whether it still answers.
+    pub(super) conns: Mutex<BTreeMap<u64, (quinn::Connection, Arc<Liveness>)>>,
     /// Refusals already logged (each address and reason is logged once; at
     /// most [`REFUSALS_REMEMBERED`], then forgotten and logged anew).
     refused: Mutex<std::collections::BTreeSet<(SocketAddr, String)>>,
@@ -189,7 +191,12 @@ impl QuicTransport {
 }
 
 impl Shared {
+    #[cfg(test)]
     pub(super) fn conn(&self, to: u64) -> Option<quinn::Connection> {
+        self.peer(to).map(|(conn, _)| conn)
+    }
+
+    fn peer(&self, to: u64) -> Option<(quinn::Connection, Arc<Liveness>)> {
         self.conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -202,7 +209,7 @@ impl Shared {
         self.conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(peer, conn.clone());
+            .insert(peer, (conn.clone(), Arc::new(Liveness::new())));
         // One line per connection up and down (etcd's "peer became
         // active/inactive"), not one per failed message.
         eprintln!(
@@ -221,7 +228,7 @@ impl Shared {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         if conns
             .get(&peer)
-            .is_some_and(|c| c.stable_id() == conn.stable_id())
+            .is_some_and(|(c, _)| c.stable_id() == conn.stable_id())
         {
             conns.remove(&peer);
         }
@@ -345,7 +352,7 @@ impl Transport for QuicTransport {
         frame: Frame,
         ttl: Duration,
     ) -> BoxFuture<'static, Result<Vec<u8>, CallError>> {
-        let Some(conn) = self.shared.conn(to) else {
+        let Some((conn, live)) = self.shared.peer(to) else {
             return Box::pin(futures::future::ready(Err(CallError::Unreachable(
                 format!("no connection to member {to:x}"),
             ))));
@@ -387,6 +394,18 @@ impl Transport for QuicTransport {
             let outcome = tokio::time::timeout(ttl, call)
                 .await
                 .unwrap_or(Err(CallError::Timeout));
+            let now = std::time::Instant::now();
+            match &outcome {
+                Ok(_) | Err(CallError::Remote(_)) => live.answered(now),
+                Err(CallError::Timeout) if live.stalled(now) => {
+                    eprintln!(
+                        "cairn: peer {to:x}: no call answered for {} s: closing the connection",
+                        super::liveness::STALL.as_secs()
+                    );
+                    conn.close(2u32.into(), b"no call answered");
+                }
+                Err(_) => {}
+            }
             let _ = tx.send(outcome);
         });
         Box::pin(async move {
@@ -427,8 +446,28 @@ mod tests {
             .expect("a free UDP port")
     }
 
+    /// Answers a frame whose body is "mute" never, any other as Echo does.
+    struct MuteOnAsk;
+
+    impl Inbox for MuteOnAsk {
+        fn deliver(&self, from: u64, frame: Frame) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+            if frame.body == b"mute" {
+                return Box::pin(futures::future::pending());
+            }
+            Echo.deliver(from, frame)
+        }
+    }
+
     /// Two members; `b` says `b_hello` about itself.
     fn pair(b_hello: Hello) -> (Arc<QuicTransport>, Arc<QuicTransport>) {
+        pair_with(b_hello, Arc::new(Echo))
+    }
+
+    /// Two members; `b`'s frames go to `b_inbox`.
+    fn pair_with(
+        b_hello: Hello,
+        b_inbox: Arc<dyn Inbox>,
+    ) -> (Arc<QuicTransport>, Arc<QuicTransport>) {
         let (a_addr, b_addr) = (free_udp(), free_udp());
         let a = QuicTransport::start(
             QuicConfig {
@@ -451,7 +490,7 @@ mod tests {
                 tls: PeerTls::Unauthenticated,
                 hello: b_hello,
             },
-            Arc::new(Echo),
+            b_inbox,
         )
         .expect("b starts");
         (a, b)
@@ -529,6 +568,39 @@ mod tests {
             a.shared.conn(2).is_none_or(|c| c.stable_id() != first),
             "the old connection is dropped"
         );
+    }
+
+    #[test]
+    fn a_connection_whose_calls_go_unanswered_is_closed_and_dialed_again() {
+        let (a, _b) = pair_with(hello(2, "t", 2), Arc::new(MuteOnAsk));
+        call_when_up(&a, 2, b"x").expect("up");
+        let first = a.shared.conn(2).expect("a connection").stable_id();
+        // The connection stays open (QUIC answers its keep-alives) while
+        // no call on it is answered.
+        let deadline = std::time::Instant::now() + super::super::liveness::STALL * 3;
+        let mut timeouts = 0;
+        while a.shared.conn(2).is_some_and(|c| c.stable_id() == first) {
+            assert!(std::time::Instant::now() < deadline, "never given up");
+            let r = futures::executor::block_on(a.call(
+                2,
+                Frame {
+                    kind: Kind::Append,
+                    group: 0,
+                    body: b"mute".to_vec(),
+                },
+                Duration::from_millis(500),
+            ));
+            if r == Err(CallError::Timeout) {
+                timeouts += 1;
+            }
+        }
+        assert!(timeouts >= 10, "closed after calls timed out: {timeouts}");
+        // Dialed again: calls are answered on the new connection.
+        assert_eq!(
+            call_when_up(&a, 2, b"y").map(|r| r[..1].to_vec()),
+            Ok(b"y".to_vec())
+        );
+        assert_ne!(a.shared.conn(2).map(|c| c.stable_id()), Some(first));
     }
 
     #[test]
