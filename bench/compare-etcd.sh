@@ -23,8 +23,9 @@
 # $DIR/pki). cairn's peer traffic (QUIC) is always encrypted, so this is the
 # like-for-like etcd; the plain etcd is run too. The order of the systems
 # rotates from round to round.
-# SCENARIOS=lease-ka (one member: cairn's leases are not built for clusters
-# yet) keeps 10,000 leases alive from 100 streams.
+# SCENARIOS=lease-ka keeps 10,000 leases alive from 100 streams (with
+# MEMBERS > 1, a keepalive that reaches a follower is forwarded to the
+# write leader, as etcd's followers do).
 # Env: DIR (data, default target/compare-data; must not be tmpfs), SHARDS
 # (cairn --shards; default: cairn's own, one per CPU it may run on), SCENARIOS
 # (space-separated subset), PIN (a comma-separated CPU list, e.g. PIN=1: both
