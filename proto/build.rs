@@ -21,10 +21,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .compile_fds(fds)?;
     // serde (proto3 JSON: original field names out, both spellings in, 64-bit
-    // integers as strings, bytes as base64) for the HTTP/JSON gateway.
+    // integers as strings, bytes as base64) for the HTTP/JSON gateway. Unknown
+    // fields are skipped, as etcd's gateway (jsonpb) skips them.
     pbjson_build::Builder::new()
         .register_descriptors(&descriptors)?
         .preserve_proto_field_names()
-        .build(&[".etcdserverpb", ".mvccpb", ".authpb"])?;
+        .ignore_unknown_fields()
+        .build(&[
+            ".etcdserverpb",
+            ".mvccpb",
+            ".authpb",
+            ".v3lockpb",
+            ".v3electionpb",
+        ])?;
     Ok(())
 }

@@ -25,6 +25,41 @@ fn current_header(member: &Member) -> pb::ResponseHeader {
     member.header(member.seq.committed(), member.raft_term())
 }
 
+/// The answers of one keepalive stream.
+pub type KeepAliveResponses = ReceiverStream<Result<pb::LeaseKeepAliveResponse, Status>>;
+
+/// Serves one keepalive stream whose requests come from `requests` (gRPC's
+/// stream, or the JSON gateway's body): answers in request order until
+/// `requests` ends or fails, or the receiver of the answers is dropped. A
+/// failed renew (not an unknown lease: that answers TTL 0) ends the stream
+/// with its status.
+pub fn keep_alive<R>(member: Arc<Member>, mut requests: R) -> KeepAliveResponses
+where
+    R: futures::Stream<Item = Result<pb::LeaseKeepAliveRequest, Status>> + Unpin + Send + 'static,
+{
+    use futures::StreamExt;
+    let (tx, rx) = mpsc::channel(SEND_QUEUE);
+    tokio::spawn(async move {
+        while let Some(Ok(req)) = requests.next().await {
+            // etcd fills the header before renewing.
+            let header = current_header(&member);
+            let answer = member
+                .lease_renew(req.id)
+                .await
+                .map(|ttl| pb::LeaseKeepAliveResponse {
+                    header: Some(header),
+                    id: req.id,
+                    ttl,
+                });
+            let failed = answer.is_err();
+            if tx.send(answer).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
 #[tonic::async_trait]
 impl pb::lease_server::Lease for LeaseService {
     async fn lease_grant(
@@ -63,37 +98,16 @@ impl pb::lease_server::Lease for LeaseService {
         }))
     }
 
-    type LeaseKeepAliveStream = ReceiverStream<Result<pb::LeaseKeepAliveResponse, Status>>;
+    type LeaseKeepAliveStream = KeepAliveResponses;
 
     async fn lease_keep_alive(
         &self,
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        let member = self.0.clone();
-        let mut requests = request.into_inner();
-        let (tx, rx) = mpsc::channel(SEND_QUEUE);
-        tokio::spawn(async move {
-            // Answers in request order; a failed renew (not an unknown
-            // lease: that answers TTL 0) ends the stream with its status.
-            while let Ok(Some(req)) = requests.message().await {
-                // etcd fills the header before renewing.
-                let header = current_header(&member);
-                let answer =
-                    member
-                        .lease_renew(req.id)
-                        .await
-                        .map(|ttl| pb::LeaseKeepAliveResponse {
-                            header: Some(header),
-                            id: req.id,
-                            ttl,
-                        });
-                let failed = answer.is_err();
-                if tx.send(answer).await.is_err() || failed {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(keep_alive(
+            self.0.clone(),
+            request.into_inner(),
+        )))
     }
 
     async fn lease_time_to_live(

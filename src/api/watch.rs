@@ -55,34 +55,49 @@ const ERR_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchSt
 
 pub struct WatchService(pub Arc<Member>);
 
+/// The responses of one watch stream, as the service sends them.
+pub type Responses = ReceiverStream<Result<pb::WatchResponse, Status>>;
+
+/// Starts serving one watch stream whose requests come from `requests`
+/// (gRPC's stream, or the JSON gateway's body): a task serves it until
+/// `requests` ends or fails, the member stops, or the receiver of the
+/// responses is dropped. `require_leader`: clientv3's WithRequireLeader
+/// (metadata `hasleader: true`): refused without a leader, and ended with
+/// `etcdserver: no leader` when the member loses its leader.
+pub fn serve<R>(member: Arc<Member>, requests: R, require_leader: bool) -> Result<Responses, Status>
+where
+    R: futures::Stream<Item = Result<pb::WatchRequest, Status>> + Unpin + Send + 'static,
+{
+    if require_leader && member.leader().is_none() {
+        return Err(crate::api::EtcdError::NoLeader.status());
+    }
+    let (tx, rx) = mpsc::channel(SEND_QUEUE);
+    let stream = Stream {
+        member,
+        tx,
+        watchers: BTreeMap::new(),
+        next_id: 0,
+        progress_asked: false,
+        require_leader,
+    };
+    tokio::spawn(stream.serve(requests));
+    Ok(ReceiverStream::new(rx))
+}
+
 #[tonic::async_trait]
 impl pb::watch_server::Watch for WatchService {
-    type WatchStream = ReceiverStream<Result<pb::WatchResponse, Status>>;
+    type WatchStream = Responses;
 
     async fn watch(
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        // clientv3's WithRequireLeader (kube-apiserver uses it): refused
-        // without a leader, and ended when the member loses its leader.
+        // clientv3's WithRequireLeader (kube-apiserver uses it).
         let require_leader = request
             .metadata()
             .get("hasleader")
             .is_some_and(|v| v.as_bytes() == b"true");
-        if require_leader && self.0.leader().is_none() {
-            return Err(crate::api::EtcdError::NoLeader.status());
-        }
-        let (tx, rx) = mpsc::channel(SEND_QUEUE);
-        let stream = Stream {
-            member: self.0.clone(),
-            tx,
-            watchers: BTreeMap::new(),
-            next_id: 0,
-            progress_asked: false,
-            require_leader,
-        };
-        tokio::spawn(stream.serve(request.into_inner()));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        serve(self.0.clone(), request.into_inner(), require_leader).map(Response::new)
     }
 }
 
@@ -126,7 +141,11 @@ struct Stream {
 }
 
 impl Stream {
-    async fn serve(mut self, mut requests: Streaming<pb::WatchRequest>) {
+    async fn serve<R>(mut self, mut requests: R)
+    where
+        R: futures::Stream<Item = Result<pb::WatchRequest, Status>> + Unpin,
+    {
+        use futures::StreamExt;
         let mut committed = self.member.seq.subscribe();
         let mut leadership = self.member.peers.board.subscribe();
         // A silent leader shows as none only as time passes: looked at
@@ -144,9 +163,9 @@ impl Stream {
                 return;
             }
             let r = tokio::select! {
-                req = requests.message() => match req {
-                    Ok(Some(req)) => self.handle(req, c).await,
-                    Ok(None) | Err(_) => return,
+                req = requests.next() => match req {
+                    Some(Ok(req)) => self.handle(req, c).await,
+                    None | Some(Err(_)) => return,
                 },
                 changed = committed.changed() => match changed {
                     Ok(()) => Ok(()),
