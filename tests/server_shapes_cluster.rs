@@ -479,16 +479,6 @@ async fn run(
 /// whose URLs are updated stays a learner (etcd 3.4's member list calls it
 /// a voter from then on).
 fn known_differences() -> Vec<(&'static str, Outcome)> {
-    let status = |member: &str| {
-        format!(
-            "header(cluster the cluster's, member {member}, revision 5, term set 1), leader F1, \
-             term set 1 (the header's: true), index set 1, applied set 1, dbSize set 1, \
-             inUse set 1, learner false, errors []"
-        )
-    };
-    let put = |member: &str, revision: i64| {
-        format!("Ok(\"header(cluster the cluster's, member {member}, revision {revision}, term set 1)\")")
-    };
     let member = |role: &str| {
         format!("{role} \"<its name>\" peers [\"<peer of {role}>\"] clients [\"<client of {role}>\"] learner false")
     };
