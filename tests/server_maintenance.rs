@@ -51,6 +51,13 @@ fn the_quota_raises_nospace_which_refuses_puts_until_disarmed() {
         ok(&e, &["get", "k002", "--print-value-only"]),
         format!("{value}\n")
     );
+    // As etcd's: the quota is checked before a grant's TTL.
+    let grant = etcdctl(&e, &["lease", "grant", "9000000001"], None);
+    assert!(
+        String::from_utf8_lossy(&grant.stderr).contains("database space exceeded"),
+        "{}",
+        String::from_utf8_lossy(&grant.stderr)
+    );
     assert!(ok(&e, &["alarm", "list"]).contains("alarm:NOSPACE"));
     let st = status(&e);
     assert!(st["dbSize"].as_i64().unwrap() > 30_000, "{st}");

@@ -245,11 +245,12 @@ impl Member {
 
     async fn grant_here(self: &Arc<Self>, id: i64, ttl: i64) -> Result<(i64, i64), Status> {
         let leases = &self.leases;
-        // etcd checks the TTL before the id.
+        // etcd checks the quota first (its quota server wraps the lease
+        // server), then the TTL, then the id.
+        self.check_quota(crate::lease::LEASE_GRANT_COST).await?;
         if ttl > MAX_LEASE_TTL {
             return Err(EtcdError::LeaseTtlTooLarge.status());
         }
-        self.check_quota(crate::lease::LEASE_GRANT_COST).await?;
         let id = if id == 0 { leases.ids.next() } else { id };
         let ttl = ttl.max(leases.min_ttl);
         leases.settled(id).await;
