@@ -450,7 +450,30 @@ impl Member {
         if !leases.view.exists(id) {
             return Ok(0);
         }
-        Ok(leases.lessor().renew(id, Instant::now()).unwrap_or(0))
+        let renewed = leases.lessor().renew(id, Instant::now());
+        match renewed {
+            Some(ttl) => Ok(ttl),
+            None => {
+                // Overdue: as etcd's, the answer (0) waits until the
+                // expiry has revoked it (its keys are gone by then), or
+                // this member stops leading; bounded by the lessor's
+                // retry interval.
+                let retry = leases.lessor().retry();
+                let _ = tokio::time::timeout(retry, async {
+                    loop {
+                        let notified = leases.revoked.notified();
+                        if !leases.view.in_table(id) || !self.seq.leading() {
+                            return;
+                        }
+                        // (Leadership ends without a notice: looked at
+                        // every election timeout.)
+                        let _ = tokio::time::timeout(leases.election, notified).await;
+                    }
+                })
+                .await;
+                Ok(0)
+            }
+        }
     }
 
     async fn time_to_live_here(&self, id: i64, keys: bool) -> Result<TimeToLive, Status> {
