@@ -280,8 +280,9 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
     };
     let (seq, hub) = if clustered {
         // A cluster member follows until its controller wins the write
-        // leadership; it shows what every shard applied.
-        let visible = parts.visible();
+        // leadership; it shows what every shard applied (etcd's first
+        // revision is 1: a fresh member shows 1 too, not 0).
+        let visible = parts.visible().max(1);
         (
             Arc::new(SharedSequencer::following(visible)),
             Arc::new(WatchHub::new(visible, cfg.watch_log_bytes)),

@@ -367,3 +367,36 @@ fn a_watch_that_requires_a_leader_ends_when_its_member_loses_it() {
     assert_eq!(ended.message(), "etcdserver: no leader");
     c.net.heal();
 }
+
+#[test]
+fn a_fresh_cluster_shows_revision_1_on_every_member_before_any_write() {
+    use cairn_proto::etcdserverpb as pb;
+    let c = Cluster::start(14, &[]);
+    // Asked at once (before a write leader may exist) and once one does:
+    // etcd's first revision is 1, never 0.
+    for round in 0..2 {
+        if round == 1 {
+            c.leader(&[]);
+        }
+        for i in 0..MEMBERS {
+            let url = c.url(i);
+            let rev = c.rt.block_on(async move {
+                let mut kv = pb::kv_client::KvClient::connect(url)
+                    .await
+                    .expect("connect");
+                kv.range(pb::RangeRequest {
+                    key: b"nothing".to_vec(),
+                    serializable: true,
+                    ..Default::default()
+                })
+                .await
+                .expect("range")
+                .into_inner()
+                .header
+                .expect("header")
+                .revision
+            });
+            assert_eq!(rev, 1, "member {i}, round {round}");
+        }
+    }
+}
