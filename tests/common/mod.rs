@@ -42,6 +42,9 @@ impl Cairn {
     pub fn http_with(&self, method: &str, path: &str, body: &str) -> (u16, String) {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(self.endpoint()).expect("connect");
+        // A request that is never answered fails the test, never hangs it.
+        s.set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("read timeout");
         write!(
             s,
             "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
