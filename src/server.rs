@@ -376,7 +376,7 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
                 }
             });
         }
-        tokio::spawn(crate::member::lease::expire(
+        tokio::spawn(crate::member::lease_expiry::expire(
             member.clone(),
             stop_tx.subscribe(),
         ));

@@ -13,6 +13,7 @@ pub mod alarms;
 mod cross;
 pub mod leader;
 pub mod lease;
+pub mod lease_expiry;
 pub mod membership;
 pub mod peers;
 
