@@ -441,9 +441,10 @@ impl Member {
         // view holds every granted lease when it is read below. (Read
         // before that, an empty table would make every leased key look
         // orphaned.)
-        self.leases_in_use().await?;
+        let in_use = self.leases_in_use().await?;
         self.leases.promote();
-        self.sweep_orphaned_lease_keys().await
+        self.sweep(in_use).await;
+        Ok(())
     }
 
     /// The leases that keys carry, on every shard.
@@ -463,8 +464,16 @@ impl Member {
     /// whose table is the cluster's: a single member once it replayed its
     /// log, a cluster's write leader after its failover.
     pub async fn sweep_orphaned_lease_keys(self: &Arc<Self>) -> Result<(), Status> {
+        let in_use = self.leases_in_use().await?;
+        self.sweep(in_use).await;
+        Ok(())
+    }
+
+    /// Revokes the leases of `in_use` (carried by keys) that are not in
+    /// the table: their keys go.
+    async fn sweep(self: &Arc<Self>, in_use: HashSet<i64>) {
         let leases = &self.leases;
-        for id in self.leases_in_use().await? {
+        for id in in_use {
             if leases.view.in_table(id) || !leases.start_revoke(id) {
                 continue;
             }
@@ -478,6 +487,5 @@ impl Member {
                 );
             }
         }
-        Ok(())
     }
 }
