@@ -34,13 +34,24 @@ pub enum Tokens {
 }
 
 impl Tokens {
-    /// From `--auth-token`.
+    /// From `--auth-token` (etcd's syntax; an unknown option is logged and
+    /// ignored, as etcd does).
     pub fn from_flag(flag: &str) -> Result<Tokens, String> {
-        match flag {
-            "simple" => Ok(Tokens::Simple),
-            other => Err(format!(
-                "--auth-token {other}: only `simple` is built so far (JWT tokens are not)"
-            )),
+        match super::jwt::parse_auth_token(flag)? {
+            super::jwt::TokenKind::Simple => Ok(Tokens::Simple),
+            super::jwt::TokenKind::Jwt(opts) => {
+                for unknown in &opts.unknown {
+                    eprintln!("cairn: --auth-token: unknown option {unknown:?} ignored");
+                }
+                let provider = JwtProvider::new(&opts)?;
+                if provider.verify_only() {
+                    eprintln!(
+                        "cairn: --auth-token jwt without priv-key: this member checks \
+                         tokens but cannot issue them (Authenticate fails here)"
+                    );
+                }
+                Ok(Tokens::Jwt(provider))
+            }
         }
     }
 }
