@@ -113,10 +113,13 @@ fn until_refused<T: std::fmt::Debug>(
     }
 }
 
+/// One call of the set-up, given a token.
+type Step<'a> = Box<dyn Fn(Option<&str>) -> Result<(), Status> + 'a>;
+
 /// Sets up root, role `r` (read-write on prefix `a/`) and user `u` holding
 /// it, then enables auth, every call through member `via`.
 fn set_up(c: &Cluster, via: usize) {
-    let steps: Vec<(&str, Box<dyn Fn(Option<&str>) -> Result<(), Status>>)> = vec![
+    let steps: Vec<(&str, Step)> = vec![
         (
             "add root",
             Box::new(|t| {
