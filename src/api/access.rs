@@ -35,6 +35,15 @@ pub async fn caller(member: &Member, token: Option<&str>) -> Result<Option<Calle
     member.caller_of(token).await
 }
 
+/// The auth store revision a write's rights were checked at, for the
+/// write leader's second look (None while auth is off).
+pub fn checked_at(member: &Member, caller: Option<&Caller>) -> Option<u64> {
+    if !member.auth.view.enabled() {
+        return None;
+    }
+    caller.map(|c| c.revision)
+}
+
 /// Whether checks are needed at all.
 fn off(member: &Member, caller: Option<&Caller>) -> bool {
     caller.is_none() && !member.auth.view.enabled()

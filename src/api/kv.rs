@@ -74,9 +74,10 @@ impl pb::kv_server::Kv for KvService {
         let caller = access::caller(&self.0, token.as_deref()).await?;
         access::put(&self.0, caller.as_ref(), &r).await?;
         let shard = shard_of(&r.key, self.0.shards.len());
+        let checked = access::checked_at(&self.0, caller.as_ref());
         let out = self
             .0
-            .write(shard, m::RequestOp::Put(convert::put_request(&r)))
+            .write_as(shard, m::RequestOp::Put(convert::put_request(&r)), checked)
             .await?;
         let m::ResponseOp::Put(p) = out.response else {
             return Err(Status::internal("put answered with another op"));
@@ -103,11 +104,12 @@ impl pb::kv_server::Kv for KvService {
         let caller = access::caller(&self.0, token.as_deref()).await?;
         access::delete(&self.0, caller.as_ref(), &r)?;
         let op = m::RequestOp::DeleteRange(convert::delete_request(&r));
+        let checked = access::checked_at(&self.0, caller.as_ref());
         let out = match self.0.route(&[(&r.key, &r.range_end)]) {
-            Some(shard) => self.0.write(shard, op).await?,
+            Some(shard) => self.0.write_as(shard, op, checked).await?,
             None => {
                 let touched = vec![(r.key.clone(), r.range_end.clone())];
-                self.0.write_across(op, touched).await?
+                self.0.write_across_as(op, touched, checked).await?
             }
         };
         let m::ResponseOp::DeleteRange(d) = out.response else {
@@ -140,9 +142,18 @@ impl pb::kv_server::Kv for KvService {
         let t = convert::txn_request(&r)?;
         let mut keys = Vec::new();
         txn_keys(&t, &mut keys);
+        let checked = access::checked_at(&self.0, caller.as_ref());
         let out = match self.0.route(&keys) {
-            Some(shard) => self.0.write(shard, m::RequestOp::Txn(t)).await?,
-            None => self.0.write_across(m::RequestOp::Txn(t), keys).await?,
+            Some(shard) => {
+                self.0
+                    .write_as(shard, m::RequestOp::Txn(t), checked)
+                    .await?
+            }
+            None => {
+                self.0
+                    .write_across_as(m::RequestOp::Txn(t), keys, checked)
+                    .await?
+            }
         };
         let m::ResponseOp::Txn(t) = out.response else {
             return Err(Status::internal("txn answered with another op"));

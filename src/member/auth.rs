@@ -133,6 +133,16 @@ impl Member {
         self.auth.view.admin(caller).map_err(Status::from)
     }
 
+    /// On the write leader, before a client's write: refused as etcd's
+    /// apply refuses it if the auth store moved past the revision the
+    /// write's rights were checked at.
+    pub fn auth_current(&self, checked: Option<u64>) -> Result<(), Status> {
+        match checked {
+            Some(rev) if self.auth.view.revision() > rev => Err(AuthFail::AuthOldRevision.into()),
+            _ => Ok(()),
+        }
+    }
+
     /// Runs an auth store change (or a login) through the meta group.
     pub async fn auth_change(
         self: &Arc<Self>,

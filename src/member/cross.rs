@@ -44,17 +44,30 @@ impl Member {
         op: m::RequestOp,
         touched: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<WriteOutcome, Status> {
+        self.write_across_as(op, touched, None).await
+    }
+
+    /// [`Member::write_across`] of a request checked at auth store
+    /// revision `checked` (see [`Member::write_as`]).
+    pub async fn write_across_as(
+        self: &Arc<Self>,
+        op: m::RequestOp,
+        touched: Vec<(Vec<u8>, Vec<u8>)>,
+        checked: Option<u64>,
+    ) -> Result<WriteOutcome, Status> {
         if let super::peers::Route::To(leader) = self.write_route().await? {
             let fwd = super::peers::Forward::Write {
                 shard: None,
                 op,
                 touched,
+                checked,
             };
             return self
                 .forward(leader, fwd)
                 .await?
                 .ok_or_else(|| Status::internal("a forwarded write came back without outcome"));
         }
+        self.auth_current(checked)?;
         self.write_across_here(op, touched).await
     }
 

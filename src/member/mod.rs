@@ -106,6 +106,19 @@ impl Member {
     /// Runs a write on one shard (on the write leader: forwarded there if
     /// this member does not stamp) and waits until C covers it.
     pub async fn write(&self, shard: usize, op: m::RequestOp) -> Result<WriteOutcome, Status> {
+        self.write_as(shard, op, None).await
+    }
+
+    /// [`Member::write`] of a client's request whose rights were checked
+    /// against auth store revision `checked` (None: not checked, auth off):
+    /// the write leader refuses it (`revision of auth store is old`) if
+    /// its store has moved past that, as etcd checks at apply.
+    pub async fn write_as(
+        &self,
+        shard: usize,
+        op: m::RequestOp,
+        checked: Option<u64>,
+    ) -> Result<WriteOutcome, Status> {
         let deadline = tokio::time::Instant::now() + peers::FORWARD_TTL;
         loop {
             if let peers::Route::To(leader) = self.write_route().await? {
@@ -113,11 +126,13 @@ impl Member {
                     shard: Some(shard),
                     op,
                     touched: Vec::new(),
+                    checked,
                 };
                 return self.forward(leader, fwd).await?.ok_or_else(|| {
                     Status::internal("a forwarded write came back without outcome")
                 });
             }
+            self.auth_current(checked)?;
             match self.write_here(shard, op.clone(), deadline).await {
                 // This member stopped stamping between routing and the
                 // shard: nothing was done; route it again.

@@ -103,6 +103,9 @@ pub enum Forward {
         shard: Option<usize>,
         op: m::RequestOp,
         touched: Vec<(Vec<u8>, Vec<u8>)>,
+        /// The auth store revision its rights were checked at (None: not
+        /// checked).
+        checked: Option<u64>,
     },
     Compact {
         revision: i64,
@@ -291,8 +294,10 @@ impl Member {
             Forward::Write {
                 shard: Some(shard),
                 op,
+                checked,
                 ..
             } if shard < self.shards.len() => {
+                self.auth_current(checked)?;
                 let deadline = tokio::time::Instant::now() + FORWARD_TTL;
                 match self.write_here(shard, op, deadline).await {
                     Ok(answer) => answer.map(Some),
@@ -303,7 +308,11 @@ impl Member {
                 shard: None,
                 op,
                 touched,
-            } => self.write_across_here(op, touched).await.map(Some),
+                checked,
+            } => {
+                self.auth_current(checked)?;
+                self.write_across_here(op, touched).await.map(Some)
+            }
             Forward::Write { .. } => Err(Status::invalid_argument("no such shard")),
             Forward::Compact { revision } => self.compact_here(revision).await.map(|()| None),
             Forward::PutMember(record) => self.put_member_here(record).await.map(|()| None),
