@@ -599,6 +599,14 @@ impl Run {
         self.push(label, format!("{value:?}"));
     }
 
+    /// A Range's answer, shown but not recorded (for polling).
+    pub async fn peek_range(&self, c: &Cred, m: pb::RangeRequest) -> String {
+        match KvClient::new(self.ch.clone()).range(c.req(m)).await {
+            Ok(r) => format!("ok {}", r.into_inner().show()),
+            Err(s) => err(&s),
+        }
+    }
+
     /// Records a unary answer.
     pub fn rec<T: Show>(
         &mut self,
@@ -939,6 +947,28 @@ pub fn txn_req(
     }
 }
 
+/// What is compared with etcd: a cairn member, or a second etcd with
+/// `CAIRN_AUTH_ETCD_TWICE` set.
+pub fn other(flags: &[&str]) -> Proc {
+    if std::env::var_os("CAIRN_AUTH_ETCD_TWICE").is_some() {
+        Proc::etcd(flags)
+    } else {
+        Proc::cairn(flags)
+    }
+}
+
+/// Runs `script` alone on a fresh server of `kind`: its steps (for what
+/// deliberately differs from etcd 3.4.23).
+pub fn run_on<F, Fut>(kind: Kind, flags: &[&str], script: F) -> Vec<Step>
+where
+    F: Fn(Run) -> Fut,
+    Fut: Future<Output = Run>,
+{
+    let rt = common::rt();
+    let p = Proc::start(kind, flags);
+    rt.block_on(async { script(Run::new(p, None).await).await.finish().0 })
+}
+
 /// Runs `script` against etcd 3.4 started with `flags`, then against a
 /// two-shard cairn with the same flags; every step of cairn's must match
 /// etcd's. All differences are printed, then the test fails listing them.
@@ -956,11 +986,7 @@ where
         }
         return;
     }
-    let other = if std::env::var_os("CAIRN_AUTH_ETCD_TWICE").is_some() {
-        Proc::etcd(flags)
-    } else {
-        Proc::cairn(flags)
-    };
+    let other = other(flags);
     let name = other.name();
     let (_, diffs) =
         rt.block_on(async { script(Run::new(other, Some(want)).await).await.finish() });
