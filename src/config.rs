@@ -94,6 +94,16 @@ pub struct Config {
     pub trusted_ca_file: Option<PathBuf>,
     #[arg(long, env = "ETCD_CLIENT_CERT_AUTH")]
     pub client_cert_auth: bool,
+    /// How logins are proven: `simple` (random tokens every member keeps,
+    /// etcd's default) or `jwt,pub-key=<file>,priv-key=<file>,sign-method=<alg>[,ttl=<duration>]`.
+    #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+    /// Seconds a simple token lives past its last use.
+    #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    /// bcrypt cost of password hashes (etcd's bounds: 4 to 31).
+    #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = 10)]
+    pub bcrypt_cost: u32,
     /// The member's certificate for `https://` peer URLs (mutual TLS).
     #[arg(long, env = "ETCD_PEER_CERT_FILE")]
     pub peer_cert_file: Option<PathBuf>,
@@ -187,6 +197,15 @@ impl Config {
             .any(|u| u.trim().starts_with("https://"));
         if https_clients && (self.cert_file.is_none() || self.key_file.is_none()) {
             return Err("https:// in --listen-client-urls needs --cert-file and --key-file".into());
+        }
+        if !(4..=31).contains(&self.bcrypt_cost) {
+            return Err(format!(
+                "--bcrypt-cost {}: must be between 4 and 31",
+                self.bcrypt_cost
+            ));
+        }
+        if self.auth_token_ttl == 0 {
+            return Err("--auth-token-ttl must be at least 1 (seconds)".into());
         }
         if self.client_cert_auth && self.trusted_ca_file.is_none() {
             return Err("--client-cert-auth needs --trusted-ca-file".into());

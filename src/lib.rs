@@ -15,6 +15,7 @@
 //! - [`compactor`]: auto-compaction policies.
 
 pub mod api;
+pub mod auth;
 pub mod check_host;
 pub mod compactor;
 pub mod config;

@@ -22,8 +22,8 @@ use crate::transport::channel::ChannelNet;
 use crate::transport::{NoPeers, SharedTransport};
 use crate::watch::WatchHub;
 use cairn_proto::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use cairn_proto::v3electionpb::election_server::ElectionServer;
 use cairn_proto::v3lockpb::lock_server::LockServer;
@@ -235,6 +235,10 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
     let parts = Arc::new(PartBook::new(shards));
     let leases = Arc::new(crate::lease::LeaseView::new());
     let alarms = Arc::new(crate::raft::alarms::AlarmView::new());
+    let auth = Arc::new(crate::auth::view::AuthView::new(
+        crate::auth::view::Tokens::from_flag(&cfg.auth_token)?,
+        std::time::Duration::from_secs(cfg.auth_token_ttl),
+    ));
     let cfgs = raft_in_rx
         .into_iter()
         .enumerate()
@@ -252,6 +256,7 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
             }),
             leases: leases.clone(),
             alarms: alarms.clone(),
+            auth: auth.clone(),
             raft_term: raft_term.clone(),
             snapshot_count: cfg.snapshot_count,
             wal_segment_bytes: cfg.wal_segment_bytes,
@@ -320,6 +325,7 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
             n => n,
         },
         alarms,
+        auth: crate::member::auth::Auth::new(auth, cfg.bcrypt_cost),
         fatal: fatal.clone(),
         proposals_failed: Default::default(),
         leases: crate::member::lease::Leases::new(leases, member_id, timing),
@@ -417,6 +423,10 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
             .add_service(ClusterServer::new(ClusterService(member.clone())))
             .add_service(WatchServer::new(WatchService(member.clone())))
             .add_service(LeaseServer::new(LeaseService(member.clone())))
+            .add_service(
+                AuthServer::new(crate::api::auth::AuthService(member.clone()))
+                    .max_decoding_message_size(max),
+            )
             .add_service(
                 LockServer::new(LockService(member.clone())).max_decoding_message_size(max),
             )

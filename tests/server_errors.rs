@@ -236,16 +236,16 @@ fn bad_requests_get_etcds_errors_and_change_nothing() {
 }
 
 #[test]
-fn services_not_built_yet_answer_unimplemented() {
+fn every_service_answers_and_move_leader_refuses_a_stranger() {
     let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let cairn = Cairn::start(base.path(), 1);
     common::rt().block_on(async {
         let ch = cairn.channel().await;
-        // Auth is not built yet (Lock and Election are: server_lock.rs,
-        // server_election.rs).
+        // Auth is served (tests/server_auth.rs compares it with etcd's):
+        // no users yet, and no enabling without root.
         let mut auth = auth_client::AuthClient::new(ch.clone());
-        let e = auth.user_list(AuthUserListRequest {}).await.unwrap_err();
-        assert_eq!(e.code(), Code::Unimplemented);
+        let users = auth.user_list(AuthUserListRequest {}).await.unwrap();
+        assert!(users.into_inner().users.is_empty());
         // MoveLeader is built (etcd's answer for a target that is not a
         // member: tests/server_shapes.rs compares it with etcd's).
         let mut m = maintenance_client::MaintenanceClient::new(ch.clone());
@@ -260,12 +260,13 @@ fn services_not_built_yet_answer_unimplemented() {
                 "etcdserver: bad leader transferee"
             )
         );
+        let e = auth.auth_enable(AuthEnableRequest {}).await.unwrap_err();
         assert_eq!(
-            auth.auth_enable(AuthEnableRequest {})
-                .await
-                .unwrap_err()
-                .code(),
-            Code::Unimplemented
+            (e.code(), e.message()),
+            (
+                Code::FailedPrecondition,
+                "etcdserver: root user does not exist"
+            )
         );
     });
 }

@@ -299,9 +299,6 @@ fn lease_lock_election_and_maintenance_paths_answer_like_etcds() {
         let got = pick(http(&c, method, path, "{}"));
         assert_eq!(got, want, "{method} {path}: cairn and etcd differ");
     }
-    // Auth is not built: 501 on etcd 3.4's auth paths.
-    let (code, err) = post(&c, "/v3/auth/user/list", "{}");
-    assert_eq!((code, err["code"].as_i64()), (501, Some(12)));
     // A single member: membership changes are refused by the Cluster
     // service (etcd would look the member up): 501, in the error shape.
     let (code, err) = post(&c, "/v3/cluster/member/remove", r#"{"ID":5}"#);

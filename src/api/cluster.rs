@@ -67,6 +67,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
         self.0.not_a_learner()?;
+        super::access::admin_request(&self.0, &request).await?;
         let r = request.into_inner();
         let id = self
             .0
@@ -94,6 +95,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
         self.0.not_a_learner()?;
+        super::access::admin_request(&self.0, &request).await?;
         let id = request.into_inner().id;
         self.0.change_members(Change::Remove { id }).await?;
         let members = self.members_when(|l| l.iter().all(|m| m.id != id)).await?;
@@ -108,6 +110,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
         self.0.not_a_learner()?;
+        super::access::admin_request(&self.0, &request).await?;
         let r = request.into_inner();
         self.0
             .change_members(Change::Update {
@@ -141,6 +144,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
         self.0.not_a_learner()?;
+        super::access::admin_request(&self.0, &request).await?;
         let id = request.into_inner().id;
         self.0.change_members(Change::Promote { id }).await?;
         let promoted = |l: &[pb::Member]| l.iter().any(|m| m.id == id && !m.is_learner);

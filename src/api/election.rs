@@ -90,6 +90,8 @@ impl epb::election_server::Election for ElectionService {
         &self,
         request: Request<epb::CampaignRequest>,
     ) -> Result<Response<epb::CampaignResponse>, Status> {
+        let prefix = prefix_of(&request.get_ref().name);
+        super::access::recipe(&self.0, &request, &prefix, true).await?;
         let r = request.into_inner();
         let client = Client(self.0.clone());
         let lease = client.session_lease(r.lease).await?;
@@ -124,6 +126,9 @@ impl epb::election_server::Election for ElectionService {
         &self,
         request: Request<epb::ProclaimRequest>,
     ) -> Result<Response<epb::ProclaimResponse>, Status> {
+        if let Some(l) = &request.get_ref().leader {
+            super::access::key_writable(&self.0, &request, &l.key).await?;
+        }
         let r = request.into_inner();
         let leader = r
             .leader
@@ -138,7 +143,8 @@ impl epb::election_server::Election for ElectionService {
         &self,
         request: Request<epb::LeaderRequest>,
     ) -> Result<Response<epb::LeaderResponse>, Status> {
-        let prefix = prefix_of(&request.into_inner().name);
+        let prefix = prefix_of(&request.get_ref().name);
+        super::access::recipe(&self.0, &request, &prefix, false).await?;
         let r = Client(self.0.clone()).by_create(&prefix, true, 0).await?;
         let kv = r.kvs.into_iter().next();
         if kv.is_none() {
@@ -156,7 +162,8 @@ impl epb::election_server::Election for ElectionService {
         &self,
         request: Request<epb::LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
-        let prefix = prefix_of(&request.into_inner().name);
+        let prefix = prefix_of(&request.get_ref().name);
+        super::access::recipe(&self.0, &request, &prefix, false).await?;
         let (tx, rx) = mpsc::channel(OBSERVE_QUEUE);
         let member = self.0.clone();
         tokio::spawn(async move {
@@ -173,6 +180,9 @@ impl epb::election_server::Election for ElectionService {
         &self,
         request: Request<epb::ResignRequest>,
     ) -> Result<Response<epb::ResignResponse>, Status> {
+        if let Some(l) = &request.get_ref().leader {
+            super::access::key_writable(&self.0, &request, &l.key).await?;
+        }
         let leader = request
             .into_inner()
             .leader

@@ -56,6 +56,7 @@ etcd_errors! {
     AuthNotEnabled,
     InvalidAuthToken,
     InvalidAuthMgmt,
+    AuthOldRevision,
     NoLeader,
     NotLeader,
     LeaderChanged,
@@ -160,6 +161,10 @@ impl EtcdError {
             ),
             E::InvalidAuthToken => (Unauthenticated, "etcdserver: invalid auth token"),
             E::InvalidAuthMgmt => (InvalidArgument, "etcdserver: invalid auth management"),
+            E::AuthOldRevision => (
+                InvalidArgument,
+                "etcdserver: revision of auth store is old",
+            ),
             E::NoLeader => (Unavailable, "etcdserver: no leader"),
             E::NotLeader => (FailedPrecondition, "etcdserver: not leader"),
             E::LeaderChanged => (Unavailable, "etcdserver: leader changed"),
@@ -212,6 +217,38 @@ impl std::error::Error for EtcdError {}
 
 impl From<EtcdError> for Status {
     fn from(e: EtcdError) -> Self {
+        e.status()
+    }
+}
+
+impl From<crate::auth::AuthFail> for Status {
+    /// etcd's answer for each auth error (`v3rpc/util.go`); the one it
+    /// does not map travels as Unknown with the auth package's text.
+    fn from(f: crate::auth::AuthFail) -> Self {
+        use crate::auth::AuthFail as F;
+        let e = match f {
+            F::UserEmpty => EtcdError::UserEmpty,
+            F::UserAlreadyExist => EtcdError::UserAlreadyExist,
+            F::UserNotFound => EtcdError::UserNotFound,
+            F::RoleEmpty => EtcdError::RoleEmpty,
+            F::RoleAlreadyExist => EtcdError::RoleAlreadyExist,
+            F::RoleNotFound => EtcdError::RoleNotFound,
+            F::RoleNotGranted => EtcdError::RoleNotGranted,
+            F::PermissionNotGranted => EtcdError::PermissionNotGranted,
+            F::RootUserNotExist => EtcdError::RootUserNotExist,
+            F::RootRoleNotExist => EtcdError::RootRoleNotExist,
+            F::InvalidAuthMgmt => EtcdError::InvalidAuthMgmt,
+            F::AuthNotEnabled => EtcdError::AuthNotEnabled,
+            F::AuthFailed => EtcdError::AuthFailed,
+            F::PermissionDenied => EtcdError::PermissionDenied,
+            F::AuthOldRevision => EtcdError::AuthOldRevision,
+            F::InvalidAuthToken => EtcdError::InvalidAuthToken,
+            F::NoPasswordUser => {
+                return Status::unknown(
+                    "auth: authentication failed, password was given for no password user",
+                )
+            }
+        };
         e.status()
     }
 }
@@ -431,6 +468,11 @@ mod tests {
             EtcdError::InvalidAuthMgmt,
             Code::InvalidArgument,
             "etcdserver: invalid auth management",
+        ),
+        (
+            EtcdError::AuthOldRevision,
+            Code::InvalidArgument,
+            "etcdserver: revision of auth store is old",
         ),
         (
             EtcdError::NoLeader,

@@ -4,6 +4,7 @@
 //!
 //! Runs on the tokio front runtime.
 
+use super::access;
 use super::convert;
 use super::validate;
 use crate::mvcc::txn as m;
@@ -41,14 +42,18 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
         let _timed = super::http::Timed::new(&self.0.metrics, "Range");
+        let token = access::token(&request);
         let r = request.into_inner();
         self.0.check_size(r.encoded_len())?;
         validate::check_range(&r)?;
         if !r.serializable {
             self.0.not_a_learner()?;
         }
+        let caller = access::caller(&self.0, token.as_deref()).await?;
+        access::range(&self.0, caller.as_ref(), &r.key, &r.range_end)?;
         let req = convert::range_request(&r)?;
         let (resp, c) = self.0.range(req, r.serializable).await?;
+        access::still_current(&self.0, caller.as_ref())?;
         let header = self.0.header(c, self.0.raft_term());
         Ok(Response::new(convert::range_response(resp, header)))
     }
@@ -59,12 +64,15 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::PutResponse>, Status> {
         let _timed = super::http::Timed::new(&self.0.metrics, "Put");
         self.0.not_a_learner()?;
+        let token = access::token(&request);
         let r = request.into_inner();
         self.0.check_size(r.encoded_len())?;
         validate::check_put(&r)?;
         self.0
             .check_quota(super::maintenance::put_cost(&r.key, &r.value))
             .await?;
+        let caller = access::caller(&self.0, token.as_deref()).await?;
+        access::put(&self.0, caller.as_ref(), &r).await?;
         let shard = shard_of(&r.key, self.0.shards.len());
         let out = self
             .0
@@ -88,9 +96,12 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let _timed = super::http::Timed::new(&self.0.metrics, "DeleteRange");
         self.0.not_a_learner()?;
+        let token = access::token(&request);
         let r = request.into_inner();
         self.0.check_size(r.encoded_len())?;
         validate::check_delete(&r)?;
+        let caller = access::caller(&self.0, token.as_deref()).await?;
+        access::delete(&self.0, caller.as_ref(), &r)?;
         let op = m::RequestOp::DeleteRange(convert::delete_request(&r));
         let out = match self.0.route(&[(&r.key, &r.range_end)]) {
             Some(shard) => self.0.write(shard, op).await?,
@@ -119,10 +130,13 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::TxnResponse>, Status> {
         let _timed = super::http::Timed::new(&self.0.metrics, "Txn");
         self.0.not_a_learner()?;
+        let token = access::token(&request);
         let r = request.into_inner();
         self.0.check_size(r.encoded_len())?;
         validate::check_txn(&r, self.0.max_txn_ops)?;
         self.0.check_quota(super::maintenance::txn_cost(&r)).await?;
+        let caller = access::caller(&self.0, token.as_deref()).await?;
+        access::txn(&self.0, caller.as_ref(), &r)?;
         let t = convert::txn_request(&r)?;
         let mut keys = Vec::new();
         txn_keys(&t, &mut keys);
@@ -133,6 +147,9 @@ impl pb::kv_server::Kv for KvService {
         let m::ResponseOp::Txn(t) = out.response else {
             return Err(Status::internal("txn answered with another op"));
         };
+        if access::txn_reads_only(&r) {
+            access::still_current(&self.0, caller.as_ref())?;
+        }
         let revision = out
             .revision
             .unwrap_or_else(|| self.0.seq.committed().max(out.view));
@@ -150,6 +167,8 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         let _timed = super::http::Timed::new(&self.0.metrics, "Compact");
         self.0.not_a_learner()?;
+        // A token, if sent, must be valid (etcd checks no permission).
+        self.0.caller(request.metadata()).await?;
         let r = request.into_inner();
         self.0.compact(r.revision).await?;
         let header = self.0.header(self.0.seq.committed(), self.0.raft_term());

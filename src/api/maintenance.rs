@@ -145,6 +145,8 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         request: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
         self.0.not_a_learner()?;
+        // A token, if sent, must be valid (etcd checks no permission).
+        self.0.caller(request.metadata()).await?;
         let r = request.into_inner();
         let m = &self.0;
         let pair = (r.member_id, r.alarm);
@@ -219,9 +221,10 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _: Request<pb::DefragmentRequest>,
+        request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         self.0.not_a_learner()?;
+        super::access::admin_request(&self.0, &request).await?;
         let m = &self.0;
         for shard in 0..m.shards.len() {
             m.ask(shard, |reply| ShardMsg::Snapshot { reply }).await??;
@@ -235,9 +238,10 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
     /// backend file; the value differs from etcd's, equal states hash equally).
     async fn hash(
         &self,
-        _: Request<pb::HashRequest>,
+        request: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
         self.0.not_a_learner()?;
+        super::access::admin_request(&self.0, &request).await?;
         let (hash, _, revision) = self.0.hash_kv(0).await?;
         let header = self.0.header(revision, self.0.raft_term());
         Ok(Response::new(pb::HashResponse {
@@ -251,6 +255,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
         self.0.not_a_learner()?;
+        super::access::admin_request(&self.0, &request).await?;
         let (hash, compact_revision, _) = self.0.hash_kv(request.into_inner().revision).await?;
         let header = self.0.header(self.0.seq.committed(), self.0.raft_term());
         Ok(Response::new(pb::HashKvResponse {
@@ -268,8 +273,9 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
     /// data (`remaining_bytes` 0 again).
     async fn snapshot(
         &self,
-        _: Request<pb::SnapshotRequest>,
+        request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        super::access::admin_request(&self.0, &request).await?;
         let mut data = self.snapshot_bytes().await?;
         let digest = data.split_off(data.len() - 32);
         let total = data.len();

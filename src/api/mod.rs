@@ -9,6 +9,8 @@
 //! - [`maintenance`]: the Maintenance service, snapshots.
 //! - [`watch`]: the Watch service (events from the member's `WatchHub`).
 //! - [`lease`]: the Lease service.
+//! - [`auth`]: the Auth service; the permission checks of the others
+//!   ([`access`]).
 //! - [`lock`], [`election`]: the Lock and Election services, over
 //!   [`concurrency`] (etcd's mutex and election recipes, in-process).
 //! - [`gateway`], [`http`]: etcd's JSON gateway, health, version, metrics.
@@ -17,6 +19,8 @@
 //! - [`errors`], [`validate`], [`convert`]: etcd's error table, request rules,
 //!   protobuf ↔ MVCC types.
 
+pub mod access;
+pub mod auth;
 pub mod cluster;
 pub mod coalesce;
 pub mod concurrency;

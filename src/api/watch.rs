@@ -63,8 +63,14 @@ pub type Responses = ReceiverStream<Result<pb::WatchResponse, Status>>;
 /// `requests` ends or fails, the member stops, or the receiver of the
 /// responses is dropped. `require_leader`: clientv3's WithRequireLeader
 /// (metadata `hasleader: true`): refused without a leader, and ended with
-/// `etcdserver: no leader` when the member loses its leader.
-pub fn serve<R>(member: Arc<Member>, requests: R, require_leader: bool) -> Result<Responses, Status>
+/// `etcdserver: no leader` when the member loses its leader. `token`: the
+/// stream's auth token, checked at each watch's creation.
+pub fn serve<R>(
+    member: Arc<Member>,
+    requests: R,
+    require_leader: bool,
+    token: Option<String>,
+) -> Result<Responses, Status>
 where
     R: futures::Stream<Item = Result<pb::WatchRequest, Status>> + Unpin + Send + 'static,
 {
@@ -79,6 +85,7 @@ where
         next_id: 0,
         progress_asked: false,
         require_leader,
+        token,
     };
     tokio::spawn(stream.serve(requests));
     Ok(ReceiverStream::new(rx))
@@ -97,7 +104,8 @@ impl pb::watch_server::Watch for WatchService {
             .metadata()
             .get("hasleader")
             .is_some_and(|v| v.as_bytes() == b"true");
-        serve(self.0.clone(), request.into_inner(), require_leader).map(Response::new)
+        let token = super::access::token(&request);
+        serve(self.0.clone(), request.into_inner(), require_leader, token).map(Response::new)
     }
 }
 
@@ -138,6 +146,7 @@ struct Stream {
     /// The stream ends with `etcdserver: no leader` when the member loses
     /// its leader.
     require_leader: bool,
+    token: Option<String>,
 }
 
 impl Stream {
@@ -204,6 +213,43 @@ impl Stream {
         self.tx.send(Ok(resp)).await.map_err(|_| Closed)
     }
 
+    /// etcd 3.4's check at a watch's creation (read on what it watches,
+    /// with the key and range end as etcd rewrites them first: an empty
+    /// key is `\0`, and a range end of `\0` is dropped, so "from a key on"
+    /// is checked as that key alone); the cancel reason if refused.
+    async fn permitted(&self, create: &pb::WatchCreateRequest) -> Result<(), &'static str> {
+        use crate::auth::AuthFail;
+        let member = &self.member;
+        if self.token.is_none() && !member.auth.view.enabled() {
+            return Ok(());
+        }
+        let key: &[u8] = if create.key.is_empty() {
+            &[0]
+        } else {
+            &create.key
+        };
+        let end: &[u8] = if create.range_end == [0] {
+            &[]
+        } else {
+            &create.range_end
+        };
+        let reason = |f| match f {
+            AuthFail::InvalidAuthToken => "etcdserver: invalid auth token",
+            AuthFail::AuthOldRevision => "etcdserver: revision of auth store is old",
+            AuthFail::UserEmpty => "etcdserver: user name is empty",
+            _ => "etcdserver: permission denied",
+        };
+        let caller = match &self.token {
+            None => None,
+            Some(t) => Some(member.auth.view.caller(t).await.map_err(reason)?),
+        };
+        member
+            .auth
+            .view
+            .permitted(caller.as_ref(), crate::auth::PermKind::Read, key, end)
+            .map_err(reason)
+    }
+
     fn header(&self, revision: i64) -> Option<pb::ResponseHeader> {
         Some(self.member.header(revision, self.member.raft_term()))
     }
@@ -241,6 +287,9 @@ impl Stream {
             cancel_reason: reason.to_string(),
             ..Default::default()
         };
+        if let Err(reason) = self.permitted(&create).await {
+            return self.send(refused(reason)).await;
+        }
         if matches!(&end, RangeEnd::Until(e) if e.as_slice() <= create.key.as_slice()) {
             return self.send(refused(ERR_EMPTY_RANGE)).await;
         }

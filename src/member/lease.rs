@@ -257,6 +257,11 @@ impl Member {
             MetaReply::LeaseNotFound | MetaReply::Unchanged => {
                 return Err(EtcdError::LeaseNotFound.status())
             }
+            other => {
+                return Err(Status::internal(format!(
+                    "a lease grant answered {other:?}"
+                )))
+            }
         }
         // (Unless a revoke of this id already went by: an expiry of a lease
         // no longer in the table would also drop it, see `revoke_started`.)

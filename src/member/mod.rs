@@ -10,6 +10,7 @@
 //! the API's error table, a leaf module), as gRPC statuses.
 
 pub mod alarms;
+pub mod auth;
 mod cross;
 pub mod leader;
 pub mod lease;
@@ -55,6 +56,7 @@ pub struct Member {
     /// `--quota-backend-bytes` (0 replaced by etcd's default).
     pub quota_bytes: u64,
     pub alarms: Arc<crate::raft::alarms::AlarmView>,
+    pub auth: auth::Auth,
     /// Set when the member cannot go on (see `crate::fatal`).
     pub fatal: Arc<crate::fatal::Fatal>,
     /// The other members, and this member's groups' leadership.

@@ -118,6 +118,11 @@ pub enum Forward {
         alarm: crate::raft::alarms::Alarm,
         raise: bool,
     },
+    /// An auth store change or a login.
+    Auth {
+        caller: Option<crate::auth::Caller>,
+        command: crate::auth::AuthCommand,
+    },
 }
 
 /// The write leader's answer to a [`Forward`].
@@ -127,6 +132,8 @@ enum Answer {
     Lease(super::lease::LeaseAnswer),
     /// Whether the alarm change changed anything.
     Alarm(bool),
+    /// What the meta group answered an auth change.
+    Auth(crate::raft::meta::MetaReply),
 }
 
 /// A gRPC status as it crosses the transport.
@@ -239,6 +246,21 @@ impl Member {
         }
     }
 
+    pub async fn forward_auth(
+        &self,
+        leader: u64,
+        caller: Option<crate::auth::Caller>,
+        command: crate::auth::AuthCommand,
+    ) -> Result<crate::raft::meta::MetaReply, Status> {
+        match self
+            .call_leader(leader, &Forward::Auth { caller, command })
+            .await?
+        {
+            Answer::Auth(reply) => Ok(reply),
+            other => Err(Status::internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
     async fn call_leader(&self, leader: u64, fwd: &Forward) -> Result<Answer, Status> {
         let body = postcard::to_stdvec(fwd).map_err(|e| Status::internal(e.to_string()))?;
         let frame = Frame {
@@ -292,6 +314,12 @@ impl Member {
                     .change_alarm_here(alarm, raise)
                     .await
                     .map(Answer::Alarm)
+            }
+            Forward::Auth { caller, command } => {
+                return self
+                    .auth_change_here(caller, command)
+                    .await
+                    .map(Answer::Auth)
             }
         };
         outcome.map(Answer::Write)

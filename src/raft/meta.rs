@@ -12,6 +12,10 @@
 //! Every member mirrors the applied table in its [`LeaseView`], which the
 //! shards consult when a put names a lease.
 //!
+//! The auth store is here (`Auth`): users, roles, permissions, whether
+//! auth is on, and logins (each member keeps the simple token a login's
+//! entry names). Every member mirrors it in its [`AuthView`].
+//!
 //! Each member records itself when it starts (`PutMember`), as etcd publishes
 //! its attributes: a changed name or URL is a new entry in the log.
 //! Snapshots are the whole state (small), in `shard-0/meta/current.snap`, in
@@ -21,6 +25,8 @@ use super::alarms::{Alarm, AlarmView};
 use super::snapshot_file::{
     encode_snapshot_file, read_snapshot_file, write_durably, SNAPSHOT_FILE,
 };
+use crate::auth::view::AuthView;
+use crate::auth::{AuthCommand, AuthFail, AuthStore, Caller};
 use crate::lease::LeaseView;
 use crate::raft::GlommioRuntime;
 use futures::{Stream, TryStreamExt};
@@ -74,6 +80,12 @@ pub enum MetaCommand {
         alarm: i32,
         raise: bool,
     },
+    /// An auth store change or a login, asked by `caller` (checked at
+    /// apply: changes need root while auth is on).
+    Auth {
+        caller: Option<Caller>,
+        command: AuthCommand,
+    },
 }
 
 /// What applying a [`MetaCommand`] says.
@@ -85,6 +97,10 @@ pub enum MetaReply {
     /// Nothing to change (an alarm raised again, or cleared when it was
     /// not raised).
     Unchanged,
+    /// The auth store refused the command (nothing changed).
+    AuthRefused(AuthFail),
+    /// A login applied at this log index (its simple token's suffix).
+    LoggedIn(u64),
 }
 
 impl std::fmt::Display for MetaCommand {
@@ -100,6 +116,10 @@ impl std::fmt::Display for MetaCommand {
                 alarm,
                 raise,
             } => write!(f, "alarm({member:x} {alarm} raise {raise})"),
+            MetaCommand::Auth { caller, command } => {
+                let by = caller.as_ref().map_or("-", |c| c.user.as_str());
+                write!(f, "auth({} by {by})", command.name())
+            }
         }
     }
 }
@@ -121,6 +141,16 @@ pub struct MetaState {
     pub leases: BTreeMap<i64, i64>,
     /// Raised alarms (member, type).
     pub alarms: BTreeSet<Alarm>,
+    pub auth: AuthStore,
+}
+
+/// The state as snapshots before the auth store held it.
+#[derive(Deserialize)]
+struct MetaStateV4 {
+    members: BTreeMap<u64, MemberRecord>,
+    cluster_id: Option<u64>,
+    leases: BTreeMap<i64, i64>,
+    alarms: BTreeSet<Alarm>,
 }
 
 /// The state as snapshots before alarms held it.
@@ -184,6 +214,11 @@ impl MetaState {
                     return MetaReply::Unchanged;
                 }
             }
+            MetaCommand::Auth { caller, command } => {
+                if let Err(fail) = self.auth.apply(caller.as_ref(), command) {
+                    return MetaReply::AuthRefused(fail);
+                }
+            }
         }
         MetaReply::Done
     }
@@ -205,21 +240,30 @@ pub struct MetaStateMachine {
     leases: Arc<LeaseView>,
     /// The member's mirror of the alarms, kept equal to `state.alarms`.
     alarms: Arc<AlarmView>,
+    /// The member's mirror of the auth store, kept equal to `state.auth`.
+    auth: Arc<AuthView>,
 }
 
 impl MetaStateMachine {
     /// Keeps snapshots in `dir`, starting from the one there (if any); a
     /// file that does not verify refuses the start, naming it.
-    pub fn open(dir: PathBuf, leases: Arc<LeaseView>, alarms: Arc<AlarmView>) -> io::Result<Self> {
+    pub fn open(
+        dir: PathBuf,
+        leases: Arc<LeaseView>,
+        alarms: Arc<AlarmView>,
+        auth: Arc<AuthView>,
+    ) -> io::Result<Self> {
         let sm = Self {
             state: Rc::default(),
             applied: Rc::default(),
             dir: Rc::new(dir),
             leases,
             alarms,
+            auth,
         };
         sm.leases.set_table(std::iter::empty());
         sm.alarms.set_all(std::iter::empty());
+        sm.auth.load(&AuthStore::default(), 0);
         if let Some((meta, data)) = read_snapshot_file(&sm.dir.join(SNAPSHOT_FILE))? {
             sm.load(&meta, &data)?;
         }
@@ -239,25 +283,34 @@ impl MetaStateMachine {
     fn load(&self, meta: &SnapshotMetaOf<MetaRaft>, data: &[u8]) -> io::Result<()> {
         let state: MetaState = match postcard::from_bytes(data) {
             Ok(state) => state,
-            Err(e) => match postcard::from_bytes::<MetaStateV3>(data) {
-                Ok(v3) => MetaState {
-                    members: v3.members,
-                    cluster_id: v3.cluster_id,
-                    leases: v3.leases,
-                    alarms: BTreeSet::new(),
+            Err(e) => match postcard::from_bytes::<MetaStateV4>(data) {
+                Ok(v4) => MetaState {
+                    members: v4.members,
+                    cluster_id: v4.cluster_id,
+                    leases: v4.leases,
+                    alarms: v4.alarms,
+                    auth: AuthStore::default(),
                 },
-                Err(_) => match postcard::from_bytes::<MetaStateV2>(data) {
-                    Ok(v2) => MetaState {
-                        members: v2.members,
-                        cluster_id: v2.cluster_id,
+                Err(_) => match postcard::from_bytes::<MetaStateV3>(data) {
+                    Ok(v3) => MetaState {
+                        members: v3.members,
+                        cluster_id: v3.cluster_id,
+                        leases: v3.leases,
                         ..MetaState::default()
                     },
-                    Err(_) => match postcard::from_bytes::<MetaStateV1>(data) {
-                        Ok(v1) => MetaState {
-                            members: v1.members,
+                    Err(_) => match postcard::from_bytes::<MetaStateV2>(data) {
+                        Ok(v2) => MetaState {
+                            members: v2.members,
+                            cluster_id: v2.cluster_id,
                             ..MetaState::default()
                         },
-                        Err(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                        Err(_) => match postcard::from_bytes::<MetaStateV1>(data) {
+                            Ok(v1) => MetaState {
+                                members: v1.members,
+                                ..MetaState::default()
+                            },
+                            Err(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                        },
                     },
                 },
             },
@@ -265,6 +318,8 @@ impl MetaStateMachine {
         self.leases
             .set_table(state.leases.iter().map(|(id, ttl)| (*id, *ttl)));
         self.alarms.set_all(state.alarms.iter().copied());
+        let index = meta.last_log_id.as_ref().map_or(0, |l| l.index());
+        self.auth.load(&state.auth, index);
         *self.state.borrow_mut() = state;
         let mut a = self.applied.borrow_mut();
         a.log_id = meta.last_log_id;
@@ -272,9 +327,12 @@ impl MetaStateMachine {
         Ok(())
     }
 
-    /// Brings the lease view to an applied command.
-    fn mirror(&self, command: &MetaCommand) {
+    /// Brings the views to a command applied at `index`.
+    fn mirror(&self, command: &MetaCommand, index: u64) {
         match command {
+            MetaCommand::Auth { caller, command } => {
+                self.auth.applied(caller.as_ref(), command, index)
+            }
             MetaCommand::Grant { id, ttl } => self.leases.granted(*id, *ttl),
             MetaCommand::Revoke { ids } => self.leases.revoked(ids),
             MetaCommand::Alarm {
@@ -341,7 +399,14 @@ impl RaftStateMachine<MetaRaft> for MetaStateMachine {
                 EntryPayload::Normal(command) => {
                     reply = self.state.borrow_mut().apply(command);
                     if reply == MetaReply::Done {
-                        self.mirror(command);
+                        self.mirror(command, log_id.index());
+                        if let MetaCommand::Auth {
+                            command: AuthCommand::Authenticate { .. },
+                            ..
+                        } = command
+                        {
+                            reply = MetaReply::LoggedIn(log_id.index());
+                        }
                     }
                 }
                 EntryPayload::Membership(m) => {
@@ -350,6 +415,7 @@ impl RaftStateMachine<MetaRaft> for MetaStateMachine {
                 }
             }
             self.applied.borrow_mut().log_id = Some(log_id);
+            self.auth.reached(log_id.index());
             if let Some(r) = responder {
                 r.send(reply);
             }
@@ -375,5 +441,82 @@ impl RaftStateMachine<MetaRaft> for MetaStateMachine {
     ) -> Result<Option<SnapshotOf<MetaRaft, Vec<u8>>>, io::Error> {
         let kept = read_snapshot_file(&self.dir.join(SNAPSHOT_FILE))?;
         Ok(kept.map(|(meta, snapshot)| SnapshotOf::<MetaRaft, Vec<u8>> { meta, snapshot }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct V4<'a> {
+        members: &'a BTreeMap<u64, MemberRecord>,
+        cluster_id: Option<u64>,
+        leases: &'a BTreeMap<i64, i64>,
+        alarms: &'a BTreeSet<Alarm>,
+    }
+
+    fn sample() -> MetaState {
+        let mut s = MetaState::default();
+        s.apply(&MetaCommand::SetCluster(7));
+        s.apply(&MetaCommand::Grant { id: 5, ttl: 10 });
+        s.apply(&MetaCommand::Alarm {
+            member: 1,
+            alarm: 1,
+            raise: true,
+        });
+        s
+    }
+
+    fn load(data: &[u8]) -> io::Result<MetaState> {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = MetaStateMachine::open(
+            dir.path().to_path_buf(),
+            Arc::new(LeaseView::new()),
+            Arc::new(AlarmView::new()),
+            Arc::new(AuthView::new(
+                crate::auth::view::Tokens::Simple,
+                crate::auth::token::DEFAULT_TTL,
+            )),
+        )?;
+        sm.load(&SnapshotMetaOf::<MetaRaft>::default(), data)?;
+        let state = sm.state.borrow().clone();
+        Ok(state)
+    }
+
+    #[test]
+    fn a_snapshot_from_before_the_auth_store_loads_with_an_empty_one() {
+        let s = sample();
+        let old = postcard::to_stdvec(&V4 {
+            members: &s.members,
+            cluster_id: s.cluster_id,
+            leases: &s.leases,
+            alarms: &s.alarms,
+        })
+        .unwrap();
+        let loaded = load(&old).unwrap();
+        assert_eq!(loaded, s);
+        assert_eq!(loaded.auth, AuthStore::default());
+    }
+
+    #[test]
+    fn the_auth_store_round_trips_through_a_snapshot_and_refusals_change_nothing() {
+        let mut s = sample();
+        let add = |name: &str| MetaCommand::Auth {
+            caller: None,
+            command: AuthCommand::UserAdd {
+                name: name.into(),
+                hash: Some("h".into()),
+            },
+        };
+        assert_eq!(s.apply(&add("root")), MetaReply::Done);
+        let before = s.clone();
+        assert_eq!(
+            s.apply(&add("root")),
+            MetaReply::AuthRefused(AuthFail::UserAlreadyExist)
+        );
+        assert_eq!(s, before);
+        let data = postcard::to_stdvec(&s).unwrap();
+        assert_eq!(load(&data).unwrap(), s);
     }
 }

@@ -259,8 +259,13 @@ pub(super) async fn start_meta(
     wal: Rc<Wal<DmaStorage>>,
     me: MemberRecord,
 ) -> Result<(Raft<MetaRaft, MetaStateMachine>, MetaStateMachine), String> {
-    let sm = MetaStateMachine::open(cfg.dir.join("meta"), cfg.leases.clone(), cfg.alarms.clone())
-        .map_err(|e| e.to_string())?;
+    let sm = MetaStateMachine::open(
+        cfg.dir.join("meta"),
+        cfg.leases.clone(),
+        cfg.alarms.clone(),
+        cfg.auth.clone(),
+    )
+    .map_err(|e| e.to_string())?;
     let config = openraft::Config {
         cluster_name: "cairn-meta".into(),
         heartbeat_interval: cfg.raft_timing.heartbeat_ms,

@@ -249,6 +249,8 @@ pub struct ShardConfig {
     pub leases: Arc<crate::lease::LeaseView>,
     /// The member's mirror of the alarms (the meta group keeps it).
     pub alarms: Arc<crate::raft::alarms::AlarmView>,
+    /// The member's mirror of the auth store (the meta group keeps it).
+    pub auth: Arc<crate::auth::view::AuthView>,
     /// Where this shard publishes its Raft term (the member's response
     /// headers read it without asking a shard).
     pub raft_term: Arc<std::sync::atomic::AtomicU64>,

@@ -1,5 +1,5 @@
 //! etcd 3.4's HTTP/JSON gateway (grpc-gateway v1) on the client port, on the
-//! tokio front runtime. Every non-auth path of 3.4's `rpc.proto`,
+//! tokio front runtime. Every path of 3.4's `rpc.proto`,
 //! `v3lock.proto` and `v3election.proto` is served by running the same gRPC
 //! service code, with the JSON etcd's gateway speaks (proto3 JSON: snake_case
 //! field names out, either spelling in, unknown fields skipped, 64-bit
@@ -25,8 +25,12 @@
 //!   body is the one request). Each answer is a line `{"result": ...}`; an
 //!   error ends the stream with `{"error": {"grpc_code", "http_code",
 //!   "message", "http_status"}}`.
-//! - Auth (`/v3/auth/*` of 3.4) answers 501 `not implemented`: the Auth
-//!   service is not built yet (issue 13). Any other `/v3/` path is a 404
+//! - Auth: `/v3/auth/{enable,disable,authenticate}`,
+//!   `/v3/auth/user/{add,get,list,delete,changepw,grant,revoke}`,
+//!   `/v3/auth/role/{add,get,list,delete,grant,revoke}`; every path takes
+//!   the token in the `Authorization` header, as etcd's gateway passes it
+//!   on (gRPC metadata `authorization`). (AuthStatus is gRPC only: 3.4's
+//!   gateway has no `/v3/auth/status`.) Any other `/v3/` path is a 404
 //!   `Not Found`, another method than POST on a known path a 405 (plain
 //!   text, as Go's mux answers), OPTIONS a 200 (etcd's CORS preflight).
 //!   Every answer carries etcd's `Access-Control-Allow-*` headers.
@@ -38,6 +42,7 @@
 
 mod stream;
 
+use super::auth::AuthService;
 use super::cluster::ClusterService;
 use super::election::ElectionService;
 use super::kv::KvService;
@@ -46,12 +51,13 @@ use super::lock::LockService;
 use super::maintenance::MaintenanceService;
 use crate::member::Member;
 use axum::body::Body;
-use axum::http::{HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, MethodRouter};
 use cairn_proto::etcdserverpb as pb;
 use cairn_proto::v3electionpb::election_server::Election;
 use cairn_proto::v3lockpb::lock_server::Lock;
+use pb::auth_server::Auth;
 use pb::cluster_server::Cluster;
 use pb::kv_server::Kv;
 use pb::lease_server::Lease;
@@ -59,26 +65,6 @@ use pb::maintenance_server::Maintenance;
 use std::future::Future;
 use std::sync::Arc;
 use tonic::{Code, Status};
-
-/// etcd 3.4's auth paths: not built yet, 501.
-const AUTH_PATHS: &[&str] = &[
-    "enable",
-    "disable",
-    "authenticate",
-    "user/add",
-    "user/get",
-    "user/list",
-    "user/delete",
-    "user/changepw",
-    "user/grant",
-    "user/revoke",
-    "role/add",
-    "role/get",
-    "role/list",
-    "role/delete",
-    "role/grant",
-    "role/revoke",
-];
 
 /// A JSON body (a unary request, or one request of a stream) is read up to
 /// this: room for a message of `--max-request-bytes` plus gRPC's overhead
@@ -88,18 +74,39 @@ pub fn json_bytes_max(member: &Member) -> usize {
     2 * (member.max_request_bytes + 512 * 1024)
 }
 
+/// The token of a gateway request: its `Authorization` header, which
+/// etcd's gateway passes on as gRPC metadata `authorization`.
+pub(super) fn token_header(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// A gRPC request for the service code, carrying the gateway request's
+/// token.
+pub(super) fn grpc_request<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    if let Some(v) = token.and_then(|t| t.parse().ok()) {
+        req.metadata_mut().insert("authorization", v);
+    }
+    req
+}
+
 /// The gateway's routes.
 pub fn routes(member: Arc<Member>) -> axum::Router {
     let m = member;
     macro_rules! rpc {
         ($service:ident, $method:ident) => {{
             let m = m.clone();
-            only_post(post(move |body: Body| {
+            only_post(post(move |headers: HeaderMap, body: Body| {
                 let m = m.clone();
                 async move {
                     let max = json_bytes_max(&m);
+                    let token = token_header(&headers);
                     call(body, max, |req| async move {
-                        $service(m).$method(tonic::Request::new(req)).await
+                        let req = grpc_request(req, token.as_deref());
+                        $service(m).$method(req).await
                     })
                     .await
                 }
@@ -166,9 +173,32 @@ pub fn routes(member: Arc<Member>) -> axum::Router {
         .route("/v3/election/leader", rpc!(ElectionService, leader))
         .route("/v3/election/observe", streamed!(stream::observe))
         .route("/v3/election/resign", rpc!(ElectionService, resign));
-    for path in AUTH_PATHS {
-        router = router.route(&format!("/v3/auth/{path}"), only_post(post(not_built)));
-    }
+    router = router
+        .route("/v3/auth/enable", rpc!(AuthService, auth_enable))
+        .route("/v3/auth/disable", rpc!(AuthService, auth_disable))
+        .route("/v3/auth/authenticate", rpc!(AuthService, authenticate))
+        .route("/v3/auth/user/add", rpc!(AuthService, user_add))
+        .route("/v3/auth/user/get", rpc!(AuthService, user_get))
+        .route("/v3/auth/user/list", rpc!(AuthService, user_list))
+        .route("/v3/auth/user/delete", rpc!(AuthService, user_delete))
+        .route(
+            "/v3/auth/user/changepw",
+            rpc!(AuthService, user_change_password),
+        )
+        .route("/v3/auth/user/grant", rpc!(AuthService, user_grant_role))
+        .route("/v3/auth/user/revoke", rpc!(AuthService, user_revoke_role))
+        .route("/v3/auth/role/add", rpc!(AuthService, role_add))
+        .route("/v3/auth/role/get", rpc!(AuthService, role_get))
+        .route("/v3/auth/role/list", rpc!(AuthService, role_list))
+        .route("/v3/auth/role/delete", rpc!(AuthService, role_delete))
+        .route(
+            "/v3/auth/role/grant",
+            rpc!(AuthService, role_grant_permission),
+        )
+        .route(
+            "/v3/auth/role/revoke",
+            rpc!(AuthService, role_revoke_permission),
+        );
     router
         .route("/v3/{*rest}", axum::routing::any(not_found))
         .layer(axum::middleware::map_response(cors))
@@ -319,11 +349,4 @@ fn error(s: &Status) -> Response {
     };
     let json = serde_json::to_vec(&body).unwrap_or_default();
     json_response(http_status(s.code()), json)
-}
-
-/// Auth is not built yet (issue 13).
-async fn not_built() -> Response {
-    error(&Status::unimplemented(
-        "cairn: the auth part of the JSON gateway is not implemented yet",
-    ))
 }

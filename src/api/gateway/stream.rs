@@ -215,6 +215,7 @@ pub(super) async fn watch(member: Arc<Member>, req: axum::extract::Request) -> R
         .headers()
         .get("grpc-metadata-hasleader")
         .is_some_and(|v| v.as_bytes() == b"true");
+    let token = super::token_header(req.headers());
     let max = json_bytes_max(&member);
     let mut reader = BodyReader::new(req.into_body(), max);
     let first = match first_request::<pb::WatchRequest>(&mut reader, max).await {
@@ -223,7 +224,7 @@ pub(super) async fn watch(member: Arc<Member>, req: axum::extract::Request) -> R
     };
     let (open, gone) = oneshot::channel();
     let requests = requests(first, reader, Some(gone));
-    match crate::api::watch::serve(member, requests, require_leader) {
+    match crate::api::watch::serve(member, requests, require_leader, token) {
         Ok(responses) => respond(responses, Some(open)).await,
         Err(s) => {
             respond(
@@ -257,10 +258,11 @@ where
     Req: DeserializeOwned + Default,
     S: Stream<Item = Result<T, Status>> + Send + Unpin + 'static,
     T: serde::Serialize + Send + 'static,
-    F: FnOnce(Arc<Member>, Req) -> Fut,
+    F: FnOnce(Arc<Member>, tonic::Request<Req>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<S>, Status>>,
 {
     let max = json_bytes_max(&member);
+    let token = super::token_header(req.headers());
     let mut reader = BodyReader::new(req.into_body(), max);
     let request = match reader.next::<Req>().await {
         Decoded::Value(r) => r,
@@ -269,7 +271,7 @@ where
         Decoded::TooLarge(len) => return error(&too_large(len, max)),
         Decoded::Gone => return error(&Status::cancelled("the request's body was cut")),
     };
-    match call(member, request).await {
+    match call(member, super::grpc_request(request, token.as_deref())).await {
         Ok(responses) => respond(responses.into_inner(), None).await,
         Err(s) => respond(futures::stream::iter([Err::<T, _>(s)]), None).await,
     }
@@ -277,21 +279,27 @@ where
 
 /// `POST /v3/maintenance/snapshot`.
 pub(super) async fn snapshot(member: Arc<Member>, req: axum::extract::Request) -> Response {
-    server_stream(member, req, |m, r: pb::SnapshotRequest| async move {
-        crate::api::maintenance::MaintenanceService(m)
-            .snapshot(tonic::Request::new(r))
-            .await
-    })
+    server_stream(
+        member,
+        req,
+        |m, r: tonic::Request<pb::SnapshotRequest>| async move {
+            crate::api::maintenance::MaintenanceService(m)
+                .snapshot(r)
+                .await
+        },
+    )
     .await
 }
 
 /// `POST /v3/election/observe`.
 pub(super) async fn observe(member: Arc<Member>, req: axum::extract::Request) -> Response {
-    server_stream(member, req, |m, r: epb::LeaderRequest| async move {
-        crate::api::election::ElectionService(m)
-            .observe(tonic::Request::new(r))
-            .await
-    })
+    server_stream(
+        member,
+        req,
+        |m, r: tonic::Request<epb::LeaderRequest>| async move {
+            crate::api::election::ElectionService(m).observe(r).await
+        },
+    )
     .await
 }
 

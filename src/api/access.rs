@@ -1,0 +1,220 @@
+//! Who may do what: etcd 3.4's permission checks of the RPCs that touch
+//! keys (`etcdserver/apply_auth.go`, `v3_server.go`), made on the member
+//! that takes the request, against its applied auth store.
+//!
+//! - Range: read on its key or range. Put: write on the key, write on
+//!   every key the named lease already holds, read on the key with
+//!   `prev_kv`. DeleteRange: write on the range, read with `prev_kv`.
+//! - Txn: read on every compare's key or range, then each op of both
+//!   branches as above. Two deliberate differences from 3.4: a put with
+//!   `prev_kv` inside a txn also needs read (3.4 skips it, so a txn could
+//!   read a value its caller may not), and nested txns are checked (3.4
+//!   does not look into them).
+//! - LeaseRevoke: write on every key the lease holds.
+//!   LeaseTimeToLive with keys: read on each key (etcd 3.4.26's fix of
+//!   CVE-2023-32082; 3.4.23 does not check).
+//!
+//! While auth is off and a request carries no token, none of this costs
+//! more than a flag load.
+
+use crate::auth::{Caller, PermKind};
+use crate::member::Member;
+use cairn_proto::etcdserverpb as pb;
+use pb::request_op::Request as Op;
+use std::sync::Arc;
+use tonic::Status;
+
+/// A request's token, read before its body is taken apart (the check
+/// comes after validation, as in etcd).
+pub fn token<T>(req: &tonic::Request<T>) -> Option<String> {
+    crate::member::auth::token_of(req.metadata()).map(str::to_owned)
+}
+
+/// Who sent a request whose token is `token`.
+pub async fn caller(member: &Member, token: Option<&str>) -> Result<Option<Caller>, Status> {
+    member.caller_of(token).await
+}
+
+/// Whether checks are needed at all.
+fn off(member: &Member, caller: Option<&Caller>) -> bool {
+    caller.is_none() && !member.auth.view.enabled()
+}
+
+pub fn range(
+    member: &Member,
+    caller: Option<&Caller>,
+    key: &[u8],
+    end: &[u8],
+) -> Result<(), Status> {
+    if off(member, caller) {
+        return Ok(());
+    }
+    member.permitted(caller, PermKind::Read, key, end)
+}
+
+/// After a read: etcd refuses an answer read while the auth store moved
+/// past the caller's revision (the client retries).
+pub fn still_current(member: &Member, caller: Option<&Caller>) -> Result<(), Status> {
+    match caller {
+        Some(c) if c.revision != 0 && member.auth.view.revision() != c.revision => {
+            Err(crate::auth::AuthFail::AuthOldRevision.into())
+        }
+        _ => Ok(()),
+    }
+}
+
+pub async fn put(
+    member: &Arc<Member>,
+    caller: Option<&Caller>,
+    r: &pb::PutRequest,
+) -> Result<(), Status> {
+    if off(member, caller) {
+        return Ok(());
+    }
+    member.permitted(caller, PermKind::Write, &r.key, &[])?;
+    lease_keys_writable(member, caller, r.lease).await?;
+    if r.prev_kv {
+        member.permitted(caller, PermKind::Read, &r.key, &[])?;
+    }
+    Ok(())
+}
+
+pub fn delete(
+    member: &Member,
+    caller: Option<&Caller>,
+    r: &pb::DeleteRangeRequest,
+) -> Result<(), Status> {
+    if off(member, caller) {
+        return Ok(());
+    }
+    member.permitted(caller, PermKind::Write, &r.key, &r.range_end)?;
+    if r.prev_kv {
+        member.permitted(caller, PermKind::Read, &r.key, &r.range_end)?;
+    }
+    Ok(())
+}
+
+pub fn txn(member: &Member, caller: Option<&Caller>, r: &pb::TxnRequest) -> Result<(), Status> {
+    if off(member, caller) {
+        return Ok(());
+    }
+    for c in &r.compare {
+        member.permitted(caller, PermKind::Read, &c.key, &c.range_end)?;
+    }
+    for op in r.success.iter().chain(&r.failure) {
+        match &op.request {
+            Some(Op::RequestRange(g)) => {
+                member.permitted(caller, PermKind::Read, &g.key, &g.range_end)?
+            }
+            Some(Op::RequestPut(p)) => {
+                member.permitted(caller, PermKind::Write, &p.key, &[])?;
+                if p.prev_kv {
+                    member.permitted(caller, PermKind::Read, &p.key, &[])?;
+                }
+            }
+            Some(Op::RequestDeleteRange(d)) => {
+                if d.prev_kv {
+                    member.permitted(caller, PermKind::Read, &d.key, &d.range_end)?;
+                }
+                member.permitted(caller, PermKind::Write, &d.key, &d.range_end)?;
+            }
+            Some(Op::RequestTxn(t)) => txn(member, caller, t)?,
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether a txn only reads (then it is checked and served as a read).
+pub fn txn_reads_only(r: &pb::TxnRequest) -> bool {
+    r.success
+        .iter()
+        .chain(&r.failure)
+        .all(|op| match &op.request {
+            Some(Op::RequestRange(_)) | None => true,
+            Some(Op::RequestTxn(t)) => txn_reads_only(t),
+            _ => false,
+        })
+}
+
+/// Write on every key lease `id` holds (nothing for no lease or an unknown
+/// one), as etcd checks a put with a lease and a revoke.
+pub async fn lease_keys_writable(
+    member: &Arc<Member>,
+    caller: Option<&Caller>,
+    id: i64,
+) -> Result<(), Status> {
+    if id == 0 || off(member, caller) || member.admin(caller).is_ok() {
+        return Ok(());
+    }
+    let held = member.lease_time_to_live(id, true).await?;
+    for key in &held.keys {
+        member.permitted(caller, PermKind::Write, key, &[])?;
+    }
+    Ok(())
+}
+
+/// Read on every key in a TimeToLive answer's `keys`.
+pub fn keys_readable(
+    member: &Member,
+    caller: Option<&Caller>,
+    keys: &[Vec<u8>],
+) -> Result<(), Status> {
+    if off(member, caller) {
+        return Ok(());
+    }
+    for key in keys {
+        member.permitted(caller, PermKind::Read, key, &[])?;
+    }
+    Ok(())
+}
+
+/// Root only (while auth is on), after the token is checked.
+pub fn admin(member: &Member, caller: Option<&Caller>) -> Result<(), Status> {
+    if off(member, caller) {
+        return Ok(());
+    }
+    member.admin(caller)
+}
+
+/// etcd's admin-only RPCs (Defragment, Snapshot, Hash, HashKV, member
+/// changes): the token must be valid and name root, while auth is on.
+pub async fn admin_request<T>(member: &Member, req: &tonic::Request<T>) -> Result<(), Status> {
+    let caller = member.caller(req.metadata()).await?;
+    admin(member, caller.as_ref())
+}
+
+/// Lock and Election run etcd's recipes over the member's KV with the
+/// caller's rights (etcd's run an in-process client that carries the
+/// caller's token): read on every key under `prefix`, and write on them
+/// too when the call puts or deletes (`write`).
+pub async fn recipe<T>(
+    member: &Member,
+    req: &tonic::Request<T>,
+    prefix: &[u8],
+    write: bool,
+) -> Result<(), Status> {
+    let caller = member.caller(req.metadata()).await?;
+    if off(member, caller.as_ref()) {
+        return Ok(());
+    }
+    let end = super::concurrency::prefix_end(prefix);
+    member.permitted(caller.as_ref(), PermKind::Read, prefix, &end)?;
+    if write {
+        member.permitted(caller.as_ref(), PermKind::Write, prefix, &end)?;
+    }
+    Ok(())
+}
+
+/// Write on one key (Unlock, Proclaim, Resign name the key).
+pub async fn key_writable<T>(
+    member: &Member,
+    req: &tonic::Request<T>,
+    key: &[u8],
+) -> Result<(), Status> {
+    let caller = member.caller(req.metadata()).await?;
+    if off(member, caller.as_ref()) {
+        return Ok(());
+    }
+    member.permitted(caller.as_ref(), PermKind::Write, key, &[])
+}

@@ -1,0 +1,210 @@
+//! Every member's mirror of the auth store, for the API's checks on any
+//! thread, and the member's tokens.
+//!
+//! The meta group's state machine (shard core 0) keeps it equal to the
+//! store it applied: [`AuthView::load`] when a snapshot loads,
+//! [`AuthView::applied`] after each auth entry (and [`AuthView::reached`]
+//! after every meta entry, so a member can wait for the entry a simple
+//! token names). Readers take a read lock; a check costs a hash lookup
+//! when auth is disabled, or the user's merged permissions (cached until
+//! the next change) when it is enabled.
+//!
+//! Invariant: the mirrored store is the one the meta group applied at the
+//! index [`AuthView::reached`] last saw (entries apply in log order, and
+//! only the state machine writes here); the index only moves forward
+//! (asserted).
+
+use super::jwt::JwtProvider;
+use super::perms::Unified;
+use super::token::{self, SimpleTokens};
+use super::{AuthCommand, AuthFail, AuthStore, Caller, PermKind};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
+
+/// How long a member waits to apply the entry a simple token names before
+/// calling the token invalid.
+const TOKEN_WAIT: Duration = Duration::from_secs(5);
+
+/// How a member issues and reads tokens (`--auth-token`).
+pub enum Tokens {
+    Simple,
+    Jwt(JwtProvider),
+}
+
+impl Tokens {
+    /// From `--auth-token`.
+    pub fn from_flag(flag: &str) -> Result<Tokens, String> {
+        match flag {
+            "simple" => Ok(Tokens::Simple),
+            other => Err(format!(
+                "--auth-token {other}: only `simple` is built so far (JWT tokens are not)"
+            )),
+        }
+    }
+}
+
+pub struct AuthView {
+    store: RwLock<AuthStore>,
+    /// `store.enabled`, readable without the lock (the fast path of every
+    /// request while auth is off).
+    enabled: AtomicBool,
+    /// Merged permissions per user, for the store as it is now.
+    unified: Mutex<HashMap<String, Arc<Unified>>>,
+    simple: Mutex<SimpleTokens>,
+    tokens: Tokens,
+    /// The meta log index applied so far.
+    index: tokio::sync::watch::Sender<u64>,
+}
+
+impl AuthView {
+    pub fn new(tokens: Tokens, simple_ttl: Duration) -> AuthView {
+        AuthView {
+            store: RwLock::new(AuthStore::default()),
+            enabled: AtomicBool::new(false),
+            unified: Mutex::new(HashMap::new()),
+            simple: Mutex::new(SimpleTokens::new(simple_ttl)),
+            tokens,
+            index: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Acquire)
+    }
+
+    /// The store as applied (held briefly: the state machine waits).
+    pub fn store(&self) -> RwLockReadGuard<'_, AuthStore> {
+        self.store.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.store().revision
+    }
+
+    /// A snapshot's store replaces the mirror (and every token: the ones
+    /// issued in the entries it covers are not known here).
+    pub fn load(&self, store: &AuthStore, index: u64) {
+        let mut s = self.store.write().unwrap_or_else(|e| e.into_inner());
+        *s = store.clone();
+        self.enabled.store(s.enabled, Ordering::Release);
+        self.lock_unified().clear();
+        self.lock_simple().clear();
+        drop(s);
+        self.index.send_replace(index);
+    }
+
+    /// The meta group applied `command` (by `caller`) at `index`, and it
+    /// succeeded there: the mirror does the same.
+    pub fn applied(&self, caller: Option<&Caller>, command: &AuthCommand, index: u64) {
+        let mut s = self.store.write().unwrap_or_else(|e| e.into_inner());
+        let mirrored = s.apply(caller, command);
+        assert!(
+            mirrored.is_ok(),
+            "the auth mirror refused {} that the meta group applied: {mirrored:?}",
+            command.name()
+        );
+        self.enabled.store(s.enabled, Ordering::Release);
+        self.lock_unified().clear();
+        let mut simple = self.lock_simple();
+        match command {
+            AuthCommand::Authenticate { user, prefix, .. } => {
+                simple.assign(format!("{prefix}.{index}"), user.clone(), Instant::now())
+            }
+            AuthCommand::UserDelete { name } | AuthCommand::UserChangePassword { name, .. } => {
+                simple.invalidate_user(name)
+            }
+            AuthCommand::Disable => simple.clear(),
+            _ => {}
+        }
+    }
+
+    /// The meta group applied everything up to `index`.
+    pub fn reached(&self, index: u64) {
+        self.index.send_if_modified(|at| {
+            assert!(index >= *at, "meta index went back: {index} after {}", *at);
+            let moved = index > *at;
+            *at = index;
+            moved
+        });
+    }
+
+    /// The user a token logs in, and the store revision it counts as
+    /// (`InvalidAuthToken` if it is none of this member's tokens).
+    pub async fn caller(&self, token: &str) -> Result<Caller, AuthFail> {
+        match &self.tokens {
+            Tokens::Jwt(jwt) => jwt
+                .info(token)
+                .map(|(user, revision)| Caller { user, revision })
+                .ok_or(AuthFail::InvalidAuthToken),
+            Tokens::Simple => {
+                let index = token::index_of(token).ok_or(AuthFail::InvalidAuthToken)?;
+                let mut at = self.index.subscribe();
+                let applied = tokio::time::timeout(TOKEN_WAIT, at.wait_for(|i| *i >= index));
+                if !matches!(applied.await, Ok(Ok(_))) {
+                    return Err(AuthFail::InvalidAuthToken);
+                }
+                let user = self
+                    .lock_simple()
+                    .user_of(token, Instant::now())
+                    .ok_or(AuthFail::InvalidAuthToken)?;
+                Ok(Caller {
+                    user,
+                    revision: self.revision(),
+                })
+            }
+        }
+    }
+
+    /// A login's token, once its entry applied at `index`.
+    pub fn token_for(
+        &self,
+        prefix: &str,
+        user: &str,
+        revision: u64,
+        index: u64,
+    ) -> Result<String, String> {
+        match &self.tokens {
+            Tokens::Simple => Ok(format!("{prefix}.{index}")),
+            Tokens::Jwt(jwt) => jwt.assign(user, revision),
+        }
+    }
+
+    /// etcd's `isOpPermitted` against the applied store.
+    pub fn permitted(
+        &self,
+        caller: Option<&Caller>,
+        kind: PermKind,
+        key: &[u8],
+        range_end: &[u8],
+    ) -> Result<(), AuthFail> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let store = self.store();
+        store.op_permitted(caller, kind, key, range_end, |user| {
+            let mut cache = self.lock_unified();
+            cache
+                .entry(user.to_string())
+                .or_insert_with(|| Arc::new(store.unified(user)))
+                .clone()
+        })
+    }
+
+    /// etcd's `IsAdminPermitted` against the applied store.
+    pub fn admin(&self, caller: Option<&Caller>) -> Result<(), AuthFail> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        self.store().admin_permitted(caller)
+    }
+
+    fn lock_unified(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Unified>>> {
+        self.unified.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_simple(&self) -> std::sync::MutexGuard<'_, SimpleTokens> {
+        self.simple.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -1,0 +1,214 @@
+//! Auth on the member: who a request comes from (its token), whether it
+//! may do what it asks, auth store changes and logins (run by the meta
+//! group on the write leader: a follower forwards them), and the bcrypt
+//! work, bounded and off the shard cores.
+//!
+//! Checks run against the member's applied copy of the store (its
+//! [`AuthView`]), as etcd checks reads on the member that serves them. A
+//! change's admin check runs again where the meta group applies it, so a
+//! change is refused on every member or on none.
+//!
+//! Logins: the password is checked here (bcrypt, off the front runtime's
+//! workers), then the login goes through the meta log naming the store
+//! revision it was checked at; if the store changed in between, it is
+//! checked again (etcd's optimistic loop), a few times at most.
+
+use super::peers::Route;
+use super::Member;
+use crate::api::EtcdError;
+use crate::auth::view::AuthView;
+use crate::auth::{token, AuthCommand, AuthFail, Caller, PermKind};
+use crate::raft::meta::{MetaCommand, MetaReply};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tonic::metadata::MetadataMap;
+use tonic::Status;
+
+/// bcrypt hashes computed at once (each takes a core for tens of ms at
+/// etcd's cost 10): one, so a flood of logins takes at most one core.
+const BCRYPT_AT_ONCE: usize = 1;
+/// Logins and password changes waiting for bcrypt beyond which more are
+/// refused (`too many requests`) rather than queued.
+const BCRYPT_QUEUE: usize = 64;
+/// Logins retried when the store changed between their check and apply.
+const LOGIN_TRIES: usize = 3;
+
+/// The member's auth state.
+pub struct Auth {
+    pub view: Arc<AuthView>,
+    cost: u32,
+    bcrypt: tokio::sync::Semaphore,
+    waiting: AtomicUsize,
+}
+
+impl Auth {
+    pub fn new(view: Arc<AuthView>, cost: u32) -> Auth {
+        Auth {
+            view,
+            cost,
+            bcrypt: tokio::sync::Semaphore::new(BCRYPT_AT_ONCE),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    /// Runs bcrypt work `f` on the blocking pool, at most
+    /// [`BCRYPT_AT_ONCE`] at a time and [`BCRYPT_QUEUE`] waiting.
+    async fn bcrypt<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= BCRYPT_QUEUE {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(EtcdError::TooManyRequests.status());
+        }
+        let permit = self.bcrypt.acquire().await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        let _permit = permit.map_err(|_| EtcdError::Stopped.status())?;
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| Status::internal(format!("bcrypt: {e}")))
+    }
+
+    /// A password's bcrypt hash at `--bcrypt-cost`.
+    pub async fn hash(&self, password: String) -> Result<String, Status> {
+        let cost = self.cost;
+        self.bcrypt(move || crate::auth::hash_password(&password, cost))
+            .await?
+            .map_err(Status::internal)
+    }
+
+    async fn matches(&self, password: String, hash: String) -> Result<bool, Status> {
+        self.bcrypt(move || crate::auth::password_matches(&password, &hash))
+            .await
+    }
+}
+
+/// The token a request carries: gRPC metadata `token`, else
+/// `authorization` (what etcd's gateway passes the HTTP header as).
+pub fn token_of(md: &MetadataMap) -> Option<&str> {
+    md.get("token")
+        .or_else(|| md.get("authorization"))
+        .and_then(|v| v.to_str().ok())
+}
+
+impl Member {
+    /// Who sent a request with metadata `md`: None without a token; a
+    /// token that is not valid is `invalid auth token` (also while auth is
+    /// off, as etcd's).
+    pub async fn caller(&self, md: &MetadataMap) -> Result<Option<Caller>, Status> {
+        self.caller_of(token_of(md)).await
+    }
+
+    /// [`Member::caller`] from the token itself.
+    pub async fn caller_of(&self, token: Option<&str>) -> Result<Option<Caller>, Status> {
+        match token {
+            None => Ok(None),
+            Some(t) => self
+                .auth
+                .view
+                .caller(t)
+                .await
+                .map(Some)
+                .map_err(Status::from),
+        }
+    }
+
+    /// etcd's permission check of `kind` on a key (empty `range_end`) or
+    /// range.
+    pub fn permitted(
+        &self,
+        caller: Option<&Caller>,
+        kind: PermKind,
+        key: &[u8],
+        range_end: &[u8],
+    ) -> Result<(), Status> {
+        self.auth
+            .view
+            .permitted(caller, kind, key, range_end)
+            .map_err(Status::from)
+    }
+
+    /// etcd's `IsAdminPermitted`: root only, while auth is on.
+    pub fn admin(&self, caller: Option<&Caller>) -> Result<(), Status> {
+        self.auth.view.admin(caller).map_err(Status::from)
+    }
+
+    /// Runs an auth store change (or a login) through the meta group.
+    pub async fn auth_change(
+        self: &Arc<Self>,
+        caller: Option<Caller>,
+        command: AuthCommand,
+    ) -> Result<MetaReply, Status> {
+        match self.write_route().await? {
+            Route::Here => self.auth_change_here(caller, command).await,
+            Route::To(leader) => self.forward_auth(leader, caller, command).await,
+        }
+    }
+
+    /// [`Member::auth_change`] on the write leader.
+    pub(super) async fn auth_change_here(
+        &self,
+        caller: Option<Caller>,
+        command: AuthCommand,
+    ) -> Result<MetaReply, Status> {
+        self.meta_write(MetaCommand::Auth { caller, command }).await
+    }
+
+    /// An auth store change that answers nothing but success.
+    pub async fn auth_change_done(
+        self: &Arc<Self>,
+        caller: Option<Caller>,
+        command: AuthCommand,
+    ) -> Result<(), Status> {
+        match self.auth_change(caller, command).await? {
+            MetaReply::Done => Ok(()),
+            MetaReply::AuthRefused(f) => Err(f.into()),
+            other => Err(Status::internal(format!(
+                "an auth change answered {other:?}"
+            ))),
+        }
+    }
+
+    /// Authenticate: a token for `user` if `password` is theirs.
+    pub async fn authenticate(
+        self: &Arc<Self>,
+        user: &str,
+        password: &str,
+    ) -> Result<String, Status> {
+        for _ in 0..LOGIN_TRIES {
+            let (hash, checked) = {
+                let store = self.auth.view.store();
+                if !store.enabled {
+                    return Err(AuthFail::AuthNotEnabled.into());
+                }
+                match store.users.get(user) {
+                    None => return Err(AuthFail::AuthFailed.into()),
+                    Some(u) if u.no_password => return Err(AuthFail::NoPasswordUser.into()),
+                    Some(u) => (u.hash.clone().unwrap_or_default(), store.revision),
+                }
+            };
+            if !self.auth.matches(password.to_string(), hash).await? {
+                return Err(AuthFail::AuthFailed.into());
+            }
+            let prefix = token::new_prefix();
+            let login = AuthCommand::Authenticate {
+                user: user.to_string(),
+                prefix: prefix.clone(),
+                checked,
+            };
+            match self.auth_change(None, login).await? {
+                MetaReply::LoggedIn(index) => {
+                    return self
+                        .auth
+                        .view
+                        .token_for(&prefix, user, checked, index)
+                        .map_err(Status::internal);
+                }
+                MetaReply::AuthRefused(AuthFail::AuthOldRevision) => continue,
+                MetaReply::AuthRefused(f) => return Err(f.into()),
+                other => return Err(Status::internal(format!("a login answered {other:?}"))),
+            }
+        }
+        Err(AuthFail::AuthOldRevision.into())
+    }
+}
