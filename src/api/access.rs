@@ -6,10 +6,10 @@
 //!   every key the named lease already holds, read on the key with
 //!   `prev_kv`. DeleteRange: write on the range, read with `prev_kv`.
 //! - Txn: read on every compare's key or range, then each op of both
-//!   branches as above. Two deliberate differences from 3.4: a put with
-//!   `prev_kv` inside a txn also needs read (3.4 skips it, so a txn could
-//!   read a value its caller may not), and nested txns are checked (3.4
-//!   does not look into them).
+//!   branches as above. Deliberate differences from 3.4.23 (fixed in
+//!   3.4.42 and 3.4.44): a put inside a txn is checked as a Put is (read
+//!   with `prev_kv`, write on its lease's keys), and nested txns are
+//!   checked (3.4.23 looks at neither).
 //! - LeaseRevoke: write on every key the lease holds.
 //!   LeaseTimeToLive with keys: read on each key (etcd 3.4.26's fix of
 //!   CVE-2023-32082; 3.4.23 does not check).
@@ -17,7 +17,7 @@
 //! While auth is off and a request carries no token, none of this costs
 //! more than a flag load.
 
-use crate::auth::{Caller, PermKind};
+use crate::auth::{AuthFail, Caller, PermKind};
 use crate::member::Member;
 use cairn_proto::etcdserverpb as pb;
 use pb::request_op::Request as Op;
@@ -103,10 +103,29 @@ pub fn delete(
     Ok(())
 }
 
-pub fn txn(member: &Member, caller: Option<&Caller>, r: &pb::TxnRequest) -> Result<(), Status> {
+pub async fn txn(
+    member: &Arc<Member>,
+    caller: Option<&Caller>,
+    r: &pb::TxnRequest,
+) -> Result<(), Status> {
     if off(member, caller) {
         return Ok(());
     }
+    let mut leases = Vec::new();
+    txn_ops(member, caller, r, &mut leases)?;
+    for lease in leases {
+        lease_keys_writable(member, caller, lease).await?;
+    }
+    Ok(())
+}
+
+/// The synchronous part of [`txn`]; the leases its puts name go to `leases`.
+fn txn_ops(
+    member: &Member,
+    caller: Option<&Caller>,
+    r: &pb::TxnRequest,
+    leases: &mut Vec<i64>,
+) -> Result<(), Status> {
     for c in &r.compare {
         member.permitted(caller, PermKind::Read, &c.key, &c.range_end)?;
     }
@@ -120,6 +139,9 @@ pub fn txn(member: &Member, caller: Option<&Caller>, r: &pb::TxnRequest) -> Resu
                 if p.prev_kv {
                     member.permitted(caller, PermKind::Read, &p.key, &[])?;
                 }
+                if p.lease != 0 {
+                    leases.push(p.lease);
+                }
             }
             Some(Op::RequestDeleteRange(d)) => {
                 if d.prev_kv {
@@ -127,7 +149,7 @@ pub fn txn(member: &Member, caller: Option<&Caller>, r: &pb::TxnRequest) -> Resu
                 }
                 member.permitted(caller, PermKind::Write, &d.key, &d.range_end)?;
             }
-            Some(Op::RequestTxn(t)) => txn(member, caller, t)?,
+            Some(Op::RequestTxn(t)) => txn_ops(member, caller, t, leases)?,
             None => {}
         }
     }
@@ -186,11 +208,42 @@ pub fn admin(member: &Member, caller: Option<&Caller>) -> Result<(), Status> {
     member.admin(caller)
 }
 
-/// etcd's admin-only RPCs (Defragment, Snapshot, Hash, HashKV, member
-/// changes): the token must be valid and name root, while auth is on.
+/// Member changes are root's: the token must be valid and name root,
+/// while auth is on.
 pub async fn admin_request<T>(member: &Member, req: &tonic::Request<T>) -> Result<(), Status> {
     let caller = member.caller(req.metadata()).await?;
     admin(member, caller.as_ref())
+}
+
+/// etcd 3.4's auth errors that its Maintenance service sends unmapped:
+/// code Unknown, the auth package's text.
+fn unmapped(f: AuthFail) -> Status {
+    Status::unknown(f.auth_text())
+}
+
+/// Hash, HashKV, Defragment and Snapshot are root's, as etcd's
+/// `authMaintenanceServer` checks them: its refusals are [`unmapped`].
+pub async fn admin_maintenance<T>(member: &Member, req: &tonic::Request<T>) -> Result<(), Status> {
+    let token = crate::member::auth::token_of(req.metadata());
+    let caller = member.caller_or_fail(token).await.map_err(unmapped)?;
+    if off(member, caller.as_ref()) {
+        return Ok(());
+    }
+    member.auth.view.admin(caller.as_ref()).map_err(unmapped)
+}
+
+/// Alarm checks no right, but its token must be valid (etcd's refusal is
+/// [`unmapped`]).
+pub async fn valid_token_unmapped<T>(
+    member: &Member,
+    req: &tonic::Request<T>,
+) -> Result<(), Status> {
+    let token = crate::member::auth::token_of(req.metadata());
+    member
+        .caller_or_fail(token)
+        .await
+        .map(drop)
+        .map_err(unmapped)
 }
 
 /// Lock and Election run etcd's recipes over the member's KV with the

@@ -243,11 +243,7 @@ impl From<crate::auth::AuthFail> for Status {
             F::PermissionDenied => EtcdError::PermissionDenied,
             F::AuthOldRevision => EtcdError::AuthOldRevision,
             F::InvalidAuthToken => EtcdError::InvalidAuthToken,
-            F::NoPasswordUser => {
-                return Status::unknown(
-                    "auth: authentication failed, password was given for no password user",
-                )
-            }
+            F::NoPasswordUser => return Status::unknown(f.auth_text()),
         };
         e.status()
     }

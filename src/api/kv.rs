@@ -138,7 +138,7 @@ impl pb::kv_server::Kv for KvService {
         validate::check_txn(&r, self.0.max_txn_ops)?;
         self.0.check_quota(super::maintenance::txn_cost(&r)).await?;
         let caller = access::caller(&self.0, token.as_deref()).await?;
-        access::txn(&self.0, caller.as_ref(), &r)?;
+        access::txn(&self.0, caller.as_ref(), &r).await?;
         let t = convert::txn_request(&r)?;
         let mut keys = Vec::new();
         txn_keys(&t, &mut keys);

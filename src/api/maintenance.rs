@@ -146,7 +146,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
     ) -> Result<Response<pb::AlarmResponse>, Status> {
         self.0.not_a_learner()?;
         // A token, if sent, must be valid (etcd checks no permission).
-        self.0.caller(request.metadata()).await?;
+        super::access::valid_token_unmapped(&self.0, &request).await?;
         let r = request.into_inner();
         let m = &self.0;
         let pair = (r.member_id, r.alarm);
@@ -224,7 +224,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         self.0.not_a_learner()?;
-        super::access::admin_request(&self.0, &request).await?;
+        super::access::admin_maintenance(&self.0, &request).await?;
         let m = &self.0;
         for shard in 0..m.shards.len() {
             m.ask(shard, |reply| ShardMsg::Snapshot { reply }).await??;
@@ -241,7 +241,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         request: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
         self.0.not_a_learner()?;
-        super::access::admin_request(&self.0, &request).await?;
+        super::access::admin_maintenance(&self.0, &request).await?;
         let (hash, _, revision) = self.0.hash_kv(0).await?;
         let header = self.0.header(revision, self.0.raft_term());
         Ok(Response::new(pb::HashResponse {
@@ -255,7 +255,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
         self.0.not_a_learner()?;
-        super::access::admin_request(&self.0, &request).await?;
+        super::access::admin_maintenance(&self.0, &request).await?;
         let (hash, compact_revision, _) = self.0.hash_kv(request.into_inner().revision).await?;
         let header = self.0.header(self.0.seq.committed(), self.0.raft_term());
         Ok(Response::new(pb::HashKvResponse {
@@ -275,7 +275,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        super::access::admin_request(&self.0, &request).await?;
+        super::access::admin_maintenance(&self.0, &request).await?;
         let mut data = self.snapshot_bytes().await?;
         let digest = data.split_off(data.len() - 32);
         let total = data.len();

@@ -233,11 +233,18 @@ impl Stream {
         } else {
             &create.range_end
         };
+        // etcd 3.4 writes the gRPC error's Go text as the reason.
         let reason = |f| match f {
-            AuthFail::InvalidAuthToken => "etcdserver: invalid auth token",
-            AuthFail::AuthOldRevision => "etcdserver: revision of auth store is old",
-            AuthFail::UserEmpty => "etcdserver: user name is empty",
-            _ => "etcdserver: permission denied",
+            AuthFail::InvalidAuthToken => {
+                "rpc error: code = Unauthenticated desc = etcdserver: invalid auth token"
+            }
+            AuthFail::AuthOldRevision => {
+                "rpc error: code = InvalidArgument desc = etcdserver: revision of auth store is old"
+            }
+            AuthFail::UserEmpty => {
+                "rpc error: code = InvalidArgument desc = etcdserver: user name is empty"
+            }
+            _ => "rpc error: code = PermissionDenied desc = etcdserver: permission denied",
         };
         let caller = match &self.token {
             None => None,

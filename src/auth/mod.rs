@@ -32,15 +32,18 @@ pub enum PermKind {
     Read,
     Write,
     ReadWrite,
+    /// A number etcd has no name for: kept as granted (etcd 3.4 takes any),
+    /// allows nothing.
+    Other(i32),
 }
 
 impl PermKind {
-    pub fn from_i32(v: i32) -> Option<PermKind> {
+    pub fn from_i32(v: i32) -> PermKind {
         match v {
-            0 => Some(PermKind::Read),
-            1 => Some(PermKind::Write),
-            2 => Some(PermKind::ReadWrite),
-            _ => None,
+            0 => PermKind::Read,
+            1 => PermKind::Write,
+            2 => PermKind::ReadWrite,
+            other => PermKind::Other(other),
         }
     }
 
@@ -49,6 +52,7 @@ impl PermKind {
             PermKind::Read => 0,
             PermKind::Write => 1,
             PermKind::ReadWrite => 2,
+            PermKind::Other(v) => v,
         }
     }
 }
@@ -209,6 +213,35 @@ pub enum AuthFail {
     PermissionDenied,
     AuthOldRevision,
     InvalidAuthToken,
+}
+
+impl AuthFail {
+    /// The auth package's own text for the error (etcd's `auth.Err*`),
+    /// which some RPCs of etcd 3.4 send as is, with code Unknown, instead
+    /// of the `etcdserver:` status the others map it to.
+    pub fn auth_text(self) -> &'static str {
+        match self {
+            AuthFail::UserEmpty => "auth: user name is empty",
+            AuthFail::UserAlreadyExist => "auth: user already exists",
+            AuthFail::UserNotFound => "auth: user not found",
+            AuthFail::RoleEmpty => "auth: role name is empty",
+            AuthFail::RoleAlreadyExist => "auth: role already exists",
+            AuthFail::RoleNotFound => "auth: role not found",
+            AuthFail::RoleNotGranted => "auth: role is not granted to the user",
+            AuthFail::PermissionNotGranted => "auth: permission is not granted to the role",
+            AuthFail::RootUserNotExist => "auth: root user does not exist",
+            AuthFail::RootRoleNotExist => "auth: root user does not have root role",
+            AuthFail::InvalidAuthMgmt => "auth: invalid auth management",
+            AuthFail::AuthNotEnabled => "auth: authentication is not enabled",
+            AuthFail::AuthFailed => "auth: authentication failed, invalid user ID or password",
+            AuthFail::NoPasswordUser => {
+                "auth: authentication failed, password was given for no password user"
+            }
+            AuthFail::PermissionDenied => "auth: permission denied",
+            AuthFail::AuthOldRevision => "auth: revision in header is old",
+            AuthFail::InvalidAuthToken => "auth: invalid auth token",
+        }
+    }
 }
 
 /// Who asks: a user and the store revision their token was checked at

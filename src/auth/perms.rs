@@ -83,6 +83,7 @@ impl Unified {
                     u.read.push(ivl.clone());
                     u.write.push(ivl);
                 }
+                PermKind::Other(_) => {}
             }
         }
         for list in [&mut u.read, &mut u.write] {
@@ -102,6 +103,7 @@ impl Unified {
                 return self.allows(PermKind::Read, key, range_end)
                     && self.allows(PermKind::Write, key, range_end)
             }
+            PermKind::Other(_) => return false,
         };
         if range_end.is_empty() {
             let point = Interval::point(key);

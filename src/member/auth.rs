@@ -101,15 +101,14 @@ impl Member {
 
     /// [`Member::caller`] from the token itself.
     pub async fn caller_of(&self, token: Option<&str>) -> Result<Option<Caller>, Status> {
+        self.caller_or_fail(token).await.map_err(Status::from)
+    }
+
+    /// [`Member::caller_of`] with the auth error itself.
+    pub async fn caller_or_fail(&self, token: Option<&str>) -> Result<Option<Caller>, AuthFail> {
         match token {
             None => Ok(None),
-            Some(t) => self
-                .auth
-                .view
-                .caller(t)
-                .await
-                .map(Some)
-                .map_err(Status::from),
+            Some(t) => self.auth.view.caller(t).await.map(Some),
         }
     }
 

@@ -74,11 +74,13 @@ pub fn json_bytes_max(member: &Member) -> usize {
     2 * (member.max_request_bytes + 512 * 1024)
 }
 
-/// The token of a gateway request: its `Authorization` header, which
-/// etcd's gateway passes on as gRPC metadata `authorization`.
+/// The token of a gateway request: its `Grpc-Metadata-Token` header, else
+/// its `Authorization` header (etcd's gateway passes them on as gRPC
+/// metadata `token` and `authorization`, and the server prefers `token`).
 pub(super) fn token_header(headers: &HeaderMap) -> Option<String> {
     headers
-        .get("authorization")
+        .get("grpc-metadata-token")
+        .or_else(|| headers.get("authorization"))
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
 }
@@ -88,7 +90,7 @@ pub(super) fn token_header(headers: &HeaderMap) -> Option<String> {
 pub(super) fn grpc_request<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
     let mut req = tonic::Request::new(message);
     if let Some(v) = token.and_then(|t| t.parse().ok()) {
-        req.metadata_mut().insert("authorization", v);
+        req.metadata_mut().insert("token", v);
     }
     req
 }
