@@ -448,7 +448,10 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
                     let listener = crate::api::tls::TlsListener::new(listener, config.clone())
                         .map_err(|e| format!("--listen-client-urls {addr}: {e}"))?;
                     tokio::spawn(async move {
-                        axum::serve(listener, app)
+                        axum::serve(
+                            listener,
+                            app.into_make_service_with_connect_info::<crate::api::tls::TlsPeer>(),
+                        )
                             .with_graceful_shutdown(stopped)
                             .await
                     })

@@ -13,6 +13,16 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn etcdctl_tls(endpoint: &str, pki: &Path, client: bool, args: &[&str]) -> std::process::Output {
+    etcdctl_as(endpoint, pki, client.then_some("root"), args)
+}
+
+/// etcdctl over TLS with client certificate `<client>.pem` (none: None).
+fn etcdctl_as(
+    endpoint: &str,
+    pki: &Path,
+    client: Option<&str>,
+    args: &[&str],
+) -> std::process::Output {
     let mut cmd = Command::new("etcdctl");
     cmd.env("ETCDCTL_API", "3")
         .args([
@@ -24,9 +34,15 @@ fn etcdctl_tls(endpoint: &str, pki: &Path, client: bool, args: &[&str]) -> std::
             "3s",
         ])
         .arg(format!("--cacert={}", pki.join("ca.pem").display()));
-    if client {
-        cmd.arg(format!("--cert={}", pki.join("root.pem").display()))
-            .arg(format!("--key={}", pki.join("root-key.pem").display()));
+    if let Some(name) = client {
+        cmd.arg(format!(
+            "--cert={}",
+            pki.join(format!("{name}.pem")).display()
+        ))
+        .arg(format!(
+            "--key={}",
+            pki.join(format!("{name}-key.pem")).display()
+        ));
     }
     cmd.args(args)
         .stdin(Stdio::null())
@@ -41,6 +57,7 @@ fn etcdctl_talks_tls_and_a_client_without_a_certificate_is_refused() {
     make_ca(&pki, "test CA", 30, false).unwrap();
     make_member(&pki, "m", &["127.0.0.1", "localhost"], 30, false).unwrap();
     make_client(&pki, "root", 30, false).unwrap();
+    make_client(&pki, "alice", 30, false).unwrap();
     let port = common::free_port();
     let url = format!("https://127.0.0.1:{port}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
@@ -89,6 +106,46 @@ fn etcdctl_talks_tls_and_a_client_without_a_certificate_is_refused() {
     assert!(
         !out.status.success(),
         "answered a client without a certificate"
+    );
+    // With auth on, a request without a token is its certificate's
+    // CommonName's (etcd's AuthInfoFromTLS): root's certificate is root,
+    // alice's is alice, who may read `pub` only.
+    let ok = |client: &str, args: &[&str]| {
+        let out = etcdctl_as(&url, &pki, Some(client), args);
+        assert!(
+            out.status.success(),
+            "{client}: {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    for args in [
+        &["user", "add", "root:pw", "--interactive=false"][..],
+        &["user", "grant-role", "root", "root"],
+        &["user", "add", "alice:pw", "--interactive=false"],
+        &["role", "add", "reader"],
+        &["role", "grant-permission", "reader", "read", "pub"],
+        &["user", "grant-role", "alice", "reader"],
+        &["put", "pub", "p"],
+        &["auth", "enable"],
+    ] {
+        ok("root", args);
+    }
+    ok("root", &["put", "secret", "2"]);
+    assert_eq!(ok("alice", &["get", "pub", "--print-value-only"]), "p");
+    let out = etcdctl_as(&url, &pki, Some("alice"), &["get", "secret"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("etcdserver: permission denied"),
+        "alice read secret: {err}"
+    );
+    // A token wins over the certificate: alice logged in as root may.
+    assert_eq!(
+        ok(
+            "alice",
+            &["--user", "root:pw", "get", "secret", "--print-value-only"]
+        ),
+        "2"
     );
     // SAFETY: kill(2) on the child this test started.
     unsafe {

@@ -17,22 +17,43 @@
 //! While auth is off and a request carries no token, none of this costs
 //! more than a flag load.
 
-use crate::auth::{AuthFail, Caller, PermKind};
+use crate::auth::{AuthFail, Caller, Credential, PermKind};
 use crate::member::Member;
 use cairn_proto::etcdserverpb as pb;
 use pb::request_op::Request as Op;
 use std::sync::Arc;
 use tonic::Status;
 
-/// A request's token, read before its body is taken apart (the check
-/// comes after validation, as in etcd).
-pub fn token<T>(req: &tonic::Request<T>) -> Option<String> {
-    crate::member::auth::token_of(req.metadata()).map(str::to_owned)
+/// A request's credential, read before its body is taken apart (the
+/// check comes after validation, as in etcd): its token, else the
+/// CommonName of its connection's client certificate.
+pub fn credential<T>(req: &tonic::Request<T>) -> Option<Credential> {
+    if let Some(t) = crate::member::auth::token_of(req.metadata()) {
+        return Some(Credential::Token(t.to_owned()));
+    }
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<super::tls::TlsPeer>>()?;
+    peer.0
+        .common_name
+        .as_deref()
+        .map(|cn| Credential::CertName(cn.to_owned()))
 }
 
-/// Who sent a request whose token is `token`.
-pub async fn caller(member: &Member, token: Option<&str>) -> Result<Option<Caller>, Status> {
-    member.caller_of(token).await
+/// Who sent a request whose credential is `credential`.
+pub async fn caller(
+    member: &Member,
+    credential: Option<&Credential>,
+) -> Result<Option<Caller>, Status> {
+    member.caller_of(credential).await
+}
+
+/// Who sent `req`.
+pub async fn caller_of<T>(
+    member: &Member,
+    req: &tonic::Request<T>,
+) -> Result<Option<Caller>, Status> {
+    member.caller_of(credential(req).as_ref()).await
 }
 
 /// The auth store revision a write's rights were checked at, for the
@@ -211,7 +232,7 @@ pub fn admin(member: &Member, caller: Option<&Caller>) -> Result<(), Status> {
 /// Member changes are root's: the token must be valid and name root,
 /// while auth is on.
 pub async fn admin_request<T>(member: &Member, req: &tonic::Request<T>) -> Result<(), Status> {
-    let caller = member.caller(req.metadata()).await?;
+    let caller = caller_of(member, req).await?;
     admin(member, caller.as_ref())
 }
 
@@ -224,8 +245,10 @@ fn unmapped(f: AuthFail) -> Status {
 /// Hash, HashKV, Defragment and Snapshot are root's, as etcd's
 /// `authMaintenanceServer` checks them: its refusals are [`unmapped`].
 pub async fn admin_maintenance<T>(member: &Member, req: &tonic::Request<T>) -> Result<(), Status> {
-    let token = crate::member::auth::token_of(req.metadata());
-    let caller = member.caller_or_fail(token).await.map_err(unmapped)?;
+    let caller = member
+        .caller_or_fail(credential(req).as_ref())
+        .await
+        .map_err(unmapped)?;
     if off(member, caller.as_ref()) {
         return Ok(());
     }
@@ -238,9 +261,8 @@ pub async fn valid_token_unmapped<T>(
     member: &Member,
     req: &tonic::Request<T>,
 ) -> Result<(), Status> {
-    let token = crate::member::auth::token_of(req.metadata());
     member
-        .caller_or_fail(token)
+        .caller_or_fail(credential(req).as_ref())
         .await
         .map(drop)
         .map_err(unmapped)
@@ -256,7 +278,7 @@ pub async fn recipe<T>(
     prefix: &[u8],
     write: bool,
 ) -> Result<(), Status> {
-    let caller = member.caller(req.metadata()).await?;
+    let caller = caller_of(member, req).await?;
     if off(member, caller.as_ref()) {
         return Ok(());
     }
@@ -274,7 +296,7 @@ pub async fn key_writable<T>(
     req: &tonic::Request<T>,
     key: &[u8],
 ) -> Result<(), Status> {
-    let caller = member.caller(req.metadata()).await?;
+    let caller = caller_of(member, req).await?;
     if off(member, caller.as_ref()) {
         return Ok(());
     }

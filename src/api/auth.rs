@@ -26,7 +26,7 @@ impl AuthService {
     /// The caller, for an RPC a learner does not serve.
     async fn caller<T>(&self, req: &Request<T>) -> Result<Option<Caller>, Status> {
         self.0.not_a_learner()?;
-        self.0.caller(req.metadata()).await
+        super::access::caller_of(&self.0, req).await
     }
 
     async fn change<T>(&self, req: &Request<T>, command: AuthCommand) -> Result<(), Status> {

@@ -42,14 +42,14 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
         let _timed = super::http::Timed::new(&self.0.metrics, "Range");
-        let token = access::token(&request);
+        let credential = access::credential(&request);
         let r = request.into_inner();
         self.0.check_size(r.encoded_len())?;
         validate::check_range(&r)?;
         if !r.serializable {
             self.0.not_a_learner()?;
         }
-        let caller = access::caller(&self.0, token.as_deref()).await?;
+        let caller = access::caller(&self.0, credential.as_ref()).await?;
         access::range(&self.0, caller.as_ref(), &r.key, &r.range_end)?;
         let req = convert::range_request(&r)?;
         let (resp, c) = self.0.range(req, r.serializable).await?;
@@ -64,14 +64,14 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::PutResponse>, Status> {
         let _timed = super::http::Timed::new(&self.0.metrics, "Put");
         self.0.not_a_learner()?;
-        let token = access::token(&request);
+        let credential = access::credential(&request);
         let r = request.into_inner();
         self.0.check_size(r.encoded_len())?;
         validate::check_put(&r)?;
         self.0
             .check_quota(super::maintenance::put_cost(&r.key, &r.value))
             .await?;
-        let caller = access::caller(&self.0, token.as_deref()).await?;
+        let caller = access::caller(&self.0, credential.as_ref()).await?;
         access::put(&self.0, caller.as_ref(), &r).await?;
         let shard = shard_of(&r.key, self.0.shards.len());
         let checked = access::checked_at(&self.0, caller.as_ref());
@@ -97,11 +97,11 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let _timed = super::http::Timed::new(&self.0.metrics, "DeleteRange");
         self.0.not_a_learner()?;
-        let token = access::token(&request);
+        let credential = access::credential(&request);
         let r = request.into_inner();
         self.0.check_size(r.encoded_len())?;
         validate::check_delete(&r)?;
-        let caller = access::caller(&self.0, token.as_deref()).await?;
+        let caller = access::caller(&self.0, credential.as_ref()).await?;
         access::delete(&self.0, caller.as_ref(), &r)?;
         let op = m::RequestOp::DeleteRange(convert::delete_request(&r));
         let checked = access::checked_at(&self.0, caller.as_ref());
@@ -132,12 +132,12 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::TxnResponse>, Status> {
         let _timed = super::http::Timed::new(&self.0.metrics, "Txn");
         self.0.not_a_learner()?;
-        let token = access::token(&request);
+        let credential = access::credential(&request);
         let r = request.into_inner();
         self.0.check_size(r.encoded_len())?;
         validate::check_txn(&r, self.0.max_txn_ops)?;
         self.0.check_quota(super::maintenance::txn_cost(&r)).await?;
-        let caller = access::caller(&self.0, token.as_deref()).await?;
+        let caller = access::caller(&self.0, credential.as_ref()).await?;
         access::txn(&self.0, caller.as_ref(), &r).await?;
         let t = convert::txn_request(&r)?;
         let mut keys = Vec::new();
@@ -179,7 +179,7 @@ impl pb::kv_server::Kv for KvService {
         let _timed = super::http::Timed::new(&self.0.metrics, "Compact");
         self.0.not_a_learner()?;
         // A token, if sent, must be valid (etcd checks no permission).
-        self.0.caller(request.metadata()).await?;
+        super::access::caller_of(&self.0, &request).await?;
         let r = request.into_inner();
         self.0.compact(r.revision).await?;
         let header = self.0.header(self.0.seq.committed(), self.0.raft_term());

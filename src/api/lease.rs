@@ -67,7 +67,7 @@ impl pb::lease_server::Lease for LeaseService {
         request: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
         // A token, if sent, must be valid (etcd checks no permission).
-        self.0.caller(request.metadata()).await?;
+        super::access::caller_of(&self.0, &request).await?;
         let r = request.into_inner();
         // Run to the end even if the client goes away (a grant half done
         // would leave the table and the deadlines apart).
@@ -87,7 +87,7 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
-        let caller = self.0.caller(request.metadata()).await?;
+        let caller = super::access::caller_of(&self.0, &request).await?;
         let id = request.into_inner().id;
         super::access::lease_keys_writable(&self.0, caller.as_ref(), id).await?;
         // Run to the end even if the client goes away: a revoke dropped
@@ -118,13 +118,13 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
-        let token = super::access::token(&request);
+        let credential = super::access::credential(&request);
         let r = request.into_inner();
         let header = self.header();
         let t = self.0.lease_time_to_live(r.id, r.keys).await?;
-        if r.keys && (token.is_some() || self.0.auth.view.enabled()) {
+        if r.keys && (credential.is_some() || self.0.auth.view.enabled()) {
             // etcd 3.4.26's fix of CVE-2023-32082 (3.4.23 does not check).
-            let caller = super::access::caller(&self.0, token.as_deref()).await?;
+            let caller = super::access::caller(&self.0, credential.as_ref()).await?;
             super::access::keys_readable(&self.0, caller.as_ref(), &t.keys)?;
         }
         Ok(Response::new(pb::LeaseTimeToLiveResponse {

@@ -56,10 +56,36 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// Who is at the other end of a TLS connection: its address, and the
+/// CommonName of the client certificate it presented (with
+/// `--client-cert-auth`), which auth takes as the user when a request
+/// sends no token (as etcd's `AuthInfoFromTLS`). Requests find it in their
+/// extensions as `axum::extract::ConnectInfo<TlsPeer>`.
+#[derive(Clone, Debug)]
+pub struct TlsPeer {
+    pub addr: SocketAddr,
+    pub common_name: Option<Arc<str>>,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for TlsPeer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        stream.remote_addr().clone()
+    }
+}
+
+/// The CommonName of a DER certificate's subject, if it has one.
+fn common_name(der: &[u8]) -> Option<Arc<str>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(Arc::from)
+}
+
 /// A listener whose connections are TLS over TCP_NODELAY, coalesced
 /// sockets (see `super::coalesce`).
 pub struct TlsListener {
-    ready: tokio::sync::mpsc::Receiver<(TlsStream<Coalesce<TcpStream>>, SocketAddr)>,
+    ready: tokio::sync::mpsc::Receiver<(TlsStream<Coalesce<TcpStream>>, TlsPeer)>,
     local: SocketAddr,
     accepting: tokio::task::JoinHandle<()>,
 }
@@ -90,7 +116,13 @@ impl TlsListener {
                     let handshake = acceptor.accept(Coalesce::new(tcp));
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                         Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, addr)).await;
+                            let common_name = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|chain| chain.first())
+                                .and_then(|cert| common_name(cert));
+                            let _ = tx.send((tls, TlsPeer { addr, common_name })).await;
                         }
                         Ok(Err(e)) => eprintln!("cairn: TLS handshake with {addr} failed: {e}"),
                         Err(_) => {}
@@ -108,7 +140,7 @@ impl TlsListener {
 
 impl axum::serve::Listener for TlsListener {
     type Io = TlsStream<Coalesce<TcpStream>>;
-    type Addr = SocketAddr;
+    type Addr = TlsPeer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         match self.ready.recv().await {
@@ -119,6 +151,9 @@ impl axum::serve::Listener for TlsListener {
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local)
+        Ok(TlsPeer {
+            addr: self.local,
+            common_name: None,
+        })
     }
 }

@@ -63,13 +63,14 @@ pub type Responses = ReceiverStream<Result<pb::WatchResponse, Status>>;
 /// `requests` ends or fails, the member stops, or the receiver of the
 /// responses is dropped. `require_leader`: clientv3's WithRequireLeader
 /// (metadata `hasleader: true`): refused without a leader, and ended with
-/// `etcdserver: no leader` when the member loses its leader. `token`: the
-/// stream's auth token, checked at each watch's creation.
+/// `etcdserver: no leader` when the member loses its leader. `credential`:
+/// the stream's token or certificate name, checked at each watch's
+/// creation.
 pub fn serve<R>(
     member: Arc<Member>,
     requests: R,
     require_leader: bool,
-    token: Option<String>,
+    credential: Option<crate::auth::Credential>,
 ) -> Result<Responses, Status>
 where
     R: futures::Stream<Item = Result<pb::WatchRequest, Status>> + Unpin + Send + 'static,
@@ -85,7 +86,7 @@ where
         next_id: 0,
         progress_asked: false,
         require_leader,
-        token,
+        credential,
     };
     tokio::spawn(stream.serve(requests));
     Ok(ReceiverStream::new(rx))
@@ -104,8 +105,14 @@ impl pb::watch_server::Watch for WatchService {
             .metadata()
             .get("hasleader")
             .is_some_and(|v| v.as_bytes() == b"true");
-        let token = super::access::token(&request);
-        serve(self.0.clone(), request.into_inner(), require_leader, token).map(Response::new)
+        let credential = super::access::credential(&request);
+        serve(
+            self.0.clone(),
+            request.into_inner(),
+            require_leader,
+            credential,
+        )
+        .map(Response::new)
     }
 }
 
@@ -146,7 +153,7 @@ struct Stream {
     /// The stream ends with `etcdserver: no leader` when the member loses
     /// its leader.
     require_leader: bool,
-    token: Option<String>,
+    credential: Option<crate::auth::Credential>,
 }
 
 impl Stream {
@@ -220,7 +227,7 @@ impl Stream {
     async fn permitted(&self, create: &pb::WatchCreateRequest) -> Result<(), &'static str> {
         use crate::auth::AuthFail;
         let member = &self.member;
-        if self.token.is_none() && !member.auth.view.enabled() {
+        if self.credential.is_none() && !member.auth.view.enabled() {
             return Ok(());
         }
         let key: &[u8] = if create.key.is_empty() {
@@ -246,10 +253,10 @@ impl Stream {
             }
             _ => "rpc error: code = PermissionDenied desc = etcdserver: permission denied",
         };
-        let caller = match &self.token {
-            None => None,
-            Some(t) => Some(member.auth.view.caller(t).await.map_err(reason)?),
-        };
+        let caller = member
+            .caller_or_fail(self.credential.as_ref())
+            .await
+            .map_err(reason)?;
         member
             .auth
             .view

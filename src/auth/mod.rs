@@ -244,6 +244,15 @@ impl AuthFail {
     }
 }
 
+/// What a request proves its user with: a token (gRPC metadata), or,
+/// without one, the CommonName of the client certificate its TLS
+/// connection presented (with `--client-cert-auth`, as etcd's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credential {
+    Token(String),
+    CertName(String),
+}
+
 /// Who asks: a user and the store revision their token was checked at
 /// (etcd's `AuthInfo`). None: no token (and no client certificate).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,7 +17,7 @@ use super::peers::Route;
 use super::Member;
 use crate::api::EtcdError;
 use crate::auth::view::AuthView;
-use crate::auth::{token, AuthCommand, AuthFail, Caller, PermKind};
+use crate::auth::{token, AuthCommand, AuthFail, Caller, Credential, PermKind};
 use crate::raft::meta::{MetaCommand, MetaReply};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -92,23 +92,29 @@ pub fn token_of(md: &MetadataMap) -> Option<&str> {
 }
 
 impl Member {
-    /// Who sent a request with metadata `md`: None without a token; a
-    /// token that is not valid is `invalid auth token` (also while auth is
-    /// off, as etcd's).
-    pub async fn caller(&self, md: &MetadataMap) -> Result<Option<Caller>, Status> {
-        self.caller_of(token_of(md)).await
-    }
-
-    /// [`Member::caller`] from the token itself.
-    pub async fn caller_of(&self, token: Option<&str>) -> Result<Option<Caller>, Status> {
-        self.caller_or_fail(token).await.map_err(Status::from)
+    /// Who sent a request with `credential`: None without one; a token
+    /// that is not valid is `invalid auth token` (also while auth is off,
+    /// as etcd's); a certificate's name is taken as it is (the TLS
+    /// handshake checked the certificate).
+    pub async fn caller_of(
+        &self,
+        credential: Option<&Credential>,
+    ) -> Result<Option<Caller>, Status> {
+        self.caller_or_fail(credential).await.map_err(Status::from)
     }
 
     /// [`Member::caller_of`] with the auth error itself.
-    pub async fn caller_or_fail(&self, token: Option<&str>) -> Result<Option<Caller>, AuthFail> {
-        match token {
+    pub async fn caller_or_fail(
+        &self,
+        credential: Option<&Credential>,
+    ) -> Result<Option<Caller>, AuthFail> {
+        match credential {
             None => Ok(None),
-            Some(t) => self.auth.view.caller(t).await.map(Some),
+            Some(Credential::Token(t)) => self.auth.view.caller(t).await.map(Some),
+            Some(Credential::CertName(name)) => Ok(Some(Caller {
+                user: name.clone(),
+                revision: self.auth.view.revision(),
+            })),
         }
     }
 

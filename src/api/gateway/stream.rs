@@ -224,7 +224,12 @@ pub(super) async fn watch(member: Arc<Member>, req: axum::extract::Request) -> R
     };
     let (open, gone) = oneshot::channel();
     let requests = requests(first, reader, Some(gone));
-    match crate::api::watch::serve(member, requests, require_leader, token) {
+    match crate::api::watch::serve(
+        member,
+        requests,
+        require_leader,
+        token.map(crate::auth::Credential::Token),
+    ) {
         Ok(responses) => respond(responses, Some(open)).await,
         Err(s) => {
             respond(
