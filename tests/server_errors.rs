@@ -241,7 +241,7 @@ fn every_service_answers_and_move_leader_refuses_a_stranger() {
     let cairn = Cairn::start(base.path(), 1);
     common::rt().block_on(async {
         let ch = cairn.channel().await;
-        // Auth is served (tests/server_auth.rs compares it with etcd's):
+        // Auth is served (tests/server_auth/ compares it with etcd's):
         // no users yet, and no enabling without root.
         let mut auth = auth_client::AuthClient::new(ch.clone());
         let users = auth.user_list(AuthUserListRequest {}).await.unwrap();
