@@ -37,7 +37,7 @@ const LOGIN_TRIES: usize = 3;
 pub struct Auth {
     pub view: Arc<AuthView>,
     cost: u32,
-    bcrypt: tokio::sync::Semaphore,
+    bcrypt: Arc<tokio::sync::Semaphore>,
     waiting: AtomicUsize,
 }
 
@@ -46,27 +46,45 @@ impl Auth {
         Auth {
             view,
             cost,
-            bcrypt: tokio::sync::Semaphore::new(BCRYPT_AT_ONCE),
+            bcrypt: Arc::new(tokio::sync::Semaphore::new(BCRYPT_AT_ONCE)),
             waiting: AtomicUsize::new(0),
         }
     }
 
     /// Runs bcrypt work `f` on the blocking pool, at most
     /// [`BCRYPT_AT_ONCE`] at a time and [`BCRYPT_QUEUE`] waiting.
+    ///
+    /// Invariant: `waiting` counts exactly the calls between their count
+    /// and their permit (or their refusal, or their drop), so it never
+    /// exceeds [`BCRYPT_QUEUE`] for long and returns to 0 when idle; the
+    /// work itself holds the permit.
     async fn bcrypt<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Status> {
+        // Counted while waiting, uncounted when the wait ends or is dropped
+        // (a client that goes away drops its call mid-wait).
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let waiting = Waiting(&self.waiting);
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= BCRYPT_QUEUE {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(EtcdError::TooManyRequests.status());
         }
-        let permit = self.bcrypt.acquire().await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
-        let _permit = permit.map_err(|_| EtcdError::Stopped.status())?;
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| Status::internal(format!("bcrypt: {e}")))
+        let permit = self.bcrypt.clone().acquire_owned().await;
+        drop(waiting);
+        let permit = permit.map_err(|_| EtcdError::Stopped.status())?;
+        // The permit goes with the work: a call dropped while its hash runs
+        // does not let another start beside it.
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f()
+        })
+        .await
+        .map_err(|e| Status::internal(format!("bcrypt: {e}")))
     }
 
     /// A password's bcrypt hash at `--bcrypt-cost`.
@@ -225,5 +243,72 @@ impl Member {
             }
         }
         Err(AuthFail::AuthOldRevision.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Many callers at once, a third of them given up while they wait:
+    /// never two hashes at a time, the queue bound refuses the excess, and
+    /// the waiting count comes back to 0 (a dropped wait is uncounted).
+    #[test]
+    fn bcrypt_work_is_one_at_a_time_bounded_and_cancellation_safe() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        let view = Arc::new(AuthView::new(
+            crate::auth::view::Tokens::Simple,
+            crate::auth::token::DEFAULT_TTL,
+        ));
+        let auth = Arc::new(Auth::new(view, 4));
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let outcomes = rt.block_on(async {
+            let calls = (0..200).map(|i| {
+                let (auth, running, most) = (auth.clone(), running.clone(), most.clone());
+                tokio::spawn(async move {
+                    let work = auth.bcrypt(move || {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(2));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    });
+                    if i % 3 == 0 {
+                        tokio::time::timeout(Duration::from_millis(5), work)
+                            .await
+                            .ok()
+                    } else {
+                        Some(work.await)
+                    }
+                })
+            });
+            futures::future::join_all(calls).await
+        });
+        let refused = outcomes
+            .iter()
+            .filter(|o| matches!(o, Ok(Some(Err(s))) if s.code() == tonic::Code::ResourceExhausted))
+            .count();
+        assert!(
+            refused > 0,
+            "200 callers at once: some past the queue bound"
+        );
+        // Let dropped calls' work finish.
+        rt.block_on(async {
+            while auth.bcrypt.available_permits() < BCRYPT_AT_ONCE {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        assert_eq!(most.load(Ordering::SeqCst), 1, "two hashes at once");
+        assert_eq!(
+            auth.waiting.load(Ordering::SeqCst),
+            0,
+            "waiting count leaked"
+        );
     }
 }
