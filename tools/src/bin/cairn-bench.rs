@@ -8,6 +8,8 @@
 //! cairn-bench --clients 50 --total 20000 --key-space-size 1000 txn-put
 //! cairn-bench watch-latency --streams 10 --watchers-per-stream 10 --put-total 1000 --put-rate 100
 //! cairn-bench --clients 50 --duration 10 mixed --read-ratio 0.9
+//! cairn-bench --user root:pw put
+//! cairn-bench --clients 64 --duration 15 authenticate --name root --password wrong
 //! ```
 //!
 //! Every client is a task with one request in flight, on connection
@@ -18,6 +20,7 @@
 
 use anyhow::{bail, Context, Result};
 use cairn_proto::coalesce::Coalesce;
+use cairn_proto::etcdserverpb::auth_client::AuthClient;
 use cairn_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use cairn_proto::etcdserverpb::kv_client::KvClient;
 use cairn_proto::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -28,6 +31,7 @@ use cairn_proto::etcdserverpb::{
     Compare, PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest, WatchCreateRequest,
     WatchRequest,
 };
+use cairn_tools::loadgen::auth::{self, Token};
 use cairn_tools::loadgen::keys::{key_bytes, random_value, KeyPicker};
 use cairn_tools::loadgen::report::{ClientRecorder, Recorder, Summary};
 use clap::{Parser, Subcommand};
@@ -96,6 +100,10 @@ struct Args {
     /// Runtime worker threads (default: available CPUs).
     #[arg(long)]
     threads: Option<usize>,
+    /// name:password: log in once per connection (Authenticate) and send
+    /// the token with every request.
+    #[arg(long)]
+    user: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -141,6 +149,14 @@ enum Cmd {
         /// Fraction of operations that are reads.
         #[arg(long, default_value_t = 0.5)]
         read_ratio: f64,
+    },
+    /// One Authenticate call per operation (no token kept). Refusals, e.g.
+    /// a wrong password, are counted as errors, by message.
+    Authenticate {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        password: String,
     },
 }
 
@@ -267,6 +283,7 @@ async fn run(args: Args) -> Result<()> {
     for i in 0..args.conns {
         conns.push(connect(&args, &eps[i % eps.len()]).await?);
     }
+    let tokens = auth::tokens(&conns, args.user.as_deref()).await?;
     let args = Arc::new(args);
     let (op_name, rec, elapsed) = match args.cmd.clone() {
         Cmd::WatchLatency {
@@ -278,6 +295,7 @@ async fn run(args: Args) -> Result<()> {
             let (rec, elapsed) = watch_latency(
                 &args,
                 &conns,
+                &tokens,
                 streams,
                 watchers_per_stream,
                 put_total,
@@ -287,7 +305,9 @@ async fn run(args: Args) -> Result<()> {
             ("watch-latency", rec, elapsed)
         }
         Cmd::LeaseKeepalive { leases, ttl } => {
-            let ids = cairn_tools::loadgen::lease::grant(&conns, args.clients, leases, ttl).await?;
+            let ids =
+                cairn_tools::loadgen::lease::grant(&conns, &tokens, args.clients, leases, ttl)
+                    .await?;
             let total = match (args.total, args.duration) {
                 (Some(t), _) => Some(t),
                 (None, Some(_)) => None,
@@ -299,9 +319,14 @@ async fn run(args: Args) -> Result<()> {
                     .duration
                     .map(|d| Instant::now() + Duration::from_secs_f64(d)),
             };
-            let (rec, elapsed) =
-                cairn_tools::loadgen::lease::keep_alive(&conns, args.clients, Arc::new(ids), bound)
-                    .await?;
+            let (rec, elapsed) = cairn_tools::loadgen::lease::keep_alive(
+                &conns,
+                &tokens,
+                args.clients,
+                Arc::new(ids),
+                bound,
+            )
+            .await?;
             ("lease-keepalive", rec, elapsed)
         }
         cmd => {
@@ -310,9 +335,10 @@ async fn run(args: Args) -> Result<()> {
                 Cmd::Range { .. } => "range",
                 Cmd::TxnPut => "txn-put",
                 Cmd::Mixed { .. } => "mixed",
+                Cmd::Authenticate { .. } => "authenticate",
                 Cmd::WatchLatency { .. } | Cmd::LeaseKeepalive { .. } => unreachable!(),
             };
-            let (rec, elapsed) = closed_or_open_loop(&args, &conns, cmd).await?;
+            let (rec, elapsed) = closed_or_open_loop(&args, &conns, &tokens, cmd).await?;
             (name, rec, elapsed)
         }
     };
@@ -326,9 +352,14 @@ async fn run(args: Args) -> Result<()> {
         "val_size": args.val_size,
         "key_space_size": args.key_space_size,
         "rate": args.rate,
+        "error_kinds": rec.errors,
+        "answered_per_sec": (summary.requests + summary.errors) as f64
+            / elapsed.as_secs_f64().max(1e-9),
     });
     println!("{}", summary.json(&rec, extra));
-    if summary.requests == 0 && summary.errors > 0 {
+    // A refused login is an answer, not a failure of the run.
+    let refusals_expected = matches!(args.cmd, Cmd::Authenticate { .. });
+    if summary.requests == 0 && summary.errors > 0 && !refusals_expected {
         bail!("every request failed");
     }
     Ok(())
@@ -349,6 +380,7 @@ fn progress_bar(len: u64) -> indicatif::ProgressBar {
 async fn closed_or_open_loop(
     args: &Arc<Args>,
     conns: &[Channel],
+    tokens: &[Token],
     cmd: Cmd,
 ) -> Result<(Recorder, Duration)> {
     let total = match (args.total, args.duration) {
@@ -370,11 +402,12 @@ async fn closed_or_open_loop(
     let shared = Arc::new(std::sync::Mutex::new(Recorder::default()));
     let mut tasks = Vec::with_capacity(args.clients);
     for c in 0..args.clients {
-        let kv = KvClient::new(conns[c % conns.len()].clone());
+        let ch = conns[c % conns.len()].clone();
+        let token = tokens[c % conns.len()].clone();
         let rec = ClientRecorder::new(shared.clone());
         let (work, args, value, cmd) = (work.clone(), args.clone(), value.clone(), cmd.clone());
         tasks.push(tokio::spawn(async move {
-            client(c as u64, kv, work, args, value, cmd, rec).await
+            client(c as u64, ch, token, work, args, value, cmd, rec).await
         }));
     }
     let ticker = {
@@ -396,15 +429,19 @@ async fn closed_or_open_loop(
     Ok((rec, elapsed))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn client(
     id: u64,
-    mut kv: KvClient<Channel>,
+    ch: Channel,
+    token: Token,
     work: Arc<Work>,
     args: Arc<Args>,
     value: Arc<Vec<u8>>,
     cmd: Cmd,
     mut rec: ClientRecorder,
 ) {
+    let mut kv = KvClient::new(ch.clone());
+    let mut authc = AuthClient::new(ch);
     let mut rng = StdRng::seed_from_u64(0x5EED ^ id);
     let picker = KeyPicker {
         space: args.key_space_size,
@@ -417,7 +454,7 @@ async fn client(
         let t0 = due.unwrap_or_else(Instant::now);
         let key = key_bytes(picker.pick(i, &mut rng), args.key_size);
         let result = match &cmd {
-            Cmd::Put => put(&mut kv, key, &value).await,
+            Cmd::Put => put(&mut kv, &token, key, &value).await,
             Cmd::Range {
                 key,
                 end,
@@ -426,6 +463,7 @@ async fn client(
             } => {
                 range(
                     &mut kv,
+                    &token,
                     key.as_bytes().to_vec(),
                     end.clone().unwrap_or_default().into_bytes(),
                     consistency == "s",
@@ -433,13 +471,16 @@ async fn client(
                 )
                 .await
             }
-            Cmd::TxnPut => txn_put(&mut kv, key, &value, &mut rec).await,
+            Cmd::TxnPut => txn_put(&mut kv, &token, key, &value, &mut rec).await,
             Cmd::Mixed { read_ratio } => {
                 if rng.random_bool(read_ratio.clamp(0.0, 1.0)) {
-                    range(&mut kv, key, Vec::new(), false, 0).await
+                    range(&mut kv, &token, key, Vec::new(), false, 0).await
                 } else {
-                    put(&mut kv, key, &value).await
+                    put(&mut kv, &token, key, &value).await
                 }
+            }
+            Cmd::Authenticate { name, password } => {
+                auth::authenticate(&mut authc, name, password).await
             }
             Cmd::WatchLatency { .. } | Cmd::LeaseKeepalive { .. } => {
                 unreachable!("handled separately")
@@ -454,46 +495,62 @@ async fn client(
     // Dropping `rec` adds its last samples to the shared histogram.
 }
 
-async fn put(kv: &mut KvClient<Channel>, key: Vec<u8>, value: &[u8]) -> Result<(), tonic::Status> {
-    kv.put(PutRequest {
-        key,
-        value: value.to_vec(),
-        ..Default::default()
-    })
+async fn put(
+    kv: &mut KvClient<Channel>,
+    token: &Token,
+    key: Vec<u8>,
+    value: &[u8],
+) -> Result<(), tonic::Status> {
+    kv.put(auth::request(
+        PutRequest {
+            key,
+            value: value.to_vec(),
+            ..Default::default()
+        },
+        token,
+    ))
     .await
     .map(|_| ())
 }
 
 async fn range(
     kv: &mut KvClient<Channel>,
+    token: &Token,
     key: Vec<u8>,
     range_end: Vec<u8>,
     serializable: bool,
     limit: i64,
 ) -> Result<(), tonic::Status> {
-    kv.range(RangeRequest {
-        key,
-        range_end,
-        serializable,
-        limit,
-        ..Default::default()
-    })
+    kv.range(auth::request(
+        RangeRequest {
+            key,
+            range_end,
+            serializable,
+            limit,
+            ..Default::default()
+        },
+        token,
+    ))
     .await
     .map(|_| ())
 }
 
 async fn txn_put(
     kv: &mut KvClient<Channel>,
+    token: &Token,
     key: Vec<u8>,
     value: &[u8],
     rec: &mut ClientRecorder,
 ) -> Result<(), tonic::Status> {
     for _ in 0..TXN_RETRIES_MAX {
         let got = kv
-            .range(RangeRequest {
-                key: key.clone(),
-                ..Default::default()
-            })
+            .range(auth::request(
+                RangeRequest {
+                    key: key.clone(),
+                    ..Default::default()
+                },
+                token,
+            ))
             .await?
             .into_inner();
         let mod_revision = got.kvs.first().map_or(0, |kv| kv.mod_revision);
@@ -514,7 +571,12 @@ async fn txn_put(
             }],
             failure: Vec::new(),
         };
-        if kv.txn(txn).await?.into_inner().succeeded {
+        if kv
+            .txn(auth::request(txn, token))
+            .await?
+            .into_inner()
+            .succeeded
+        {
             return Ok(());
         }
         rec.count("txn_conflicts");
@@ -527,6 +589,7 @@ async fn txn_put(
 async fn watch_latency(
     args: &Arc<Args>,
     conns: &[Channel],
+    tokens: &[Token],
     streams: usize,
     watchers_per_stream: usize,
     put_total: u64,
@@ -555,11 +618,12 @@ async fn watch_latency(
             })
             .collect();
         let (sent, seen, ready_tx, pb) = (sent.clone(), seen.clone(), ready_tx.clone(), pb.clone());
+        let token = tokens[s % conns.len()].clone();
         watch_tasks.push(tokio::spawn(async move {
             let mut rec = Recorder::default();
             // Keep the request stream open for the life of the watch.
             let requests = futures::stream::iter(creates).chain(futures::stream::pending());
-            let mut stream = match client.watch(requests).await {
+            let mut stream = match client.watch(auth::request(requests, &token)).await {
                 Ok(r) => r.into_inner(),
                 Err(e) => {
                     rec.error(format!("watch: {}", e.message()));
@@ -637,11 +701,14 @@ async fn watch_latency(
         value.resize(args.val_size.max(8), 0);
         sent[i as usize].store(start.elapsed().as_nanos() as u64, Ordering::Release);
         if let Err(e) = kv
-            .put(PutRequest {
-                key: key.clone(),
-                value,
-                ..Default::default()
-            })
+            .put(auth::request(
+                PutRequest {
+                    key: key.clone(),
+                    value,
+                    ..Default::default()
+                },
+                &tokens[0],
+            ))
             .await
         {
             rec.error(format!("put: {}", e.message()));

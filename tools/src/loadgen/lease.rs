@@ -3,6 +3,7 @@
 //! one request in flight, round-robin over the leases. A keepalive that
 //! answers TTL ≤ 0 (the lease is gone) counts as an error.
 
+use super::auth::{self, Token};
 use super::report::{ClientRecorder, Recorder};
 use anyhow::{bail, Result};
 use cairn_proto::etcdserverpb::lease_client::LeaseClient;
@@ -20,17 +21,26 @@ pub struct Bound {
 }
 
 /// Grants `leases` leases of `ttl` seconds over `conns`, `clients` at a
-/// time; their ids.
-pub async fn grant(conns: &[Channel], clients: usize, leases: u64, ttl: i64) -> Result<Vec<i64>> {
+/// time (with `tokens[conn]`, one per connection); their ids.
+pub async fn grant(
+    conns: &[Channel],
+    tokens: &[Token],
+    clients: usize,
+    leases: u64,
+    ttl: i64,
+) -> Result<Vec<i64>> {
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for c in 0..clients.max(1) {
         let mut lease = LeaseClient::new(conns[c % conns.len()].clone());
         let next = next.clone();
+        let token = tokens[c % conns.len()].clone();
         tasks.push(tokio::spawn(async move {
             let mut ids = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < leases {
-                let r = lease.lease_grant(LeaseGrantRequest { ttl, id: 0 }).await?;
+                let r = lease
+                    .lease_grant(auth::request(LeaseGrantRequest { ttl, id: 0 }, &token))
+                    .await?;
                 ids.push(r.into_inner().id);
             }
             Ok::<_, tonic::Status>(ids)
@@ -50,6 +60,7 @@ pub async fn grant(conns: &[Channel], clients: usize, leases: u64, ttl: i64) -> 
 /// and how long it took.
 pub async fn keep_alive(
     conns: &[Channel],
+    tokens: &[Token],
     clients: usize,
     ids: Arc<Vec<i64>>,
     bound: Bound,
@@ -62,6 +73,7 @@ pub async fn keep_alive(
     for c in 0..clients.max(1) {
         let mut lease = LeaseClient::new(conns[c % conns.len()].clone());
         let (next, bound, ids) = (next.clone(), bound.clone(), ids.clone());
+        let token = tokens[c % conns.len()].clone();
         let mut rec = ClientRecorder::new(shared.clone());
         tasks.push(tokio::spawn(async move {
             let take = || {
@@ -79,7 +91,10 @@ pub async fn keep_alive(
             let (tx, rx) = tokio::sync::mpsc::channel(1);
             let mut t0 = Instant::now();
             let _ = tx.send(LeaseKeepAliveRequest { id }).await;
-            let mut answers = match lease.lease_keep_alive(ReceiverStream::new(rx)).await {
+            let mut answers = match lease
+                .lease_keep_alive(auth::request(ReceiverStream::new(rx), &token))
+                .await
+            {
                 Ok(r) => r.into_inner(),
                 Err(e) => {
                     rec.error(format!("{:?}: {}", e.code(), e.message()));
