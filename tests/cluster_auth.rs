@@ -314,4 +314,29 @@ fn the_auth_store_and_its_tokens_are_the_clusters() {
     });
     let e = put(&c, leader, Some(&token3), "b").unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
+
+    // Lock runs etcd's recipe with the caller's rights: u may lock under
+    // its prefix, not elsewhere, and nobody without a token.
+    let lock = |name: &'static str, token: Option<String>| {
+        use cairn_proto::v3lockpb as lpb;
+        let url = c.url(f1);
+        c.rt.block_on(async move {
+            let mut l = lpb::lock_client::LockClient::connect(url)
+                .await
+                .map_err(connect_err)?;
+            let req = lpb::LockRequest {
+                name: name.into(),
+                lease: 0,
+            };
+            timed(l.lock(with_token(req, token.as_deref()))).await
+        })
+    };
+    let held = retry("a lock under u's prefix", || {
+        lock("a/lk", Some(token3.clone()))
+    });
+    assert!(held.key.starts_with(b"a/lk/"), "{held:?}");
+    let e = lock("b/lk", Some(token3.clone())).unwrap_err();
+    assert!(e.message().contains("permission denied"), "{e:?}");
+    let e = lock("a/lk2", None).unwrap_err();
+    assert!(e.message().contains("user name is empty"), "{e:?}");
 }

@@ -57,10 +57,11 @@ pub async fn caller_of<T>(
 }
 
 /// The auth store revision a write's rights were checked at, for the
-/// write leader's second look (None while auth is off).
+/// write leader's second look: 0 if it was checked with auth off here (a
+/// store revision is never 0), so a leader that has auth on refuses it.
 pub fn checked_at(member: &Member, caller: Option<&Caller>) -> Option<u64> {
     if !member.auth.view.enabled() {
-        return None;
+        return Some(0);
     }
     caller.map(|c| c.revision)
 }
@@ -266,39 +267,4 @@ pub async fn valid_token_unmapped<T>(
         .await
         .map(drop)
         .map_err(unmapped)
-}
-
-/// Lock and Election run etcd's recipes over the member's KV with the
-/// caller's rights (etcd's run an in-process client that carries the
-/// caller's token): read on every key under `prefix`, and write on them
-/// too when the call puts or deletes (`write`).
-pub async fn recipe<T>(
-    member: &Member,
-    req: &tonic::Request<T>,
-    prefix: &[u8],
-    write: bool,
-) -> Result<(), Status> {
-    let caller = caller_of(member, req).await?;
-    if off(member, caller.as_ref()) {
-        return Ok(());
-    }
-    let end = super::concurrency::prefix_end(prefix);
-    member.permitted(caller.as_ref(), PermKind::Read, prefix, &end)?;
-    if write {
-        member.permitted(caller.as_ref(), PermKind::Write, prefix, &end)?;
-    }
-    Ok(())
-}
-
-/// Write on one key (Unlock, Proclaim, Resign name the key).
-pub async fn key_writable<T>(
-    member: &Member,
-    req: &tonic::Request<T>,
-    key: &[u8],
-) -> Result<(), Status> {
-    let caller = caller_of(member, req).await?;
-    if off(member, caller.as_ref()) {
-        return Ok(());
-    }
-    member.permitted(caller.as_ref(), PermKind::Write, key, &[])
 }

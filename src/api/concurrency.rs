@@ -71,9 +71,12 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 /// The member's KV and Lease services, called in-process (etcd's
-/// `v3client`): validation, routing, quota and headers are theirs.
+/// `v3client`): validation, routing, quota, headers and auth checks are
+/// theirs. The second field is the caller's credential, sent with every
+/// request, so each step is checked as etcd checks its in-process client's
+/// (which carries the caller's token).
 #[derive(Clone)]
-pub struct Client(pub Arc<Member>);
+pub struct Client(pub Arc<Member>, pub Option<crate::auth::Credential>);
 
 fn op(request: pb::request_op::Request) -> pb::RequestOp {
     pb::RequestOp {
@@ -102,10 +105,33 @@ pub fn first_range(t: &pb::TxnResponse) -> Option<&pb::RangeResponse> {
 }
 
 impl Client {
+    /// A request carrying the caller's credential.
+    fn request<T>(&self, message: T) -> Request<T> {
+        use crate::auth::Credential;
+        let mut req = Request::new(message);
+        match &self.1 {
+            Some(Credential::Token(t)) => {
+                if let Ok(v) = t.parse() {
+                    req.metadata_mut().insert("token", v);
+                }
+            }
+            Some(Credential::CertName(name)) => {
+                let peer = super::tls::TlsPeer {
+                    addr: ([0, 0, 0, 0], 0).into(),
+                    common_name: Some(name.as_str().into()),
+                };
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+            }
+            None => {}
+        }
+        req
+    }
+
     pub async fn txn(&self, req: pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
         let kv = super::kv::KvService(self.0.clone());
         Ok(kv
-            .txn(Request::new(req))
+            .txn(self.request(req))
             .await
             .map_err(unknown)?
             .into_inner())
@@ -114,7 +140,7 @@ impl Client {
     pub async fn range(&self, req: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
         let kv = super::kv::KvService(self.0.clone());
         Ok(kv
-            .range(Request::new(req))
+            .range(self.request(req))
             .await
             .map_err(unknown)?
             .into_inner())
@@ -126,7 +152,7 @@ impl Client {
             key,
             ..Default::default()
         };
-        let r = kv.delete_range(Request::new(req)).await;
+        let r = kv.delete_range(self.request(req)).await;
         Ok(r.map_err(unknown)?.into_inner())
     }
 
@@ -143,7 +169,7 @@ impl Client {
             ttl: SESSION_TTL_SECONDS,
             id: 0,
         };
-        let r = leases.lease_grant(Request::new(req)).await;
+        let r = leases.lease_grant(self.request(req)).await;
         Ok(r.map_err(unknown)?.into_inner().id)
     }
 

@@ -90,10 +90,9 @@ impl epb::election_server::Election for ElectionService {
         &self,
         request: Request<epb::CampaignRequest>,
     ) -> Result<Response<epb::CampaignResponse>, Status> {
-        let prefix = prefix_of(&request.get_ref().name);
-        super::access::recipe(&self.0, &request, &prefix, true).await?;
+        let credential = super::access::credential(&request);
         let r = request.into_inner();
-        let client = Client(self.0.clone());
+        let client = Client(self.0.clone(), credential);
         let lease = client.session_lease(r.lease).await?;
         let prefix = prefix_of(&r.name);
         let key = contender_key(&prefix, lease);
@@ -126,14 +125,12 @@ impl epb::election_server::Election for ElectionService {
         &self,
         request: Request<epb::ProclaimRequest>,
     ) -> Result<Response<epb::ProclaimResponse>, Status> {
-        if let Some(l) = &request.get_ref().leader {
-            super::access::key_writable(&self.0, &request, &l.key).await?;
-        }
+        let credential = super::access::credential(&request);
         let r = request.into_inner();
         let leader = r
             .leader
             .ok_or_else(|| Status::unknown(ERR_MISSING_LEADER_KEY))?;
-        let client = Client(self.0.clone());
+        let client = Client(self.0.clone(), credential);
         let lease = client.session_lease(leader.lease).await?;
         let t = proclaim(&client, &leader.key, leader.rev, lease, r.value).await?;
         Ok(Response::new(epb::ProclaimResponse { header: t.header }))
@@ -143,9 +140,11 @@ impl epb::election_server::Election for ElectionService {
         &self,
         request: Request<epb::LeaderRequest>,
     ) -> Result<Response<epb::LeaderResponse>, Status> {
+        let credential = super::access::credential(&request);
         let prefix = prefix_of(&request.get_ref().name);
-        super::access::recipe(&self.0, &request, &prefix, false).await?;
-        let r = Client(self.0.clone()).by_create(&prefix, true, 0).await?;
+        let r = Client(self.0.clone(), credential)
+            .by_create(&prefix, true, 0)
+            .await?;
         let kv = r.kvs.into_iter().next();
         if kv.is_none() {
             return Err(Status::unknown(ERR_NO_LEADER));
@@ -162,14 +161,13 @@ impl epb::election_server::Election for ElectionService {
         &self,
         request: Request<epb::LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
+        let client = Client(self.0.clone(), super::access::credential(&request));
         let prefix = prefix_of(&request.get_ref().name);
-        super::access::recipe(&self.0, &request, &prefix, false).await?;
         let (tx, rx) = mpsc::channel(OBSERVE_QUEUE);
-        let member = self.0.clone();
         tokio::spawn(async move {
             // Stops when the client goes away, whatever it waits for.
             tokio::select! {
-                _ = observe(member, prefix, &tx) => {}
+                _ = observe(client, prefix, &tx) => {}
                 _ = tx.closed() => {}
             }
         });
@@ -180,14 +178,12 @@ impl epb::election_server::Election for ElectionService {
         &self,
         request: Request<epb::ResignRequest>,
     ) -> Result<Response<epb::ResignResponse>, Status> {
-        if let Some(l) = &request.get_ref().leader {
-            super::access::key_writable(&self.0, &request, &l.key).await?;
-        }
+        let credential = super::access::credential(&request);
         let leader = request
             .into_inner()
             .leader
             .ok_or_else(|| Status::unknown(ERR_MISSING_LEADER_KEY))?;
-        let client = Client(self.0.clone());
+        let client = Client(self.0.clone(), credential);
         // As etcd's: a session of the leader's lease (lease 0 grants one).
         client.session_lease(leader.lease).await?;
         let t = resign(&client, &leader.key, leader.rev).await?;
@@ -200,11 +196,11 @@ impl epb::election_server::Election for ElectionService {
 /// stream cannot go on (the client went away, a read failed: etcd then ends
 /// the stream without an error).
 async fn observe(
-    member: Arc<Member>,
+    client: Client,
     prefix: Vec<u8>,
     tx: &mpsc::Sender<Result<epb::LeaderResponse, Status>>,
 ) {
-    let client = Client(member.clone());
+    let member = client.0.clone();
     // A response at the revision of the event it reports (etcd's watch
     // header for an event as it happens).
     let at = |rev: i64| Some(member.header(rev, member.raft_term()));

@@ -30,10 +30,9 @@ impl lpb::lock_server::Lock for LockService {
         &self,
         request: Request<lpb::LockRequest>,
     ) -> Result<Response<lpb::LockResponse>, Status> {
-        let prefix = [request.get_ref().name.as_slice(), b"/"].concat();
-        super::access::recipe(&self.0, &request, &prefix, true).await?;
+        let credential = super::access::credential(&request);
         let r = request.into_inner();
-        let client = Client(self.0.clone());
+        let client = Client(self.0.clone(), credential);
         let lease = client.session_lease(r.lease).await?;
         let mut prefix = r.name;
         prefix.push(b'/');
@@ -56,9 +55,9 @@ impl lpb::lock_server::Lock for LockService {
         &self,
         request: Request<lpb::UnlockRequest>,
     ) -> Result<Response<lpb::UnlockResponse>, Status> {
-        super::access::key_writable(&self.0, &request, &request.get_ref().key).await?;
+        let credential = super::access::credential(&request);
         let key = request.into_inner().key;
-        let d = Client(self.0.clone()).delete(key).await?;
+        let d = Client(self.0.clone(), credential).delete(key).await?;
         Ok(Response::new(lpb::UnlockResponse { header: d.header }))
     }
 }
