@@ -220,10 +220,9 @@ impl Stream {
         self.tx.send(Ok(resp)).await.map_err(|_| Closed)
     }
 
-    /// etcd 3.4's check at a watch's creation (read on what it watches,
-    /// with the key and range end as etcd rewrites them first: an empty
-    /// key is `\0`, and a range end of `\0` is dropped, so "from a key on"
-    /// is checked as that key alone); the cancel reason if refused.
+    /// etcd's check at a watch's creation: read on what it watches (an
+    /// empty key is `\0`, as etcd rewrites it first); the cancel reason if
+    /// refused.
     async fn permitted(&self, create: &pb::WatchCreateRequest) -> Result<(), &'static str> {
         use crate::auth::AuthFail;
         let member = &self.member;
@@ -235,11 +234,11 @@ impl Stream {
         } else {
             &create.key
         };
-        let end: &[u8] = if create.range_end == [0] {
-            &[]
-        } else {
-            &create.range_end
-        };
+        // etcd 3.4.23 also dropped a range end of `\0` here, so a watch
+        // "from a key on" was checked as that key alone and saw every key
+        // after it (GHSA-xg4h-6gfc-h4m8, fixed in later etcd): here it is
+        // checked as the range it watches.
+        let end: &[u8] = &create.range_end;
         // etcd 3.4 writes the gRPC error's Go text as the reason.
         let reason = |f| match f {
             AuthFail::InvalidAuthToken => {

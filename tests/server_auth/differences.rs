@@ -171,3 +171,13 @@ pub(super) async fn txn_bypass_script(mut r: Run) -> Run {
         .await;
     r
 }
+
+/// u, who may read and write `k` alone, watches "from `k` on" (range end
+/// `\0`), and `k` itself.
+pub(super) async fn watch_from_key_script(mut r: Run) -> Run {
+    setup_users(&mut r).await;
+    let u = &r.cred("u logs in", "u", "upw").await;
+    r.watch("u: watch from k on", u, watch_req("k", "\0")).await;
+    r.watch("u: watch k", u, watch_req("k", "")).await;
+    r
+}

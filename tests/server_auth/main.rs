@@ -50,7 +50,7 @@ use auth::*;
 use authpb::permission::Type::Readwrite;
 use differences::{
     deliberately_unlike_etcd, lease_keys_script, login_with_bad_token_script, txn_bypass_script,
-    DENIED,
+    watch_from_key_script, DENIED,
 };
 use etcdctl_gateway::{etcdctl_script, gateway_script};
 use jwt_ttl::{jwt_flag, jwt_script, ttl_script};
@@ -240,5 +240,22 @@ fn the_gateways_auth_path_matches_etcd() {
         "{} differ:\n{}",
         diffs.len(),
         diffs.join("\n")
+    );
+}
+
+/// etcd 3.4.23 checks a watch "from a key on" (range end `\0`) as that key
+/// alone, so a user who may read one key sees every key after it
+/// (GHSA-xg4h-6gfc-h4m8, fixed in later etcd); cairn checks the range
+/// watched, and refuses.
+#[test]
+fn a_watch_from_a_key_on_needs_read_on_all_of_it_unlike_etcd_3_4_23() {
+    deliberately_unlike_etcd(
+        watch_from_key_script,
+        &[(
+            "u: watch from k on",
+            "ok rev 2 id 0 created true canceled false reason \"\" compact 0 events []",
+            "ok rev 2 id -1 created true canceled true reason \"rpc error: code = \
+             PermissionDenied desc = etcdserver: permission denied\" compact 0 events []",
+        )],
     );
 }
