@@ -162,6 +162,11 @@ pub enum AuthCommand {
         user: String,
         prefix: String,
         checked: u64,
+        /// When the login was taken (unix ms, the taking member's clock):
+        /// a member applying it later (a restart replaying its log, a
+        /// member catching up) gives the token only what is left of its
+        /// TTL, not a new one.
+        at_ms: u64,
     },
 }
 

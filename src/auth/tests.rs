@@ -311,6 +311,7 @@ fn logins_need_auth_on_a_known_user_with_a_password_and_a_current_check() {
         user: user.into(),
         prefix: "p".into(),
         checked,
+        at_ms: 0,
     };
     let rev = s.revision;
     refused(&mut s, None, login("u", rev), AuthFail::AuthNotEnabled);

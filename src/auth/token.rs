@@ -67,13 +67,17 @@ impl SimpleTokens {
         self.live.is_empty()
     }
 
-    /// `token` now logs `user` in, until `ttl` after its last use.
-    pub fn assign(&mut self, token: String, user: String, now: Instant) {
+    /// `token` now logs `user` in, until `ttl` after its last use; `age`:
+    /// how long ago the login was taken (a token older than its TTL is not
+    /// kept).
+    pub fn assign(&mut self, token: String, user: String, now: Instant, age: Duration) {
         if self.live.len() >= self.sweep_at {
             self.live.retain(|_, (_, deadline)| *deadline > now);
             self.sweep_at = (self.live.len() * 2).max(1024);
         }
-        self.live.insert(token, (user, now + self.ttl));
+        if age < self.ttl {
+            self.live.insert(token, (user, now + (self.ttl - age)));
+        }
     }
 
     /// The user `token` logs in (and its life starts again), or None if it
@@ -93,6 +97,11 @@ impl SimpleTokens {
         self.live.retain(|_, (u, _)| u != user);
     }
 
+    /// Keeps the tokens of the users `keep` says.
+    pub fn retain_users(&mut self, keep: impl Fn(&str) -> bool) {
+        self.live.retain(|_, (user, _)| keep(user));
+    }
+
     pub fn clear(&mut self) {
         self.live.clear();
     }
@@ -107,7 +116,15 @@ mod tests {
         let t0 = Instant::now();
         let ttl = Duration::from_secs(10);
         let mut tokens = SimpleTokens::new(ttl);
-        tokens.assign("abc.7".into(), "alice".into(), t0);
+        tokens.assign("abc.7".into(), "alice".into(), t0, Duration::ZERO);
+        // A login applied late (a log replayed) gets what is left of its
+        // TTL; one older than its TTL is not kept.
+        tokens.assign("old.8".into(), "alice".into(), t0, ttl * 3 / 4);
+        assert!(tokens.user_of("old.8", t0 + ttl / 8).is_some());
+        tokens.assign("old.10".into(), "alice".into(), t0, ttl * 3 / 4);
+        assert_eq!(tokens.user_of("old.10", t0 + ttl / 2), None);
+        tokens.assign("older.9".into(), "alice".into(), t0, ttl);
+        assert_eq!(tokens.user_of("older.9", t0), None);
         assert_eq!(
             tokens.user_of("abc.7", t0 + ttl / 2).as_deref(),
             Some("alice")
@@ -118,7 +135,11 @@ mod tests {
             Some("alice")
         );
         assert_eq!(tokens.user_of("abc.7", t0 + ttl * 3), None);
-        assert!(tokens.is_empty());
+        assert_eq!(tokens.user_of("old.8", t0 + ttl * 3), None);
+        assert!(
+            tokens.is_empty(),
+            "expired tokens are dropped when looked up"
+        );
         assert_eq!(tokens.user_of("nope.1", t0), None);
     }
 
@@ -126,9 +147,10 @@ mod tests {
     fn a_users_tokens_go_with_invalidation_and_clear() {
         let t0 = Instant::now();
         let mut tokens = SimpleTokens::new(DEFAULT_TTL);
-        tokens.assign("a.1".into(), "alice".into(), t0);
-        tokens.assign("a.2".into(), "alice".into(), t0);
-        tokens.assign("b.3".into(), "bob".into(), t0);
+        let z = Duration::ZERO;
+        tokens.assign("a.1".into(), "alice".into(), t0, z);
+        tokens.assign("a.2".into(), "alice".into(), t0, z);
+        tokens.assign("b.3".into(), "bob".into(), t0, z);
         tokens.invalidate_user("alice");
         assert_eq!(tokens.user_of("a.1", t0), None);
         assert_eq!(tokens.user_of("a.2", t0), None);
@@ -146,7 +168,7 @@ mod tests {
             // Each token is used once, at its login, 1 ms apart: at most
             // 1,000 are alive at any time.
             let now = t0 + Duration::from_millis(i);
-            tokens.assign(format!("t.{i}"), "u".into(), now);
+            tokens.assign(format!("t.{i}"), "u".into(), now, Duration::ZERO);
             assert!(tokens.len() <= 2 * 1_000 + 1024, "{} tokens", tokens.len());
         }
     }

@@ -27,6 +27,13 @@ use std::time::{Duration, Instant};
 /// calling the token invalid.
 const TOKEN_WAIT: Duration = Duration::from_secs(5);
 
+/// Now, in unix milliseconds (0 if the clock is before 1970).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// How a member issues and reads tokens (`--auth-token`).
 pub enum Tokens {
     Simple,
@@ -94,14 +101,23 @@ impl AuthView {
         self.store().revision
     }
 
-    /// A snapshot's store replaces the mirror (and every token: the ones
-    /// issued in the entries it covers are not known here).
+    /// A snapshot's store replaces the mirror. The tokens this member
+    /// holds stay if their user is still there with the same password and
+    /// auth is still on (what a password change, a deletion or a disable
+    /// would have ended); logins inside the snapshot are not known here.
     pub fn load(&self, store: &AuthStore, index: u64) {
         let mut s = self.store.write().unwrap_or_else(|e| e.into_inner());
+        let unchanged = |user: &str| {
+            store.enabled
+                && matches!(
+                    (s.users.get(user), store.users.get(user)),
+                    (Some(old), Some(new)) if old.hash == new.hash
+                )
+        };
+        self.lock_simple().retain_users(unchanged);
         *s = store.clone();
         self.enabled.store(s.enabled, Ordering::Release);
         self.lock_unified().clear();
-        self.lock_simple().clear();
         drop(s);
         self.index.send_replace(index);
     }
@@ -120,8 +136,19 @@ impl AuthView {
         self.lock_unified().clear();
         let mut simple = self.lock_simple();
         match command {
-            AuthCommand::Authenticate { user, prefix, .. } => {
-                simple.assign(format!("{prefix}.{index}"), user.clone(), Instant::now())
+            AuthCommand::Authenticate {
+                user,
+                prefix,
+                at_ms,
+                ..
+            } => {
+                let age = Duration::from_millis(unix_ms().saturating_sub(*at_ms));
+                simple.assign(
+                    format!("{prefix}.{index}"),
+                    user.clone(),
+                    Instant::now(),
+                    age,
+                )
             }
             AuthCommand::UserDelete { name } | AuthCommand::UserChangePassword { name, .. } => {
                 simple.invalidate_user(name)
@@ -139,6 +166,14 @@ impl AuthView {
             *at = index;
             moved
         });
+    }
+
+    /// Waits (up to [`TOKEN_WAIT`]) until this member has applied the meta
+    /// log up to `index`: an auth change or login made through another
+    /// member then shows here.
+    pub async fn reach(&self, index: u64) {
+        let mut at = self.index.subscribe();
+        let _ = tokio::time::timeout(TOKEN_WAIT, at.wait_for(|i| *i >= index)).await;
     }
 
     /// The user a token logs in, and the store revision it counts as

@@ -159,11 +159,18 @@ impl Member {
     /// On the write leader, before a client's write: refused as etcd's
     /// apply refuses it if the auth store moved past the revision the
     /// write's rights were checked at.
+    /// `checked` 0: checked while auth was off where it was taken (then
+    /// refused if it is on here: auth was enabled meanwhile).
     pub fn auth_current(&self, checked: Option<u64>) -> Result<(), Status> {
-        match checked {
-            Some(rev) if self.auth.view.revision() > rev => Err(AuthFail::AuthOldRevision.into()),
-            _ => Ok(()),
+        let old = match checked {
+            None => false,
+            Some(0) => self.auth.view.enabled(),
+            Some(rev) => self.auth.view.revision() > rev,
+        };
+        if old {
+            return Err(AuthFail::AuthOldRevision.into());
         }
+        Ok(())
     }
 
     /// Runs an auth store change (or a login) through the meta group.
@@ -194,7 +201,12 @@ impl Member {
         command: AuthCommand,
     ) -> Result<(), Status> {
         match self.auth_change(caller, command).await? {
-            MetaReply::Done => Ok(()),
+            MetaReply::AuthDone(index) => {
+                // Read-your-writes: this member enforces the change before
+                // it says it is made.
+                self.auth.view.reach(index).await;
+                Ok(())
+            }
             MetaReply::AuthRefused(f) => Err(f.into()),
             other => Err(Status::internal(format!(
                 "an auth change answered {other:?}"
@@ -228,9 +240,11 @@ impl Member {
                 user: user.to_string(),
                 prefix: prefix.clone(),
                 checked,
+                at_ms: crate::auth::view::unix_ms(),
             };
             match self.auth_change(None, login).await? {
                 MetaReply::LoggedIn(index) => {
+                    self.auth.view.reach(index).await;
                     return self
                         .auth
                         .view

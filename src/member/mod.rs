@@ -110,7 +110,8 @@ impl Member {
     }
 
     /// [`Member::write`] of a client's request whose rights were checked
-    /// against auth store revision `checked` (None: not checked, auth off):
+    /// against auth store revision `checked` (None: not a client's; 0:
+    /// checked with auth off):
     /// the write leader refuses it (`revision of auth store is old`) if
     /// its store has moved past that, as etcd checks at apply.
     pub async fn write_as(
