@@ -276,6 +276,11 @@ mod tests {
     /// Revoked while fenced, not yet unfenced (the revoke job's order): `exists` must be
     /// false, for the revoked lease and for the other lease of the same fence.
     const FENCED_REVOKED: u64 = 4;
+    /// Live again after an unfence, in the same round: a phase of its own, so that a
+    /// reader that saw "live" before and after its calls cannot have slept through the
+    /// fenced phase between the two live phases of one round (the same state value
+    /// twice let such a reader blame a correct view).
+    const LIVE_AGAIN: u64 = 5;
 
     #[test]
     fn fenced_lease_never_exists_between_fence_and_unfence_across_threads() {
@@ -305,7 +310,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let _alive = alive;
                     // Calls seen entirely inside each stable phase.
-                    let mut seen = [0u64; 5];
+                    let mut seen = [0u64; 6];
                     while !done.load(Ordering::SeqCst) {
                         let before = state.load(Ordering::SeqCst);
                         let lease = view.exists(LEASE);
@@ -316,7 +321,9 @@ mod tests {
                         }
                         let (round, phase) = (before >> 8, before & 0xff);
                         match phase {
-                            LIVE => assert!(lease && other, "round {round}: live lease missing"),
+                            LIVE | LIVE_AGAIN => {
+                                assert!(lease && other, "round {round}: live lease missing")
+                            }
                             FENCED | FENCED_REVOKED => assert!(
                                 !lease && !other,
                                 "round {round}: fenced lease reported existing \
@@ -365,7 +372,7 @@ mod tests {
             } else {
                 publish(round, CHANGING);
                 view.unfence(&[LEASE, OTHER]);
-                publish(round, LIVE);
+                publish(round, LIVE_AGAIN);
                 linger();
                 publish(round, CHANGING);
                 view.revoked(&[LEASE]);
@@ -376,7 +383,7 @@ mod tests {
         }
         done.store(true, Ordering::SeqCst);
 
-        let mut seen = [0u64; 5];
+        let mut seen = [0u64; 6];
         for r in readers {
             let s = r.join().expect("a reader saw a wrong answer");
             for (total, n) in seen.iter_mut().zip(s) {
