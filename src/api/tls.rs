@@ -75,13 +75,6 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsL
     }
 }
 
-/// The CommonName of a DER certificate's subject, if it has one.
-fn common_name(der: &[u8]) -> Option<Arc<str>> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?;
-    cn.as_str().ok().map(Arc::from)
-}
-
 /// A listener whose connections are TLS over TCP_NODELAY, coalesced
 /// sockets (see `super::coalesce`).
 pub struct TlsListener {
@@ -121,7 +114,8 @@ impl TlsListener {
                                 .1
                                 .peer_certificates()
                                 .and_then(|chain| chain.first())
-                                .and_then(|cert| common_name(cert));
+                                .and_then(|cert| crate::tls::common_name(cert))
+                                .map(Arc::from);
                             let _ = tx.send((tls, TlsPeer { addr, common_name })).await;
                         }
                         Ok(Err(e)) => eprintln!("cairn: TLS handshake with {addr} failed: {e}"),

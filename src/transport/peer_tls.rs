@@ -32,9 +32,7 @@ pub enum PeerTls {
 fn peer_common_name(conn: &quinn::Connection) -> Option<String> {
     let identity = conn.peer_identity()?;
     let chain = identity.downcast_ref::<Vec<rustls::pki_types::CertificateDer<'static>>>()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(chain.first()?.as_ref()).ok()?;
-    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
-    Some(cn.to_string())
+    crate::tls::common_name(chain.first()?.as_ref())
 }
 
 /// Why `conn`'s peer is refused under `--peer-cert-allowed-cn`, if it is
