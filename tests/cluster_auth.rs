@@ -12,7 +12,7 @@ mod common;
 use cairn_proto::etcdserverpb as pb;
 use cairn_proto::etcdserverpb::auth_client::AuthClient;
 use cairn_proto::etcdserverpb::kv_client::KvClient;
-use common::cluster::{Cluster, MEMBERS, SETTLE};
+use common::cluster::{retry, Cluster, MEMBERS, SETTLE};
 use std::time::{Duration, Instant};
 use tonic::{Code, Request, Status};
 
@@ -79,21 +79,6 @@ fn login(c: &Cluster, i: usize, user: &str, password: &str) -> Result<String, St
     auth(c, i, None, async move |a, _| {
         Ok(timed(a.authenticate(req)).await?.token)
     })
-}
-
-/// Runs `f` until it answers Ok (clients retry while leaders change), for
-/// at most [`SETTLE`].
-fn retry<T>(what: &str, mut f: impl FnMut() -> Result<T, Status>) -> T {
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "{what}: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
 }
 
 /// Waits until `f` fails with `code` (each member applies changes on its

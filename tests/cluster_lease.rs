@@ -11,7 +11,7 @@ mod common;
 use cairn_proto::etcdserverpb as pb;
 use cairn_proto::etcdserverpb::kv_client::KvClient;
 use cairn_proto::etcdserverpb::lease_client::LeaseClient;
-use common::cluster::{Cluster, MEMBERS, SETTLE};
+use common::cluster::{retry, Cluster, MEMBERS, SETTLE};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,21 +39,6 @@ async fn timed<T>(
         .await
         .map_err(|_| tonic::Status::deadline_exceeded("client timeout"))?
         .map(tonic::Response::into_inner)
-}
-
-/// Runs `f` until it answers Ok (as etcd's clients retry while leaders
-/// change), within [`SETTLE`].
-fn retry<T>(what: &str, mut f: impl FnMut() -> Result<T, tonic::Status>) -> T {
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "{what}: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
 }
 
 fn grant(c: &Cluster, i: usize, ttl: i64) -> Result<pb::LeaseGrantResponse, tonic::Status> {

@@ -22,6 +22,21 @@ pub const MEMBERS: usize = 3;
 /// Generous for a shared 2-core machine; every wait below is bounded by it.
 pub const SETTLE: Duration = Duration::from_secs(60);
 
+/// Runs `f` until it answers Ok (as etcd's clients retry while leaders
+/// change), within [`SETTLE`].
+pub fn retry<T>(what: &str, mut f: impl FnMut() -> Result<T, tonic::Status>) -> T {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "{what}: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
 pub struct Cluster {
     pub net: ChannelNet,
     pub cfgs: Vec<Config>,
