@@ -45,7 +45,7 @@ pub async fn caller(
     member: &Member,
     credential: Option<&Credential>,
 ) -> Result<Option<Caller>, Status> {
-    member.caller_of(credential).await
+    Ok(member.caller(credential).await?)
 }
 
 /// Who sent `req`.
@@ -53,7 +53,18 @@ pub async fn caller_of<T>(
     member: &Member,
     req: &tonic::Request<T>,
 ) -> Result<Option<Caller>, Status> {
-    member.caller_of(credential(req).as_ref()).await
+    caller(member, credential(req).as_ref()).await
+}
+
+/// etcd's permission check of `kind` on a key (empty `end`) or range.
+fn permitted(
+    member: &Member,
+    caller: Option<&Caller>,
+    kind: PermKind,
+    key: &[u8],
+    end: &[u8],
+) -> Result<(), Status> {
+    Ok(member.auth.view.permitted(caller, kind, key, end)?)
 }
 
 /// The auth store revision a write's rights were checked at, for the
@@ -80,7 +91,7 @@ pub fn range(
     if off(member, caller) {
         return Ok(());
     }
-    member.permitted(caller, PermKind::Read, key, end)
+    permitted(member, caller, PermKind::Read, key, end)
 }
 
 /// After a read: etcd refuses an answer read while the auth store moved
@@ -102,10 +113,10 @@ pub async fn put(
     if off(member, caller) {
         return Ok(());
     }
-    member.permitted(caller, PermKind::Write, &r.key, &[])?;
+    permitted(member, caller, PermKind::Write, &r.key, &[])?;
     lease_keys_writable(member, caller, r.lease).await?;
     if r.prev_kv {
-        member.permitted(caller, PermKind::Read, &r.key, &[])?;
+        permitted(member, caller, PermKind::Read, &r.key, &[])?;
     }
     Ok(())
 }
@@ -118,9 +129,9 @@ pub fn delete(
     if off(member, caller) {
         return Ok(());
     }
-    member.permitted(caller, PermKind::Write, &r.key, &r.range_end)?;
+    permitted(member, caller, PermKind::Write, &r.key, &r.range_end)?;
     if r.prev_kv {
-        member.permitted(caller, PermKind::Read, &r.key, &r.range_end)?;
+        permitted(member, caller, PermKind::Read, &r.key, &r.range_end)?;
     }
     Ok(())
 }
@@ -149,17 +160,17 @@ fn txn_ops(
     leases: &mut Vec<i64>,
 ) -> Result<(), Status> {
     for c in &r.compare {
-        member.permitted(caller, PermKind::Read, &c.key, &c.range_end)?;
+        permitted(member, caller, PermKind::Read, &c.key, &c.range_end)?;
     }
     for op in r.success.iter().chain(&r.failure) {
         match &op.request {
             Some(Op::RequestRange(g)) => {
-                member.permitted(caller, PermKind::Read, &g.key, &g.range_end)?
+                permitted(member, caller, PermKind::Read, &g.key, &g.range_end)?
             }
             Some(Op::RequestPut(p)) => {
-                member.permitted(caller, PermKind::Write, &p.key, &[])?;
+                permitted(member, caller, PermKind::Write, &p.key, &[])?;
                 if p.prev_kv {
-                    member.permitted(caller, PermKind::Read, &p.key, &[])?;
+                    permitted(member, caller, PermKind::Read, &p.key, &[])?;
                 }
                 if p.lease != 0 {
                     leases.push(p.lease);
@@ -167,9 +178,9 @@ fn txn_ops(
             }
             Some(Op::RequestDeleteRange(d)) => {
                 if d.prev_kv {
-                    member.permitted(caller, PermKind::Read, &d.key, &d.range_end)?;
+                    permitted(member, caller, PermKind::Read, &d.key, &d.range_end)?;
                 }
-                member.permitted(caller, PermKind::Write, &d.key, &d.range_end)?;
+                permitted(member, caller, PermKind::Write, &d.key, &d.range_end)?;
             }
             Some(Op::RequestTxn(t)) => txn_ops(member, caller, t, leases)?,
             None => {}
@@ -197,12 +208,12 @@ pub async fn lease_keys_writable(
     caller: Option<&Caller>,
     id: i64,
 ) -> Result<(), Status> {
-    if id == 0 || off(member, caller) || member.admin(caller).is_ok() {
+    if id == 0 || off(member, caller) || member.auth.view.admin(caller).is_ok() {
         return Ok(());
     }
     let held = member.lease_time_to_live(id, true).await?;
     for key in &held.keys {
-        member.permitted(caller, PermKind::Write, key, &[])?;
+        permitted(member, caller, PermKind::Write, key, &[])?;
     }
     Ok(())
 }
@@ -217,7 +228,7 @@ pub fn keys_readable(
         return Ok(());
     }
     for key in keys {
-        member.permitted(caller, PermKind::Read, key, &[])?;
+        permitted(member, caller, PermKind::Read, key, &[])?;
     }
     Ok(())
 }
@@ -227,7 +238,7 @@ pub fn admin(member: &Member, caller: Option<&Caller>) -> Result<(), Status> {
     if off(member, caller) {
         return Ok(());
     }
-    member.admin(caller)
+    Ok(member.auth.view.admin(caller)?)
 }
 
 /// Member changes are root's: the token must be valid and name root,
@@ -247,7 +258,7 @@ fn unmapped(f: AuthFail) -> Status {
 /// `authMaintenanceServer` checks them: its refusals are [`unmapped`].
 pub async fn admin_maintenance<T>(member: &Member, req: &tonic::Request<T>) -> Result<(), Status> {
     let caller = member
-        .caller_or_fail(credential(req).as_ref())
+        .caller(credential(req).as_ref())
         .await
         .map_err(unmapped)?;
     if off(member, caller.as_ref()) {
@@ -263,7 +274,7 @@ pub async fn valid_token_unmapped<T>(
     req: &tonic::Request<T>,
 ) -> Result<(), Status> {
     member
-        .caller_or_fail(credential(req).as_ref())
+        .caller(credential(req).as_ref())
         .await
         .map(drop)
         .map_err(unmapped)

@@ -3,9 +3,10 @@
 //!
 //! Changes go through the meta group, where the admin check runs (root
 //! only while auth is on). Reads of the store (UserGet, UserList, RoleGet,
-//! RoleList, AuthStatus) are answered from this member's applied store,
-//! with etcd 3.4's rules: the lists need root; a user may get itself, and
-//! a role it holds. Passwords are hashed here (bounded, off the shard
+//! RoleList, AuthStatus) are answered from this member's applied store
+//! once it holds every change acknowledged before the call (as etcd 3.4
+//! serves them through its log), with etcd 3.4's rules: the lists need
+//! root; a user may get itself, and a role it holds. Passwords are hashed here (bounded, off the shard
 //! cores) before a change is proposed; the caller's rights are checked
 //! first, so nobody but root makes the member hash.
 
@@ -26,6 +27,14 @@ impl AuthService {
     /// The caller, for an RPC a learner does not serve.
     async fn caller<T>(&self, req: &Request<T>) -> Result<Option<Caller>, Status> {
         self.0.not_a_learner()?;
+        super::access::caller_of(&self.0, req).await
+    }
+
+    /// The caller, for a read of the store: this member first catches up
+    /// with the write leader's store.
+    async fn reader<T>(&self, req: &Request<T>) -> Result<Option<Caller>, Status> {
+        self.0.not_a_learner()?;
+        self.0.auth_caught_up().await?;
         super::access::caller_of(&self.0, req).await
     }
 
@@ -62,7 +71,7 @@ impl pb::auth_server::Auth for AuthService {
         request: Request<pb::AuthStatusRequest>,
     ) -> Result<Response<pb::AuthStatusResponse>, Status> {
         // etcd 3.5 answers anyone (a token, if sent, must be valid).
-        self.caller(&request).await?;
+        self.reader(&request).await?;
         let (enabled, auth_revision) = {
             let store = self.0.auth.view.store();
             (store.enabled, store.revision)
@@ -92,7 +101,7 @@ impl pb::auth_server::Auth for AuthService {
         request: Request<pb::AuthUserAddRequest>,
     ) -> Result<Response<pb::AuthUserAddResponse>, Status> {
         let caller = self.caller(&request).await?;
-        self.0.admin(caller.as_ref())?;
+        super::access::admin(&self.0, caller.as_ref())?;
         let r = request.into_inner();
         let no_password = r.options.is_some_and(|o| o.no_password);
         let hash = if no_password || r.name.is_empty() {
@@ -111,9 +120,9 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthUserGetRequest>,
     ) -> Result<Response<pb::AuthUserGetResponse>, Status> {
-        let caller = self.caller(&request).await?;
+        let caller = self.reader(&request).await?;
         let name = request.into_inner().name;
-        if let Err(e) = self.0.admin(caller.as_ref()) {
+        if let Err(e) = super::access::admin(&self.0, caller.as_ref()) {
             // etcd compares the name with the caller's, "" without a token.
             if caller.as_ref().map_or("", |c| c.user.as_str()) != name {
                 return Err(e);
@@ -133,8 +142,8 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthUserListRequest>,
     ) -> Result<Response<pb::AuthUserListResponse>, Status> {
-        let caller = self.caller(&request).await?;
-        self.0.admin(caller.as_ref())?;
+        let caller = self.reader(&request).await?;
+        super::access::admin(&self.0, caller.as_ref())?;
         let users = self.0.auth.view.store().users.keys().cloned().collect();
         Ok(Response::new(pb::AuthUserListResponse {
             header: self.header(),
@@ -159,7 +168,7 @@ impl pb::auth_server::Auth for AuthService {
         request: Request<pb::AuthUserChangePasswordRequest>,
     ) -> Result<Response<pb::AuthUserChangePasswordResponse>, Status> {
         let caller = self.caller(&request).await?;
-        self.0.admin(caller.as_ref())?;
+        super::access::admin(&self.0, caller.as_ref())?;
         let r = request.into_inner();
         if !self.0.auth.view.store().users.contains_key(&r.name) {
             return Err(crate::auth::AuthFail::UserNotFound.into());
@@ -217,7 +226,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthRoleGetRequest>,
     ) -> Result<Response<pb::AuthRoleGetResponse>, Status> {
-        let caller = self.caller(&request).await?;
+        let caller = self.reader(&request).await?;
         let role = request.into_inner().role;
         let store = self.0.auth.view.store();
         if let Err(e) = store.admin_permitted(caller.as_ref()) {
@@ -252,8 +261,8 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<pb::AuthRoleListRequest>,
     ) -> Result<Response<pb::AuthRoleListResponse>, Status> {
-        let caller = self.caller(&request).await?;
-        self.0.admin(caller.as_ref())?;
+        let caller = self.reader(&request).await?;
+        super::access::admin(&self.0, caller.as_ref())?;
         let roles = self.0.auth.view.store().roles.keys().cloned().collect();
         Ok(Response::new(pb::AuthRoleListResponse {
             header: self.header(),

@@ -48,11 +48,12 @@ impl pb::kv_server::Kv for KvService {
         validate::check_range(&r)?;
         if !r.serializable {
             self.0.not_a_learner()?;
+            self.0.linearize().await?;
         }
         let caller = access::caller(&self.0, credential.as_ref()).await?;
         access::range(&self.0, caller.as_ref(), &r.key, &r.range_end)?;
         let req = convert::range_request(&r)?;
-        let (resp, c) = self.0.range(req, r.serializable).await?;
+        let (resp, c) = self.0.range(req).await?;
         access::still_current(&self.0, caller.as_ref())?;
         let header = self.0.header(c, self.0.raft_term());
         Ok(Response::new(convert::range_response(resp, header)))

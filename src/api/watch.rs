@@ -253,7 +253,7 @@ impl Stream {
             _ => "rpc error: code = PermissionDenied desc = etcdserver: permission denied",
         };
         let caller = member
-            .caller_or_fail(self.credential.as_ref())
+            .caller(self.credential.as_ref())
             .await
             .map_err(reason)?;
         member

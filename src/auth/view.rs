@@ -12,14 +12,16 @@
 //! Invariant: the mirrored store is the one the meta group applied at the
 //! index [`AuthView::reached`] last saw (entries apply in log order, and
 //! only the state machine writes here); the index only moves forward
-//! (asserted).
+//! (asserted), and so does [`AuthView::changed`], the index of the last
+//! entry that changed the store (or logged in), which passes it only while
+//! that entry applies.
 
 use super::jwt::JwtProvider;
 use super::perms::Unified;
 use super::token::{self, SimpleTokens};
 use super::{AuthCommand, AuthFail, AuthStore, Caller, PermKind};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
@@ -74,6 +76,10 @@ pub struct AuthView {
     tokens: Tokens,
     /// The meta log index applied so far.
     index: tokio::sync::watch::Sender<u64>,
+    /// The meta log index of the last auth entry applied (a change or a
+    /// login), or of the snapshot loaded: a member whose `index` reached
+    /// another member's `changed` has the auth state that one had.
+    changed: AtomicU64,
 }
 
 impl AuthView {
@@ -85,6 +91,7 @@ impl AuthView {
             simple: Mutex::new(SimpleTokens::new(simple_ttl)),
             tokens,
             index: tokio::sync::watch::channel(0).0,
+            changed: AtomicU64::new(0),
         }
     }
 
@@ -119,7 +126,28 @@ impl AuthView {
         self.enabled.store(s.enabled, Ordering::Release);
         self.lock_unified().clear();
         drop(s);
+        self.changed_at(index);
         self.index.send_replace(index);
+    }
+
+    /// Records that the entry at `index` changed the auth state.
+    fn changed_at(&self, index: u64) {
+        let before = self.changed.fetch_max(index, Ordering::AcqRel);
+        assert!(
+            before <= index,
+            "auth change index went back: {index} after {before}"
+        );
+    }
+
+    /// The meta index of the last auth change (or login, or snapshot) this
+    /// member applied.
+    pub fn changed(&self) -> u64 {
+        self.changed.load(Ordering::Acquire)
+    }
+
+    /// The meta index this member applied.
+    pub fn applied_index(&self) -> u64 {
+        *self.index.borrow()
     }
 
     /// The meta group applied `command` (by `caller`) at `index`, and it
@@ -156,6 +184,9 @@ impl AuthView {
             AuthCommand::Disable => simple.clear(),
             _ => {}
         }
+        drop(simple);
+        drop(s);
+        self.changed_at(index);
     }
 
     /// The meta group applied everything up to `index`.
@@ -172,8 +203,22 @@ impl AuthView {
     /// log up to `index`: an auth change or login made through another
     /// member then shows here.
     pub async fn reach(&self, index: u64) {
+        let _ = tokio::time::timeout(TOKEN_WAIT, self.applied_to(index)).await;
+    }
+
+    /// Waits until this member has applied the meta log up to `index`.
+    pub async fn applied_to(&self, index: u64) {
         let mut at = self.index.subscribe();
-        let _ = tokio::time::timeout(TOKEN_WAIT, at.wait_for(|i| *i >= index)).await;
+        let _ = at.wait_for(|i| *i >= index).await;
+    }
+
+    /// The meta index a simple token names (None for a JWT member, or a
+    /// token of no index).
+    pub fn simple_index(&self, token: &str) -> Option<u64> {
+        match self.tokens {
+            Tokens::Simple => token::index_of(token),
+            Tokens::Jwt(_) => None,
+        }
     }
 
     /// The user a token logs in, and the store revision it counts as

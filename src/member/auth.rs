@@ -17,7 +17,7 @@ use super::peers::Route;
 use super::Member;
 use crate::api::EtcdError;
 use crate::auth::view::AuthView;
-use crate::auth::{token, AuthCommand, AuthFail, Caller, Credential, PermKind};
+use crate::auth::{token, AuthCommand, AuthFail, Caller, Credential};
 use crate::raft::meta::{MetaCommand, MetaReply};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -114,46 +114,35 @@ impl Member {
     /// that is not valid is `invalid auth token` (also while auth is off,
     /// as etcd's); a certificate's name is taken as it is (the TLS
     /// handshake checked the certificate).
-    pub async fn caller_of(
-        &self,
-        credential: Option<&Credential>,
-    ) -> Result<Option<Caller>, Status> {
-        self.caller_or_fail(credential).await.map_err(Status::from)
-    }
-
-    /// [`Member::caller_of`] with the auth error itself.
-    pub async fn caller_or_fail(
+    ///
+    /// A simple token names the meta entry of its login. One past what
+    /// this member applied is from a login it has not applied yet, or
+    /// made up: it is looked for only if the write leader has applied
+    /// that far (a made-up one fails at once, not after the wait).
+    pub async fn caller(
         &self,
         credential: Option<&Credential>,
     ) -> Result<Option<Caller>, AuthFail> {
         match credential {
             None => Ok(None),
-            Some(Credential::Token(t)) => self.auth.view.caller(t).await.map(Some),
+            Some(Credential::Token(t)) => {
+                if let Some(index) = self.auth.view.simple_index(t) {
+                    if index > self.auth.view.applied_index() {
+                        match self.read_index().await {
+                            Ok(known) if index > known.auth => {
+                                return Err(AuthFail::InvalidAuthToken)
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                self.auth.view.caller(t).await.map(Some)
+            }
             Some(Credential::CertName(name)) => Ok(Some(Caller {
                 user: name.clone(),
                 revision: self.auth.view.revision(),
             })),
         }
-    }
-
-    /// etcd's permission check of `kind` on a key (empty `range_end`) or
-    /// range.
-    pub fn permitted(
-        &self,
-        caller: Option<&Caller>,
-        kind: PermKind,
-        key: &[u8],
-        range_end: &[u8],
-    ) -> Result<(), Status> {
-        self.auth
-            .view
-            .permitted(caller, kind, key, range_end)
-            .map_err(Status::from)
-    }
-
-    /// etcd's `IsAdminPermitted`: root only, while auth is on.
-    pub fn admin(&self, caller: Option<&Caller>) -> Result<(), Status> {
-        self.auth.view.admin(caller).map_err(Status::from)
     }
 
     /// On the write leader, before a client's write: refused as etcd's

@@ -211,21 +211,40 @@ impl Member {
         Ok(outcome)
     }
 
-    /// A range at C (or at the requested revision), merged over the shards.
-    /// A linearizable one (not `serializable`) first waits until C covers
-    /// the write leader's C at the time of the request (see
-    /// [`Member::read_index`]).
-    pub async fn range(
-        &self,
-        req: m::RangeRequest,
-        serializable: bool,
-    ) -> Result<(m::RangeResponse, i64), Status> {
-        if !serializable && self.peers.clustered() {
-            let index = self.read_index().await?;
-            tokio::time::timeout(peers::FORWARD_TTL, self.seq.wait_committed(index))
-                .await
-                .map_err(|_| EtcdError::Timeout.status())?;
+    /// Before a linearizable read (and its permission check) in a cluster:
+    /// waits until this member's C covers the write leader's C at the time
+    /// of the call, and its auth state the leader's then (see
+    /// [`Member::read_index`]), as etcd checks and serves a read after its
+    /// read index.
+    pub async fn linearize(&self) -> Result<(), Status> {
+        if !self.peers.clustered() {
+            return Ok(());
         }
+        let index = self.read_index().await?;
+        let caught_up = async {
+            self.seq.wait_committed(index.c).await;
+            self.auth.view.applied_to(index.auth).await;
+        };
+        tokio::time::timeout(peers::FORWARD_TTL, caught_up)
+            .await
+            .map_err(|_| EtcdError::Timeout.status())
+    }
+
+    /// This member's auth store holds every change acknowledged before the
+    /// call, wherever it was made (for the auth store's own reads).
+    pub async fn auth_caught_up(&self) -> Result<(), Status> {
+        if !self.peers.clustered() {
+            return Ok(());
+        }
+        let index = self.read_index().await?;
+        tokio::time::timeout(peers::FORWARD_TTL, self.auth.view.applied_to(index.auth))
+            .await
+            .map_err(|_| EtcdError::Timeout.status())
+    }
+
+    /// A range at C (or at the requested revision), merged over the shards.
+    /// A linearizable one is [`Member::linearize`]d first by the caller.
+    pub async fn range(&self, req: m::RangeRequest) -> Result<(m::RangeResponse, i64), Status> {
         let c = self.seq.committed();
         if req.revision > c {
             return Err(EtcdError::FutureRev.status());

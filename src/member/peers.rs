@@ -162,7 +162,19 @@ impl From<WireStatus> for Status {
 }
 
 type ForwardReply = Result<Answer, WireStatus>;
-type ReadIndexReply = Result<i64, WireStatus>;
+type ReadIndexReply = Result<ReadIndex, WireStatus>;
+
+/// What a linearizable read must see, as the write leader answers it once
+/// it confirmed its leadership.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct ReadIndex {
+    /// The leader's C: every write acknowledged before the request.
+    pub c: i64,
+    /// The meta index of the leader's last auth change or login
+    /// ([`crate::auth::view::AuthView::changed`]): the auth state every
+    /// check after the request must be made against (or a later one).
+    pub auth: u64,
+}
 
 fn call_error(e: CallError) -> Status {
     match e {
@@ -360,14 +372,18 @@ impl Member {
         }
     }
 
-    /// The revision a linearizable read must see: C of the write leader at
-    /// the time of the request, once it confirmed its leadership.
-    pub async fn read_index(&self) -> Result<i64, Status> {
+    /// What a linearizable read must see: C of the write leader at the
+    /// time of the request, once it confirmed its leadership, and its auth
+    /// state then.
+    pub async fn read_index(&self) -> Result<ReadIndex, Status> {
         if !self.peers.clustered() {
-            return Ok(self.seq.committed());
+            return Ok(ReadIndex {
+                c: self.seq.committed(),
+                auth: self.auth.view.changed(),
+            });
         }
         let leader = match self.write_route().await? {
-            Route::Here => return self.confirmed_c().await,
+            Route::Here => return self.confirmed_read_index().await,
             Route::To(leader) => leader,
         };
         let frame = Frame {
@@ -384,6 +400,17 @@ impl Member {
         let reply: ReadIndexReply =
             postcard::from_bytes(&reply).map_err(|e| Status::internal(e.to_string()))?;
         reply.map_err(Status::from)
+    }
+
+    /// [`Member::read_index`] on the write leader. The meta group's
+    /// confirmation waits until it applied its read index, so the auth
+    /// state read after it holds every change acknowledged before.
+    async fn confirmed_read_index(&self) -> Result<ReadIndex, Status> {
+        let c = self.confirmed_c().await?;
+        Ok(ReadIndex {
+            c,
+            auth: self.auth.view.changed(),
+        })
     }
 
     /// C, once this member confirmed it leads every group.
@@ -495,7 +522,10 @@ impl Inbox for MemberInbox {
                 Box::pin(async move {
                     let member = member?;
                     let reply: ReadIndexReply = if member.seq.leading() {
-                        member.confirmed_c().await.map_err(WireStatus::from)
+                        member
+                            .confirmed_read_index()
+                            .await
+                            .map_err(WireStatus::from)
                     } else {
                         Err(EtcdError::LeaderChanged.status().into())
                     };

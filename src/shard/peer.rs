@@ -256,6 +256,20 @@ async fn handle(g: &Groups, msg: RaftIn) {
     }
 }
 
+/// The meta leader confirmed (a ReadIndex round) and applied up to its
+/// read index.
+async fn meta_ready(meta: &Raft<MetaRaft, MetaStateMachine>) -> Result<(), String> {
+    let linearizer = meta
+        .get_read_linearizer(openraft::ReadPolicy::ReadIndex)
+        .await
+        .map_err(|e| e.to_string())?;
+    linearizer
+        .await_ready(meta)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 async fn meta_ctl(meta: &Raft<MetaRaft, MetaStateMachine>, ctl: GroupCtl) {
     match ctl {
         GroupCtl::Elect => {
@@ -265,25 +279,14 @@ async fn meta_ctl(meta: &Raft<MetaRaft, MetaStateMachine>, ctl: GroupCtl) {
             let _ = meta.trigger().transfer_leader(to).await;
         }
         GroupCtl::Confirm(reply) => {
-            let r = meta
-                .get_read_linearizer(openraft::ReadPolicy::ReadIndex)
-                .await;
-            let _ = reply.send(r.map(|_| ()).map_err(|e| e.to_string()));
+            // Also applied up to the read index: the member's auth state
+            // then holds every change acknowledged before (linearizable
+            // reads are checked against it).
+            let _ = reply.send(meta_ready(meta).await);
         }
         GroupCtl::Settle(reply) => {
             // The read index of a leader is at least its term's first entry.
-            let r = match meta
-                .get_read_linearizer(openraft::ReadPolicy::ReadIndex)
-                .await
-            {
-                Ok(linearizer) => linearizer
-                    .await_ready(meta)
-                    .await
-                    .map(|_| 0)
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            let _ = reply.send(r);
+            let _ = reply.send(meta_ready(meta).await.map(|()| 0));
         }
         GroupCtl::Close { reply, .. } => {
             let _ = reply.send(Err("the meta group holds no revisions".into()));

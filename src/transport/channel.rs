@@ -9,7 +9,7 @@
 //! Bounded: at most [`IN_FLIGHT_MAX`] frames per destination are travelling
 //! or being handled at once; more fail at once as unreachable.
 
-use super::{CallError, Frame, Inbox, Transport};
+use super::{CallError, Frame, Inbox, Kind, Transport};
 use futures::future::BoxFuture;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -23,6 +23,8 @@ struct Links {
     inboxes: BTreeMap<u64, Arc<dyn Inbox>>,
     /// (from, to) pairs whose frames are lost.
     cut: BTreeSet<(u64, u64)>,
+    /// (from, to, group) triples whose Raft frames of that group are lost.
+    cut_groups: BTreeSet<(u64, u64, u64)>,
     delay: Duration,
     jitter: Duration,
     /// Fraction of frames lost, in parts per million.
@@ -127,9 +129,18 @@ impl ChannelNet {
         }
     }
 
+    /// Loses every Raft frame of `group` (the frame's group: a shard's, or
+    /// the meta group's) from `from` to `to`, one way: that group lags on
+    /// `to` while the others keep up.
+    pub fn cut_group(&self, from: u64, to: u64, group: u64) {
+        self.lock().cut_groups.insert((from, to, group));
+    }
+
     /// Restores every cut link.
     pub fn heal(&self) {
-        self.lock().cut.clear();
+        let mut l = self.lock();
+        l.cut.clear();
+        l.cut_groups.clear();
     }
 
     /// Delays every frame by `delay` plus a uniform random part of `jitter`
@@ -143,7 +154,7 @@ impl ChannelNet {
 
     /// What happens to one frame from `from` to `to`: its inbox and delay,
     /// or None if it is lost.
-    fn route(&self, from: u64, to: u64) -> Result<Option<Route>, CallError> {
+    fn route(&self, from: u64, to: u64, frame: &Frame) -> Result<Option<Route>, CallError> {
         let mut l = self.lock();
         let Some(inbox) = l.inboxes.get(&to).cloned() else {
             return Err(CallError::Unreachable(format!("no member {to:x}")));
@@ -156,7 +167,9 @@ impl ChannelNet {
         }
         // Counted until the call ends (`arrived`), lost or not.
         *in_flight += 1;
-        if l.cut.contains(&(from, to)) {
+        let raft = !matches!(frame.kind, Kind::Forward | Kind::ReadIndex | Kind::Removed);
+        if l.cut.contains(&(from, to)) || (raft && l.cut_groups.contains(&(from, to, frame.group)))
+        {
             return Ok(None);
         }
         if l.loss_ppm > 0 && (l.next_random() % 1_000_000) < l.loss_ppm as u64 {
@@ -194,7 +207,7 @@ impl Transport for Endpoint {
     ) -> BoxFuture<'static, Result<Vec<u8>, CallError>> {
         let (me, net) = (self.me, self.net.clone());
         let (tx, rx) = futures::channel::oneshot::channel();
-        match net.route(me, to) {
+        match net.route(me, to, &frame) {
             Err(e) => return Box::pin(futures::future::ready(Err(e))),
             Ok(route) => {
                 let runtime = net.runtime.clone();
