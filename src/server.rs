@@ -450,7 +450,7 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
                     tokio::spawn(async move {
                         axum::serve(
                             listener,
-                            app.into_make_service_with_connect_info::<crate::api::tls::TlsPeer>(),
+                            app.into_make_service_with_connect_info::<crate::api::tls::ClientPeer>(),
                         )
                             .with_graceful_shutdown(stopped)
                             .await
@@ -463,10 +463,14 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
                 }
                 (_, false) => {
                     let listener = crate::api::coalesce::CoalescingListener(listener);
+                    // The peer address: logins take turns by connection.
                     tokio::spawn(async move {
-                        axum::serve(listener, app)
-                            .with_graceful_shutdown(stopped)
-                            .await
+                        axum::serve(
+                            listener,
+                            app.into_make_service_with_connect_info::<crate::api::tls::ClientPeer>(),
+                        )
+                        .with_graceful_shutdown(stopped)
+                        .await
                     })
                 }
             };

@@ -33,11 +33,19 @@ pub fn credential<T>(req: &tonic::Request<T>) -> Option<Credential> {
     }
     let peer = req
         .extensions()
-        .get::<axum::extract::ConnectInfo<super::tls::TlsPeer>>()?;
+        .get::<axum::extract::ConnectInfo<super::tls::ClientPeer>>()?;
     peer.0
         .common_name
         .as_deref()
         .map(|cn| Credential::CertName(cn.to_owned()))
+}
+
+/// The client connection a request came on (its peer address), when the
+/// server knows it.
+pub fn connection(extensions: &axum::http::Extensions) -> Option<std::net::SocketAddr> {
+    extensions
+        .get::<axum::extract::ConnectInfo<super::tls::ClientPeer>>()
+        .map(|peer| peer.0.addr)
 }
 
 /// Who sent a request whose credential is `credential`.

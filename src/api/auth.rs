@@ -88,8 +88,9 @@ impl pb::auth_server::Auth for AuthService {
         request: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
         self.0.not_a_learner()?;
+        let conn = super::access::connection(request.extensions());
         let r = request.into_inner();
-        let token = self.0.authenticate(&r.name, &r.password).await?;
+        let token = self.0.authenticate(conn, &r.name, &r.password).await?;
         Ok(Response::new(pb::AuthenticateResponse {
             header: self.header(),
             token,

@@ -22,3 +22,15 @@ impl axum::serve::Listener for CoalescingListener {
         self.0.local_addr()
     }
 }
+
+/// A plain connection's peer: its address, no certificate.
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, CoalescingListener>>
+    for super::tls::ClientPeer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, CoalescingListener>) -> Self {
+        super::tls::ClientPeer {
+            addr: *stream.remote_addr(),
+            common_name: None,
+        }
+    }
+}

@@ -116,7 +116,7 @@ impl Client {
                 }
             }
             Some(Credential::CertName(name)) => {
-                let peer = super::tls::TlsPeer {
+                let peer = super::tls::ClientPeer {
                     addr: ([0, 0, 0, 0], 0).into(),
                     common_name: Some(name.as_str().into()),
                 };

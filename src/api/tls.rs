@@ -56,19 +56,20 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Who is at the other end of a TLS connection: its address, and the
-/// CommonName of the client certificate it presented (with
-/// `--client-cert-auth`), which auth takes as the user when a request
-/// sends no token (as etcd's `AuthInfoFromTLS`). Requests find it in their
-/// extensions as `axum::extract::ConnectInfo<TlsPeer>`.
+/// Who is at the other end of a client connection: its address (logins
+/// take turns by it), and, on TLS, the CommonName of the client
+/// certificate it presented (with `--client-cert-auth`), which auth takes
+/// as the user when a request sends no token (as etcd's
+/// `AuthInfoFromTLS`). Requests find it in their extensions as
+/// `axum::extract::ConnectInfo<ClientPeer>`.
 #[derive(Clone, Debug)]
-pub struct TlsPeer {
+pub struct ClientPeer {
     pub addr: SocketAddr,
     pub common_name: Option<Arc<str>>,
 }
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
-    for TlsPeer
+    for ClientPeer
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
         stream.remote_addr().clone()
@@ -78,7 +79,7 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsL
 /// A listener whose connections are TLS over TCP_NODELAY, coalesced
 /// sockets (see `super::coalesce`).
 pub struct TlsListener {
-    ready: tokio::sync::mpsc::Receiver<(TlsStream<Coalesce<TcpStream>>, TlsPeer)>,
+    ready: tokio::sync::mpsc::Receiver<(TlsStream<Coalesce<TcpStream>>, ClientPeer)>,
     local: SocketAddr,
     accepting: tokio::task::JoinHandle<()>,
 }
@@ -116,7 +117,7 @@ impl TlsListener {
                                 .and_then(|chain| chain.first())
                                 .and_then(|cert| crate::tls::common_name(cert))
                                 .map(Arc::from);
-                            let _ = tx.send((tls, TlsPeer { addr, common_name })).await;
+                            let _ = tx.send((tls, ClientPeer { addr, common_name })).await;
                         }
                         Ok(Err(e)) => eprintln!("cairn: TLS handshake with {addr} failed: {e}"),
                         Err(_) => {}
@@ -134,7 +135,7 @@ impl TlsListener {
 
 impl axum::serve::Listener for TlsListener {
     type Io = TlsStream<Coalesce<TcpStream>>;
-    type Addr = TlsPeer;
+    type Addr = ClientPeer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         match self.ready.recv().await {
@@ -145,7 +146,7 @@ impl axum::serve::Listener for TlsListener {
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(TlsPeer {
+        Ok(ClientPeer {
             addr: self.local,
             common_name: None,
         })

@@ -12,6 +12,13 @@
 //! workers), then the login goes through the meta log naming the store
 //! revision it was checked at; if the store changed in between, it is
 //! checked again (etcd's optimistic loop), a few times at most.
+//!
+//! A flood of logins (a password guesser) is bounded three ways: one hash
+//! at a time, [`BCRYPT_QUEUE`] waiting in all, and per client connection
+//! one in the queue and [`PER_CONNECTION`] in all: the queue is taken in
+//! turn by connections, so a login on a connection of its own waits for at
+//! most one hash per other connection, and a few flooding connections
+//! cannot fill the queue.
 
 use super::peers::Route;
 use super::Member;
@@ -19,8 +26,10 @@ use crate::api::EtcdError;
 use crate::auth::view::AuthView;
 use crate::auth::{token, AuthCommand, AuthFail, Caller, Credential};
 use crate::raft::meta::{MetaCommand, MetaReply};
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
@@ -30,6 +39,11 @@ const BCRYPT_AT_ONCE: usize = 1;
 /// Logins and password changes waiting for bcrypt beyond which more are
 /// refused (`too many requests`) rather than queued.
 const BCRYPT_QUEUE: usize = 64;
+/// A client connection's logins at once (one in the bcrypt queue, the rest
+/// waiting for their turn, which costs a parked task each); more are
+/// refused (`too many requests`). As large as the queue: a guesser on a
+/// few connections waits rather than spins on refusals.
+const PER_CONNECTION: usize = 64;
 /// Logins retried when the store changed between their check and apply.
 const LOGIN_TRIES: usize = 3;
 
@@ -39,6 +53,39 @@ pub struct Auth {
     cost: u32,
     bcrypt: Arc<tokio::sync::Semaphore>,
     waiting: AtomicUsize,
+    /// Per client connection with logins under way: its turn (one permit)
+    /// and how many it has under way.
+    ///
+    /// Invariant: an entry's count is the number of live [`Turn`]s for
+    /// that connection, at most [`PER_CONNECTION`], and an entry exists
+    /// only while that is above 0 (so the map holds at most one entry per
+    /// login under way).
+    conns: Mutex<HashMap<SocketAddr, (Arc<tokio::sync::Semaphore>, usize)>>,
+}
+
+/// A login's place on its connection: counted from its arrival until it
+/// ends (or is dropped), holding the connection's turn once it has it.
+struct Turn<'a> {
+    auth: &'a Auth,
+    conn: SocketAddr,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut conns = self.auth.lock_conns();
+        let gone = match conns.get_mut(&self.conn) {
+            Some((_, n)) => {
+                assert!(*n > 0, "a connection's login count went below 0");
+                *n -= 1;
+                *n == 0
+            }
+            None => panic!("a login's connection was forgotten while it ran"),
+        };
+        if gone {
+            conns.remove(&self.conn);
+        }
+    }
 }
 
 impl Auth {
@@ -48,7 +95,41 @@ impl Auth {
             cost,
             bcrypt: Arc::new(tokio::sync::Semaphore::new(BCRYPT_AT_ONCE)),
             waiting: AtomicUsize::new(0),
+            conns: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn lock_conns(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, (Arc<tokio::sync::Semaphore>, usize)>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits for `conn`'s turn at the bcrypt queue (refused beyond
+    /// [`PER_CONNECTION`] logins on it at once).
+    async fn turn(&self, conn: SocketAddr) -> Result<Turn<'_>, Status> {
+        let gate = {
+            let mut conns = self.lock_conns();
+            let (gate, n) = conns
+                .entry(conn)
+                .or_insert_with(|| (Arc::new(tokio::sync::Semaphore::new(1)), 0));
+            if *n >= PER_CONNECTION {
+                return Err(EtcdError::TooManyRequests.status());
+            }
+            *n += 1;
+            gate.clone()
+        };
+        let mut turn = Turn {
+            auth: self,
+            conn,
+            _permit: None,
+        };
+        turn._permit = Some(
+            gate.acquire_owned()
+                .await
+                .map_err(|_| EtcdError::Stopped.status())?,
+        );
+        Ok(turn)
     }
 
     /// Runs bcrypt work `f` on the blocking pool, at most
@@ -95,9 +176,32 @@ impl Auth {
             .map_err(Status::internal)
     }
 
-    async fn matches(&self, password: String, hash: String) -> Result<bool, Status> {
-        self.bcrypt(move || crate::auth::password_matches(&password, &hash))
-            .await
+    /// Whether `password` is the one of `hash`, for a login that came on
+    /// connection `conn` (if known): it waits for that connection's turn.
+    async fn matches(
+        &self,
+        conn: Option<SocketAddr>,
+        password: String,
+        hash: String,
+    ) -> Result<bool, Status> {
+        self.bcrypt_on(conn, move || {
+            crate::auth::password_matches(&password, &hash)
+        })
+        .await
+    }
+
+    /// [`Auth::bcrypt`] for work that came on connection `conn` (if
+    /// known): once that connection's turn comes.
+    async fn bcrypt_on<T: Send + 'static>(
+        &self,
+        conn: Option<SocketAddr>,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        let _turn = match conn {
+            Some(conn) => Some(self.turn(conn).await?),
+            None => None,
+        };
+        self.bcrypt(f).await
     }
 }
 
@@ -203,9 +307,11 @@ impl Member {
         }
     }
 
-    /// Authenticate: a token for `user` if `password` is theirs.
+    /// Authenticate: a token for `user` if `password` is theirs. `conn`:
+    /// the client connection it came on, if known.
     pub async fn authenticate(
         self: &Arc<Self>,
+        conn: Option<SocketAddr>,
         user: &str,
         password: &str,
     ) -> Result<String, Status> {
@@ -221,7 +327,7 @@ impl Member {
                     Some(u) => (u.hash.clone().unwrap_or_default(), store.revision),
                 }
             };
-            if !self.auth.matches(password.to_string(), hash).await? {
+            if !self.auth.matches(conn, password.to_string(), hash).await? {
                 return Err(AuthFail::AuthFailed.into());
             }
             let prefix = token::new_prefix();
@@ -313,5 +419,65 @@ mod tests {
             0,
             "waiting count leaked"
         );
+    }
+
+    /// One connection floods (80 logins at once), three others send one
+    /// login each just after: the flood gets at most [`PER_CONNECTION`] at
+    /// once (the rest refused), and each other connection's login runs
+    /// within the first few hashes after it came, not after the flood's
+    /// queue; the per-connection table is empty at the end.
+    #[test]
+    fn logins_take_turns_by_connection() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        let view = Arc::new(AuthView::new(
+            crate::auth::view::Tokens::Simple,
+            crate::auth::token::DEFAULT_TTL,
+        ));
+        let auth = Arc::new(Auth::new(view, 4));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let conn = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let run = |port: u16, i: usize| {
+            let (auth, order) = (auth.clone(), order.clone());
+            async move {
+                auth.bcrypt_on(Some(conn(port)), move || {
+                    order.lock().unwrap().push((port, i));
+                    std::thread::sleep(Duration::from_millis(2));
+                })
+                .await
+            }
+        };
+        let (flood, others) = rt.block_on(async {
+            let flood: Vec<_> = (0..80).map(|i| tokio::spawn(run(1, i))).collect();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let others: Vec<_> = (2..5).map(|p| tokio::spawn(run(p, 0))).collect();
+            (
+                futures::future::join_all(flood).await,
+                futures::future::join_all(others).await,
+            )
+        });
+        let refused = flood
+            .iter()
+            .filter(|r| matches!(r, Ok(Err(s)) if s.code() == tonic::Code::ResourceExhausted))
+            .count();
+        let done = flood.iter().filter(|r| matches!(r, Ok(Ok(())))).count();
+        assert_eq!(done, PER_CONNECTION, "the flood's logins at once");
+        assert_eq!(refused, 80 - PER_CONNECTION, "the rest refused");
+        for r in others {
+            assert!(matches!(r, Ok(Ok(()))), "{r:?}");
+        }
+        let order = order.lock().unwrap().clone();
+        // The flooder holds one place in the queue at a time: the three
+        // others come before its last logins.
+        let last_other = order.iter().rposition(|(p, _)| *p != 1).unwrap();
+        assert!(
+            last_other < 8,
+            "other connections waited behind the flood: {order:?}"
+        );
+        assert!(auth.lock_conns().is_empty(), "per-connection table leaked");
     }
 }

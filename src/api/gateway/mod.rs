@@ -86,11 +86,24 @@ pub(super) fn token_header(headers: &HeaderMap) -> Option<String> {
 }
 
 /// A gRPC request for the service code, carrying the gateway request's
-/// token.
-pub(super) fn grpc_request<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+/// token and the connection it came on.
+pub(super) fn grpc_request<T>(
+    message: T,
+    token: Option<&str>,
+    conn: Option<std::net::SocketAddr>,
+) -> tonic::Request<T> {
     let mut req = tonic::Request::new(message);
     if let Some(v) = token.and_then(|t| t.parse().ok()) {
         req.metadata_mut().insert("token", v);
+    }
+    if let Some(addr) = conn {
+        // The address only: a gateway request is not a certificate's user.
+        let peer = super::tls::ClientPeer {
+            addr,
+            common_name: None,
+        };
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
     }
     req
 }
@@ -101,18 +114,21 @@ pub fn routes(member: Arc<Member>) -> axum::Router {
     macro_rules! rpc {
         ($service:ident, $method:ident) => {{
             let m = m.clone();
-            only_post(post(move |headers: HeaderMap, body: Body| {
-                let m = m.clone();
-                async move {
-                    let max = json_bytes_max(&m);
-                    let token = token_header(&headers);
-                    call(body, max, |req| async move {
-                        let req = grpc_request(req, token.as_deref());
-                        $service(m).$method(req).await
-                    })
-                    .await
-                }
-            }))
+            only_post(post(
+                move |headers: HeaderMap, ext: axum::http::Extensions, body: Body| {
+                    let m = m.clone();
+                    async move {
+                        let max = json_bytes_max(&m);
+                        let token = token_header(&headers);
+                        let conn = super::access::connection(&ext);
+                        call(body, max, |req| async move {
+                            let req = grpc_request(req, token.as_deref(), conn);
+                            $service(m).$method(req).await
+                        })
+                        .await
+                    }
+                },
+            ))
         }};
     }
     macro_rules! streamed {

@@ -276,7 +276,7 @@ where
         Decoded::TooLarge(len) => return error(&too_large(len, max)),
         Decoded::Gone => return error(&Status::cancelled("the request's body was cut")),
     };
-    match call(member, super::grpc_request(request, token.as_deref())).await {
+    match call(member, super::grpc_request(request, token.as_deref(), None)).await {
         Ok(responses) => respond(responses.into_inner(), None).await,
         Err(s) => respond(futures::stream::iter([Err::<T, _>(s)]), None).await,
     }
