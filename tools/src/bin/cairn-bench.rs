@@ -21,21 +21,15 @@
 use anyhow::{bail, Context, Result};
 use cairn_proto::coalesce::Coalesce;
 use cairn_proto::etcdserverpb::auth_client::AuthClient;
-use cairn_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use cairn_proto::etcdserverpb::kv_client::KvClient;
 use cairn_proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use cairn_proto::etcdserverpb::request_op::Request;
-use cairn_proto::etcdserverpb::watch_client::WatchClient;
-use cairn_proto::etcdserverpb::watch_request::RequestUnion;
-use cairn_proto::etcdserverpb::{
-    Compare, PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest, WatchCreateRequest,
-    WatchRequest,
-};
+use cairn_proto::etcdserverpb::StatusRequest;
 use cairn_tools::loadgen::auth::{self, Token};
 use cairn_tools::loadgen::keys::{key_bytes, random_value, KeyPicker};
+use cairn_tools::loadgen::kv::{put, range, txn_put};
 use cairn_tools::loadgen::report::{ClientRecorder, Recorder, Summary};
+use cairn_tools::loadgen::watch;
 use clap::{Parser, Subcommand};
-use futures::StreamExt;
 use hyper_util::rt::TokioIo;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -188,11 +182,6 @@ impl Work {
     }
 }
 
-/// Bound on attempts of one txn-put before it counts as an error.
-const TXN_RETRIES_MAX: u32 = 100;
-/// Bound on puts in watch-latency (send times are kept in memory).
-const WATCH_PUTS_MAX: u64 = 10_000_000;
-
 fn main() -> Result<()> {
     let args = Args::parse();
     if args.clients == 0 || args.conns == 0 {
@@ -292,16 +281,15 @@ async fn run(args: Args) -> Result<()> {
             put_total,
             put_rate,
         } => {
-            let (rec, elapsed) = watch_latency(
-                &args,
-                &conns,
-                &tokens,
+            let shape = watch::Shape {
                 streams,
                 watchers_per_stream,
                 put_total,
                 put_rate,
-            )
-            .await?;
+                key_size: args.key_size,
+                val_size: args.val_size,
+            };
+            let (rec, elapsed) = watch::watch_latency(&conns, &tokens, &shape).await?;
             ("watch-latency", rec, elapsed)
         }
         Cmd::LeaseKeepalive { leases, ttl } => {
@@ -365,18 +353,6 @@ async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn progress_bar(len: u64) -> indicatif::ProgressBar {
-    let pb = indicatif::ProgressBar::with_draw_target(
-        Some(len),
-        indicatif::ProgressDrawTarget::stderr(),
-    );
-    pb.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} {elapsed}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    pb
-}
-
 async fn closed_or_open_loop(
     args: &Arc<Args>,
     conns: &[Channel],
@@ -397,7 +373,7 @@ async fn closed_or_open_loop(
         start,
         done: AtomicU64::new(0),
     });
-    let pb = progress_bar(total.unwrap_or(0));
+    let pb = cairn_tools::loadgen::report::progress_bar(total.unwrap_or(0));
     let value = Arc::new(random_value(args.val_size));
     let shared = Arc::new(std::sync::Mutex::new(Recorder::default()));
     let mut tasks = Vec::with_capacity(args.clients);
@@ -493,230 +469,4 @@ async fn client(
         work.done.fetch_add(1, Ordering::Relaxed);
     }
     // Dropping `rec` adds its last samples to the shared histogram.
-}
-
-async fn put(
-    kv: &mut KvClient<Channel>,
-    token: &Token,
-    key: Vec<u8>,
-    value: &[u8],
-) -> Result<(), tonic::Status> {
-    kv.put(auth::request(
-        PutRequest {
-            key,
-            value: value.to_vec(),
-            ..Default::default()
-        },
-        token,
-    ))
-    .await
-    .map(|_| ())
-}
-
-async fn range(
-    kv: &mut KvClient<Channel>,
-    token: &Token,
-    key: Vec<u8>,
-    range_end: Vec<u8>,
-    serializable: bool,
-    limit: i64,
-) -> Result<(), tonic::Status> {
-    kv.range(auth::request(
-        RangeRequest {
-            key,
-            range_end,
-            serializable,
-            limit,
-            ..Default::default()
-        },
-        token,
-    ))
-    .await
-    .map(|_| ())
-}
-
-async fn txn_put(
-    kv: &mut KvClient<Channel>,
-    token: &Token,
-    key: Vec<u8>,
-    value: &[u8],
-    rec: &mut ClientRecorder,
-) -> Result<(), tonic::Status> {
-    for _ in 0..TXN_RETRIES_MAX {
-        let got = kv
-            .range(auth::request(
-                RangeRequest {
-                    key: key.clone(),
-                    ..Default::default()
-                },
-                token,
-            ))
-            .await?
-            .into_inner();
-        let mod_revision = got.kvs.first().map_or(0, |kv| kv.mod_revision);
-        let txn = TxnRequest {
-            compare: vec![Compare {
-                result: CompareResult::Equal as i32,
-                target: CompareTarget::Mod as i32,
-                key: key.clone(),
-                range_end: Vec::new(),
-                target_union: Some(TargetUnion::ModRevision(mod_revision)),
-            }],
-            success: vec![RequestOp {
-                request: Some(Request::RequestPut(PutRequest {
-                    key: key.clone(),
-                    value: value.to_vec(),
-                    ..Default::default()
-                })),
-            }],
-            failure: Vec::new(),
-        };
-        if kv
-            .txn(auth::request(txn, token))
-            .await?
-            .into_inner()
-            .succeeded
-        {
-            return Ok(());
-        }
-        rec.count("txn_conflicts");
-    }
-    Err(tonic::Status::aborted(format!(
-        "txn-put: still conflicting after {TXN_RETRIES_MAX} attempts"
-    )))
-}
-
-async fn watch_latency(
-    args: &Arc<Args>,
-    conns: &[Channel],
-    tokens: &[Token],
-    streams: usize,
-    watchers_per_stream: usize,
-    put_total: u64,
-    put_rate: f64,
-) -> Result<(Recorder, Duration)> {
-    if put_total > WATCH_PUTS_MAX {
-        bail!("--put-total is at most {WATCH_PUTS_MAX}");
-    }
-    let key = [b"watch-latency/".as_slice(), &key_bytes(0, args.key_size)].concat();
-    let start = Instant::now();
-    // Send time of put i, in ns since `start` (0 = not sent yet).
-    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..put_total).map(|_| AtomicU64::new(0)).collect());
-    let watchers_total = (streams * watchers_per_stream) as u64;
-    let pb = progress_bar(put_total * watchers_total);
-    let seen = Arc::new(AtomicU64::new(0));
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(streams.max(1));
-    let mut watch_tasks = Vec::new();
-    for s in 0..streams {
-        let mut client = WatchClient::new(conns[s % conns.len()].clone());
-        let creates: Vec<WatchRequest> = (0..watchers_per_stream)
-            .map(|_| WatchRequest {
-                request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
-                    key: key.clone(),
-                    ..Default::default()
-                })),
-            })
-            .collect();
-        let (sent, seen, ready_tx, pb) = (sent.clone(), seen.clone(), ready_tx.clone(), pb.clone());
-        let token = tokens[s % conns.len()].clone();
-        watch_tasks.push(tokio::spawn(async move {
-            let mut rec = Recorder::default();
-            // Keep the request stream open for the life of the watch.
-            let requests = futures::stream::iter(creates).chain(futures::stream::pending());
-            let mut stream = match client.watch(auth::request(requests, &token)).await {
-                Ok(r) => r.into_inner(),
-                Err(e) => {
-                    rec.error(format!("watch: {}", e.message()));
-                    let _ = ready_tx.send(()).await;
-                    return rec;
-                }
-            };
-            let mut created = 0;
-            let mut events = 0u64;
-            let want = put_total * watchers_per_stream as u64;
-            while events < want {
-                let msg = match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
-                    Ok(Some(Ok(m))) => m,
-                    Ok(Some(Err(e))) => {
-                        rec.error(format!("watch: {}", e.message()));
-                        break;
-                    }
-                    Ok(None) => {
-                        rec.error("watch stream closed");
-                        break;
-                    }
-                    Err(_) => {
-                        rec.error("watch: no event for 30 s");
-                        break;
-                    }
-                };
-                if msg.created {
-                    created += 1;
-                    if created == watchers_per_stream {
-                        let _ = ready_tx.send(()).await;
-                    }
-                }
-                for ev in msg.events {
-                    let Some(kv) = ev.kv else { continue };
-                    let Some(i) = kv
-                        .value
-                        .get(..8)
-                        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
-                    else {
-                        continue;
-                    };
-                    if let Some(t) = sent.get(i as usize).map(|t| t.load(Ordering::Acquire)) {
-                        let now = start.elapsed().as_nanos() as u64;
-                        rec.ok(Duration::from_nanos(now.saturating_sub(t)));
-                    }
-                    events += 1;
-                    pb.set_position(seen.fetch_add(1, Ordering::Relaxed) + 1);
-                }
-            }
-            rec
-        }));
-    }
-    drop(ready_tx);
-    for _ in 0..streams {
-        if tokio::time::timeout(Duration::from_secs(30), ready_rx.recv())
-            .await
-            .ok()
-            .flatten()
-            .is_none()
-        {
-            bail!("watch streams were not created within 30 s");
-        }
-    }
-    let mut kv = KvClient::new(conns[0].clone());
-    let mut rec = Recorder::default();
-    let put_start = Instant::now();
-    for i in 0..put_total {
-        if put_rate > 0.0 {
-            tokio::time::sleep_until(
-                (put_start + Duration::from_secs_f64(i as f64 / put_rate)).into(),
-            )
-            .await;
-        }
-        let mut value = i.to_be_bytes().to_vec();
-        value.resize(args.val_size.max(8), 0);
-        sent[i as usize].store(start.elapsed().as_nanos() as u64, Ordering::Release);
-        if let Err(e) = kv
-            .put(auth::request(
-                PutRequest {
-                    key: key.clone(),
-                    value,
-                    ..Default::default()
-                },
-                &tokens[0],
-            ))
-            .await
-        {
-            rec.error(format!("put: {}", e.message()));
-        }
-    }
-    for t in watch_tasks {
-        rec.merge(&t.await?);
-    }
-    pb.finish_and_clear();
-    Ok((rec, put_start.elapsed()))
 }

@@ -3,5 +3,7 @@
 
 pub mod auth;
 pub mod keys;
+pub mod kv;
 pub mod lease;
 pub mod report;
+pub mod watch;
