@@ -20,7 +20,6 @@
 
 use crate::member::Member;
 use crate::mvcc::{Event, RangeEnd};
-use crate::shard::ShardMsg;
 use crate::watch::Read;
 use cairn_proto::etcdserverpb as pb;
 use pb::kv_server::Kv;
@@ -31,8 +30,6 @@ use tonic::{Request, Status};
 /// The TTL of a session's lease when the request names none (etcd's
 /// `concurrency.defaultSessionTTL`).
 pub const SESSION_TTL_SECONDS: i64 = 60;
-/// Events asked of each shard per history read.
-const HISTORY_EVENTS_MAX: usize = 4096;
 
 /// An error of the in-process client as etcd's Lock and Election servers
 /// send it: the message kept, the code Unknown (etcd's `rpctypes.EtcdError`
@@ -353,32 +350,10 @@ impl KeyWatch {
     /// bounded piece), and the revision they reach.
     async fn history(&self, c: i64) -> Result<(Vec<Event>, i64), Status> {
         use crate::api::EtcdError;
-        let shards = crate::shard::route::shards_touched(
-            &[(&self.key, &self.range_end)],
-            self.member.shards.len(),
-        );
-        let mut events = Vec::new();
-        let mut reached = c;
-        for shard in shards {
-            let (key, end, from) = (self.key.clone(), self.end.clone(), self.next);
-            let r = self
-                .member
-                .ask(shard, |reply| ShardMsg::Events {
-                    key,
-                    end,
-                    from,
-                    to: c,
-                    limit: HISTORY_EVENTS_MAX,
-                    reply,
-                })
-                .await?;
-            let (evs, upto) = r.map_err(|_| unknown(EtcdError::Compacted.status()))?;
-            reached = reached.min(upto);
-            events.extend(evs);
-        }
-        events.retain(|e| e.kv.mod_revision <= reached);
-        events.sort_by(|a, b| (a.kv.mod_revision, &a.kv.key).cmp(&(b.kv.mod_revision, &b.kv.key)));
-        Ok((events, reached))
+        self.member
+            .history(&self.key, &self.range_end, &self.end, self.next, c)
+            .await
+            .map_err(|_| unknown(EtcdError::Compacted.status()))
     }
 }
 

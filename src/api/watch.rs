@@ -28,7 +28,6 @@
 use crate::member::Member;
 use crate::mvcc::store::ERR_COMPACTED;
 use crate::mvcc::{Event, RangeEnd};
-use crate::shard::ShardMsg;
 use crate::watch::Read;
 use cairn_proto::etcdserverpb as pb;
 use cairn_proto::mvccpb;
@@ -44,8 +43,6 @@ use tonic::{Request, Response, Status, Streaming};
 const SEND_QUEUE: usize = 16;
 /// A response stops growing past this (at a revision boundary).
 const RESPONSE_BYTES_MAX: usize = 1 << 20;
-/// Events asked of each shard per history read.
-const HISTORY_EVENTS_MAX: usize = 4096;
 /// etcd's default progress-notify interval.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -422,37 +419,11 @@ impl Stream {
     }
 
     /// A watcher's events from its next revision to at most `c`, from the
-    /// shards it covers, and the revision they reach.
-    /// Err(Some(compaction point)), or Err(None) if a shard is gone.
+    /// shards it covers (see [`Member::history`]).
     async fn history(&self, w: &Watcher, c: i64) -> Result<(Vec<Event>, i64), Option<i64>> {
-        let shards = crate::shard::route::shards_touched(
-            &[(&w.key, &w.range_end)],
-            self.member.shards.len(),
-        );
-        let mut events = Vec::new();
-        let mut reached = c;
-        for shard in shards {
-            let (key, end) = (w.key.clone(), w.end.clone());
-            let from = w.next;
-            let r = self
-                .member
-                .ask(shard, |reply| ShardMsg::Events {
-                    key,
-                    end,
-                    from,
-                    to: c,
-                    limit: HISTORY_EVENTS_MAX,
-                    reply,
-                })
-                .await
-                .map_err(|_| None)?;
-            let (evs, upto) = r.map_err(Some)?;
-            reached = reached.min(upto);
-            events.extend(evs);
-        }
-        events.retain(|e| e.kv.mod_revision <= reached);
-        events.sort_by(|a, b| (a.kv.mod_revision, &a.kv.key).cmp(&(b.kv.mod_revision, &b.kv.key)));
-        Ok((events, reached))
+        self.member
+            .history(&w.key, &w.range_end, &w.end, w.next, c)
+            .await
     }
 
     /// Sends `events` (in revision order) to watcher `id`, in responses of

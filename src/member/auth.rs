@@ -360,11 +360,9 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    /// Many callers at once, a third of them given up while they wait:
-    /// never two hashes at a time, the queue bound refuses the excess, and
-    /// the waiting count comes back to 0 (a dropped wait is uncounted).
-    #[test]
-    fn bcrypt_work_is_one_at_a_time_bounded_and_cancellation_safe() {
+    /// A runtime of two workers and four blocking threads, and a member's
+    /// auth state with bcrypt cost 4.
+    fn set_up() -> (tokio::runtime::Runtime, Arc<Auth>) {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .max_blocking_threads(4)
@@ -375,7 +373,15 @@ mod tests {
             crate::auth::view::Tokens::Simple,
             crate::auth::token::DEFAULT_TTL,
         ));
-        let auth = Arc::new(Auth::new(view, 4));
+        (rt, Arc::new(Auth::new(view, 4)))
+    }
+
+    /// Many callers at once, a third of them given up while they wait:
+    /// never two hashes at a time, the queue bound refuses the excess, and
+    /// the waiting count comes back to 0 (a dropped wait is uncounted).
+    #[test]
+    fn bcrypt_work_is_one_at_a_time_bounded_and_cancellation_safe() {
+        let (rt, auth) = set_up();
         let running = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
         let outcomes = rt.block_on(async {
@@ -428,17 +434,7 @@ mod tests {
     /// queue; the per-connection table is empty at the end.
     #[test]
     fn logins_take_turns_by_connection() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .max_blocking_threads(4)
-            .enable_all()
-            .build()
-            .unwrap();
-        let view = Arc::new(AuthView::new(
-            crate::auth::view::Tokens::Simple,
-            crate::auth::token::DEFAULT_TTL,
-        ));
-        let auth = Arc::new(Auth::new(view, 4));
+        let (rt, auth) = set_up();
         let order = Arc::new(Mutex::new(Vec::new()));
         let conn = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
         let run = |port: u16, i: usize| {

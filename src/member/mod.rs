@@ -403,3 +403,48 @@ impl Member {
         self.raft_term.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
+
+/// Events read back from the shards' histories, per shard and call.
+const HISTORY_EVENTS_MAX: usize = 4096;
+
+impl Member {
+    /// The events of the range `key`..`range_end` (`end`: the same range
+    /// end, parsed) from revision `from` to at most `c`, read from the
+    /// shards' histories (for a watcher that fell behind the hub): a
+    /// bounded piece, in revision order (keys in order within one), and
+    /// the revision it reaches (every event of the range up to it is in).
+    /// `Err(Some(compaction point))` if a shard compacted past `from`,
+    /// `Err(None)` if a shard is gone (the member is stopping).
+    pub async fn history(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        end: &crate::mvcc::RangeEnd,
+        from: i64,
+        c: i64,
+    ) -> Result<(Vec<crate::mvcc::Event>, i64), Option<i64>> {
+        let shards = crate::shard::route::shards_touched(&[(key, range_end)], self.shards.len());
+        let mut events = Vec::new();
+        let mut reached = c;
+        for shard in shards {
+            let (key, end) = (key.to_vec(), end.clone());
+            let r = self
+                .ask(shard, |reply| ShardMsg::Events {
+                    key,
+                    end,
+                    from,
+                    to: c,
+                    limit: HISTORY_EVENTS_MAX,
+                    reply,
+                })
+                .await
+                .map_err(|_| None)?;
+            let (evs, upto) = r.map_err(Some)?;
+            reached = reached.min(upto);
+            events.extend(evs);
+        }
+        events.retain(|e| e.kv.mod_revision <= reached);
+        events.sort_by(|a, b| (a.kv.mod_revision, &a.kv.key).cmp(&(b.kv.mod_revision, &b.kv.key)));
+        Ok((events, reached))
+    }
+}
