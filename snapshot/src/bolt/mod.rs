@@ -27,6 +27,8 @@
 //! [`write`] builds a compact file as a stream; [`read`] walks one.
 
 pub mod read;
+#[cfg(test)]
+mod tests;
 pub mod write;
 
 /// Page header length.
@@ -189,7 +191,7 @@ pub(crate) fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+mod format_tests {
     use super::*;
 
     #[test]

@@ -258,7 +258,7 @@ impl<'s> BoltReader<'s> {
     }
 
     /// Reads page `id` with its overflow span and checks its header.
-    fn page(&self, id: u64) -> Result<Page, BoltError> {
+    pub(crate) fn page(&self, id: u64) -> Result<Page, BoltError> {
         let pages = self.meta.pgid;
         if id < 2 || id >= pages {
             return Err(BoltError::PageOutOfRange { id, span: 1, pages });
@@ -284,14 +284,14 @@ impl<'s> BoltReader<'s> {
 }
 
 /// A page's bytes (its whole span), or an inline bucket's page.
-struct Page {
-    id: u64,
-    header: PageHeader,
-    bytes: Vec<u8>,
+pub(crate) struct Page {
+    pub(crate) id: u64,
+    pub(crate) header: PageHeader,
+    pub(crate) bytes: Vec<u8>,
 }
 
 impl Page {
-    fn is_leaf(&self) -> bool {
+    pub(crate) fn is_leaf(&self) -> bool {
         self.header.flags & FLAG_LEAF != 0
     }
 
@@ -319,7 +319,7 @@ impl Page {
     }
 
     /// A leaf element: (flags, key, value).
-    fn leaf(&self, index: usize) -> Result<(u32, &[u8], &[u8]), BoltError> {
+    pub(crate) fn leaf(&self, index: usize) -> Result<(u32, &[u8], &[u8]), BoltError> {
         let h = self.element_header(index)?;
         let word = |i: usize| u64::from(u32::from_le_bytes(h[i..i + 4].try_into().expect("4")));
         let (flags, pos, ksize, vsize) = (word(0) as u32, word(4), word(8), word(12));
@@ -329,7 +329,7 @@ impl Page {
     }
 
     /// A branch element: (key, child page id).
-    fn branch(&self, index: usize) -> Result<(&[u8], u64), BoltError> {
+    pub(crate) fn branch(&self, index: usize) -> Result<(&[u8], u64), BoltError> {
         let h = self.element_header(index)?;
         let pos = u64::from(u32::from_le_bytes(h[0..4].try_into().expect("4")));
         let ksize = u64::from(u32::from_le_bytes(h[4..8].try_into().expect("4")));
