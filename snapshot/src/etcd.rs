@@ -5,7 +5,7 @@
 //! |---|---|---|---|
 //! | `alarm` | `etcdserverpb.AlarmMember` (protobuf) | empty | `etcdserver/api/v3alarm/alarms.go` |
 //! | `auth` | `authEnabled` | one byte, 1 or 0 | `auth/store.go` |
-//! | `auth` | `authRevision` | 17 bytes: u64 big-endian, 9 zero bytes (`revBytesLen`) | `auth/store.go` `commitRevision` |
+//! | `auth` | `authRevision` | u64 big-endian (8 bytes: `auth`'s own `revBytesLen`) | `auth/store.go` `commitRevision` |
 //! | `authRoles` | role name | `authpb.Role` | `auth/store.go` |
 //! | `authUsers` | user name | `authpb.User` | `auth/store.go` |
 //! | `cluster` | `clusterVersion` | e.g. `3.4.0` | `etcdserver/api/membership/store.go` |
@@ -149,9 +149,15 @@ pub enum Item {
     User(User),
     ClusterVersion(String),
     /// A key's value at a revision (bucket `key`).
-    Put { revision: Revision, kv: KeyValue },
+    Put {
+        revision: Revision,
+        kv: KeyValue,
+    },
     /// A key's deletion at a revision (bucket `key`, marked `t`).
-    Tombstone { revision: Revision, key: Vec<u8> },
+    Tombstone {
+        revision: Revision,
+        key: Vec<u8>,
+    },
     Lease(Lease),
     Member(Member),
     RemovedMember(u64),
@@ -223,11 +229,7 @@ impl Item {
         match self {
             Item::Alarm(_) => Vec::new(),
             Item::AuthEnabled(on) => vec![u8::from(*on)],
-            Item::AuthRevision(rev) => {
-                let mut v = rev.to_be_bytes().to_vec();
-                v.resize(REVISION_BYTES, 0);
-                v
-            }
+            Item::AuthRevision(rev) => rev.to_be_bytes().to_vec(),
             Item::Role(r) => r.encode_to_vec(),
             Item::User(u) => u.encode_to_vec(),
             Item::ClusterVersion(v) => v.as_bytes().to_vec(),
@@ -241,11 +243,9 @@ impl Item {
             Item::Member(m) => serde_json::to_vec(m).expect("a member serializes"),
             Item::RemovedMember(_) => REMOVED_VALUE.to_vec(),
             Item::ConsistentIndex(i) => i.to_be_bytes().to_vec(),
-            Item::FinishedCompact(rev) | Item::ScheduledCompact(rev) => Revision {
-                main: *rev,
-                sub: 0,
+            Item::FinishedCompact(rev) | Item::ScheduledCompact(rev) => {
+                Revision { main: *rev, sub: 0 }.to_key(false)
             }
-            .to_key(false),
             Item::Raw { value, .. } => value.clone(),
         }
     }

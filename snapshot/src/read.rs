@@ -242,7 +242,7 @@ pub struct Items<'s> {
 
 impl Items<'_> {
     fn step(&mut self) -> Result<Option<Item>, ReadError> {
-        while let Some(event) = self.walk.next() {
+        for event in self.walk.by_ref() {
             match event? {
                 Event::BucketBegin { name, .. } => {
                     if let Some(parent) = &self.bucket {

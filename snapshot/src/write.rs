@@ -186,7 +186,11 @@ pub fn write_snapshot(
         (revision, total_key) = (items.revision, items.total_key);
         Ok::<(), SnapshotWriteError>(())
     })?;
-    assert_eq!(hashing.bytes, layout.bytes(), "wrote exactly the planned pages");
+    assert_eq!(
+        hashing.bytes,
+        layout.bytes(),
+        "wrote exactly the planned pages"
+    );
     let sha256: [u8; 32] = hashing.sha.finalize().into();
     let sink = hashing.inner;
     sink.write_all(&sha256)?;

@@ -209,7 +209,10 @@ mod format_tests {
             version: VERSION,
             page_size: 4096,
             flags: 0,
-            root: BucketHeader { root: 7, sequence: 3 },
+            root: BucketHeader {
+                root: 7,
+                sequence: 3,
+            },
             freelist: PGID_NO_FREELIST,
             pgid: 9,
             txid: 42,

@@ -58,7 +58,10 @@ impl ReadAt for [u8] {
                 buf.copy_from_slice(src);
                 Ok(())
             }
-            None => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past end")),
+            None => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past end",
+            )),
         }
     }
 }
@@ -112,7 +115,9 @@ pub enum BoltError {
         previous: Vec<u8>,
         key: Vec<u8>,
     },
-    #[error("bucket {bucket:?}: a value marked as a bucket is {bytes} bytes (not a bucket header)")]
+    #[error(
+        "bucket {bucket:?}: a value marked as a bucket is {bytes} bytes (not a bucket header)"
+    )]
     BucketValue { bucket: String, bytes: usize },
     #[error("buckets or B+trees nested too deep (page {id})")]
     TooDeep { id: u64 },
@@ -131,7 +136,10 @@ pub struct BoltReader<'s> {
 fn check_meta(bytes: &[u8]) -> Result<Meta, String> {
     let meta = Meta::decode(bytes).ok_or("short")?;
     if meta.magic != MAGIC {
-        return Err(format!("bad magic {:#010x} (want {MAGIC:#010x})", meta.magic));
+        return Err(format!(
+            "bad magic {:#010x} (want {MAGIC:#010x})",
+            meta.magic
+        ));
     }
     if meta.version != VERSION {
         return Err(format!("version {} (want {VERSION})", meta.version));
@@ -342,9 +350,15 @@ impl Page {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A bucket starts; its entries follow until the matching `BucketEnd`.
-    BucketBegin { name: Vec<u8>, header: BucketHeader },
+    BucketBegin {
+        name: Vec<u8>,
+        header: BucketHeader,
+    },
     /// A key and its value in the current bucket.
-    Entry { key: Vec<u8>, value: Vec<u8> },
+    Entry {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
     BucketEnd,
 }
 

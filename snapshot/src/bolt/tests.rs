@@ -1,6 +1,9 @@
 //! Page layout of the writer on small hand-built trees, read back by the
 //! reader, and the reader's refusals of damaged files.
 
+// `&Vec<u8>`: the reader takes `&dyn ReadAt`, which an unsized `[u8]` cannot be.
+#![allow(clippy::ptr_arg)]
+
 use super::read::{BoltError, BoltReader, Event};
 use super::write::{write_bolt, BoltWriter, WriteError, WriteOptions};
 use super::*;
@@ -128,7 +131,10 @@ fn shape(bytes: &Vec<u8>, id: u64) -> (usize, usize, usize, u64) {
         branches += b;
         overflow += o;
     }
-    assert!(depths.windows(2).all(|w| w[0] == w[1]), "all leaves at one depth");
+    assert!(
+        depths.windows(2).all(|w| w[0] == w[1]),
+        "all leaves at one depth"
+    );
     (depths[0] + 1, leaves, branches, overflow)
 }
 
@@ -153,7 +159,10 @@ fn empty_file_is_bbolts_initial_layout() {
     let m = meta_of(&bytes);
     assert_eq!((m.root.root, m.freelist, m.pgid), (2, 3, 4));
     let freelist = PageHeader::decode(&bytes[3 * 4096..]).unwrap();
-    assert_eq!((freelist.id, freelist.flags, freelist.count), (3, FLAG_FREELIST, 0));
+    assert_eq!(
+        (freelist.id, freelist.flags, freelist.count),
+        (3, FLAG_FREELIST, 0)
+    );
     for (i, meta_page) in [0usize, 4096].iter().enumerate() {
         let h = PageHeader::decode(&bytes[*meta_page..]).unwrap();
         assert_eq!((h.id, h.flags), (i as u64, FLAG_META));
@@ -192,7 +201,10 @@ fn two_branch_levels() {
     let bytes = round_trip(1024, &spec);
     let (depth, leaves, branches, _) = shape(&bytes, header_of(&bytes, "b").root);
     assert_eq!(depth, 3);
-    assert!(leaves > 100 && branches > 3, "{leaves} leaves, {branches} branches");
+    assert!(
+        leaves > 100 && branches > 3,
+        "{leaves} leaves, {branches} branches"
+    );
     // Compact: every page except the last of each level is nearly full.
     assert!(bytes.len() < 3000 * (16 + 7 + 40) * 11 / 10 + 20 * 1024);
 }
@@ -213,7 +225,10 @@ fn overflow_values() {
 
 #[test]
 fn large_value_in_a_page_size_of_its_own() {
-    let spec = [bucket("b", vec![Node::Kv(b"only".to_vec(), vec![1u8; 70_000])])];
+    let spec = [bucket(
+        "b",
+        vec![Node::Kv(b"only".to_vec(), vec![1u8; 70_000])],
+    )];
     let bytes = round_trip(4096, &spec);
     let (depth, leaves, _, overflow) = shape(&bytes, header_of(&bytes, "b").root);
     assert_eq!((depth, leaves, overflow), (1, 1, 17));
@@ -230,7 +245,10 @@ fn empty_bucket_is_inline() {
 #[test]
 fn small_bucket_is_inline_and_a_larger_one_is_not() {
     // Inline up to page_size / 4 = 1024 bytes: 16 + n × (16 + 7 + v).
-    let bytes = round_trip(4096, &[bucket("a", keys(10, 60)), bucket("b", keys(12, 60))]);
+    let bytes = round_trip(
+        4096,
+        &[bucket("a", keys(10, 60)), bucket("b", keys(12, 60))],
+    );
     assert_eq!(header_of(&bytes, "a").root, 0, "16 + 10 × 83 = 846 ≤ 1024");
     assert_eq!(header_of(&bytes, "b").root, 0, "16 + 12 × 83 = 1012 ≤ 1024");
     let bytes = round_trip(4096, &[bucket("c", keys(13, 60))]);
@@ -331,23 +349,34 @@ fn keys_out_of_order_are_refused() {
         w.put(b"1", b"")
     })
     .unwrap_err();
-    assert!(matches!(err, WriteError::OutOfOrder { .. }), "duplicate: {err}");
+    assert!(
+        matches!(err, WriteError::OutOfOrder { .. }),
+        "duplicate: {err}"
+    );
     let err = write_bolt(&mut Vec::new(), &WriteOptions::default(), |w| {
         w.begin_bucket(b"b")?;
         w.end_bucket()?;
         w.begin_bucket(b"a")
     })
     .unwrap_err();
-    assert!(matches!(err, WriteError::OutOfOrder { .. }), "buckets: {err}");
+    assert!(
+        matches!(err, WriteError::OutOfOrder { .. }),
+        "buckets: {err}"
+    );
     let err = write_bolt(&mut Vec::new(), &WriteOptions::default(), |w| {
         w.begin_bucket(b"b")?;
         w.put(b"", b"")
     })
     .unwrap_err();
     assert!(matches!(err, WriteError::EmptyKey { .. }), "{err}");
-    let err = write_bolt(&mut Vec::new(), &WriteOptions::default(), |w| w.put(b"k", b""))
-        .unwrap_err();
-    assert!(matches!(err, WriteError::NoOpenBucket), "root holds buckets only: {err}");
+    let err = write_bolt(&mut Vec::new(), &WriteOptions::default(), |w| {
+        w.put(b"k", b"")
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, WriteError::NoOpenBucket),
+        "root holds buckets only: {err}"
+    );
 }
 
 #[test]
@@ -370,7 +399,10 @@ fn input_that_changes_between_passes_is_refused() {
 // ---- the reader refuses damaged files ----
 
 fn sample() -> Vec<u8> {
-    write(4096, &[bucket("b", keys(300, 100)), bucket("c", keys(3, 3))])
+    write(
+        4096,
+        &[bucket("b", keys(300, 100)), bucket("c", keys(3, 3))],
+    )
 }
 
 #[test]
@@ -394,11 +426,17 @@ fn bad_meta_pages() {
     let mut magic = good.clone();
     magic[16] ^= 0xff;
     magic[4096 + 16] ^= 0xff;
-    assert!(read_back(&magic).unwrap_err().to_string().contains("bad magic"));
+    assert!(read_back(&magic)
+        .unwrap_err()
+        .to_string()
+        .contains("bad magic"));
     let mut version = good.clone();
     version[16 + 4] = 3;
     version[4096 + 16 + 4] = 3;
-    assert!(read_back(&version).unwrap_err().to_string().contains("version 3"));
+    assert!(read_back(&version)
+        .unwrap_err()
+        .to_string()
+        .contains("version 3"));
     // Not bbolt at all.
     let err = read_back(&vec![0x55; 3 * 4096]).unwrap_err();
     assert!(matches!(err, BoltError::NoValidMeta { .. }), "{err}");

@@ -107,7 +107,11 @@ pub enum WriteError {
     #[error("finish with {0} bucket(s) still open")]
     BucketsOpen(usize),
     #[error("the input changed between the two passes: planned {planned:?}, wrote root {root} and {pages} pages")]
-    PlanMismatch { planned: Layout, root: u64, pages: u64 },
+    PlanMismatch {
+        planned: Layout,
+        root: u64,
+        pages: u64,
+    },
 }
 
 /// One pending element of a page.
@@ -182,7 +186,10 @@ impl<'a> BoltWriter<'a> {
         for id in 0..2u64 {
             let mut page = vec![0u8; page_size];
             if let Some(plan) = planned {
-                assert_eq!(plan.page_size, options.page_size, "plan from another page size");
+                assert_eq!(
+                    plan.page_size, options.page_size,
+                    "plan from another page size"
+                );
                 PageHeader {
                     id,
                     flags: FLAG_META,
@@ -348,10 +355,7 @@ impl<'a> BoltWriter<'a> {
         let elements = std::mem::take(&mut lv.elements);
         lv.bytes = PAGE_HEADER_BYTES;
         lv.written += 1;
-        let first_key = elements
-            .first()
-            .map(|e| e.key.clone())
-            .unwrap_or_default();
+        let first_key = elements.first().map(|e| e.key.clone()).unwrap_or_default();
         let id = self.write_page(level == 0, &elements)?;
         self.add(
             depth,

@@ -1,0 +1,188 @@
+//! Real etcd 3.4 and etcdctl for the interop tests: processes started on free
+//! loopback ports with their own temp dirs (under the crate's target tmpdir),
+//! stopped by PID, every wait bounded. A missing tool fails the test loudly.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a started etcd may take to answer.
+const START_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// Panics (fails the test) if `tool` is not installed.
+pub fn require(tool: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(tool))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "`{tool}` is not installed: these tests need etcd 3.4's etcd and etcdctl \
+             (Debian: apt-get install -y etcd-server etcd-client; see snapshot/README.md)"
+        )
+    })
+}
+
+pub fn tmpdir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(name)
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("temp dir")
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// Runs `etcdctl` (API v3) with `args`; returns its output, whatever the exit status.
+pub fn etcdctl(args: &[&str]) -> Output {
+    Command::new(require("etcdctl"))
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run etcdctl")
+}
+
+/// Runs `etcdctl`, requires success, returns stdout.
+pub fn etcdctl_ok(args: &[&str]) -> String {
+    let out = etcdctl(args);
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// One etcd member on loopback; killed by PID when dropped.
+pub struct Etcd {
+    child: Child,
+    pub name: String,
+    pub client_url: String,
+    pub peer_url: String,
+    pub log: PathBuf,
+}
+
+impl Etcd {
+    pub fn peer(name: &str) -> (String, u16) {
+        (name.to_string(), free_port())
+    }
+
+    /// Starts etcd on `data_dir` as the single member `name` with peer port `peer_port`.
+    pub fn start(data_dir: &Path, name: &str, peer_port: u16, log: &Path) -> Etcd {
+        let client_url = format!("http://127.0.0.1:{}", free_port());
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let log_file = std::fs::File::create(log).expect("etcd log");
+        let child = Command::new(require("etcd"))
+            .args(["--name", name, "--data-dir"])
+            .arg(data_dir)
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("{name}={peer_url}")])
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log"))
+            .stderr(log_file)
+            .spawn()
+            .expect("start etcd");
+        let mut etcd = Etcd {
+            child,
+            name: name.to_string(),
+            client_url,
+            peer_url,
+            log: log.to_path_buf(),
+        };
+        etcd.wait_ready();
+        etcd
+    }
+
+    fn wait_ready(&mut self) {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("etcd exited with {status}: see {}", self.log.display());
+            }
+            let out = etcdctl(&[
+                "--endpoints",
+                &self.client_url,
+                "--dial-timeout=1s",
+                "--command-timeout=2s",
+                "endpoint",
+                "health",
+            ]);
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                start.elapsed() < START_WAIT_MAX,
+                "etcd not healthy after {START_WAIT_MAX:?}: see {}",
+                self.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `etcdctl --endpoints <this member> args…`, required to succeed.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let mut all = vec!["--endpoints", &self.client_url, "--command-timeout=10s"];
+        all.extend_from_slice(args);
+        etcdctl_ok(&all)
+    }
+
+    /// Same, but returns the whole output (for expected failures).
+    pub fn ctl_output(&self, args: &[&str]) -> Output {
+        let mut all = vec!["--endpoints", &self.client_url, "--command-timeout=10s"];
+        all.extend_from_slice(args);
+        etcdctl(&all)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        // SIGKILL to our own child's PID, then reap it.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Standard base64 (etcdctl's JSON keys and values).
+pub fn base64_decode(s: &str) -> Vec<u8> {
+    let value = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {s}"),
+        }
+    };
+    let mut out = Vec::new();
+    for chunk in s.trim_end_matches('=').as_bytes().chunks(4) {
+        let mut acc = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            acc |= value(c) << (18 - 6 * i);
+        }
+        let bytes = acc.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    out
+}
+
+#[test]
+fn base64_decodes() {
+    assert_eq!(base64_decode("YQ=="), b"a");
+    assert_eq!(base64_decode("Zm9vYmFy"), b"foobar");
+    assert_eq!(base64_decode("Zm9vYg=="), b"foob");
+}
