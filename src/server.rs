@@ -311,6 +311,7 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
     let member = Arc::new(Member {
         member_id,
         cluster_id: identity.cluster_id.into(),
+        joined: tokio::sync::watch::channel(identity.cluster_id != 0).0,
         shards: handles.clone(),
         seq: seq.clone(),
         hub,
@@ -443,11 +444,15 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
             let stopped = async move {
                 let _ = stop.recv().await;
             };
+            let ready = until_joined(member.joined.subscribe(), stop_tx.subscribe());
             let server = match (&tls, https) {
                 (Some(config), true) => {
                     let listener = crate::api::tls::TlsListener::new(listener, config.clone())
                         .map_err(|e| format!("--listen-client-urls {addr}: {e}"))?;
                     tokio::spawn(async move {
+                        if !ready.await {
+                            return Ok(());
+                        }
                         axum::serve(
                             listener,
                             app.into_make_service_with_connect_info::<crate::api::tls::ClientPeer>(),
@@ -465,6 +470,9 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
                     let listener = crate::api::coalesce::CoalescingListener(listener);
                     // The peer address: logins take turns by connection.
                     tokio::spawn(async move {
+                        if !ready.await {
+                            return Ok(());
+                        }
                         axum::serve(
                             listener,
                             app.into_make_service_with_connect_info::<crate::api::tls::ClientPeer>(),
@@ -479,6 +487,12 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
             eprintln!(
                 "cairn: serving clients on {scheme}://{addr} ({shards} shards, member {member_id:x})"
             );
+            if !*member.joined.borrow() {
+                eprintln!(
+                    "cairn: joining a running cluster: clients are answered once this member \
+                     has learned the cluster's id and its own membership"
+                );
+            }
         }
         Ok::<_, String>(servers)
     });
@@ -597,5 +611,17 @@ async fn wait_for_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+/// Until a member that joins a running cluster is ready to answer clients
+/// (see `Member::joined`): true then, false if it stops first.
+async fn until_joined(
+    mut joined: tokio::sync::watch::Receiver<bool>,
+    mut stop: tokio::sync::broadcast::Receiver<()>,
+) -> bool {
+    tokio::select! {
+        r = joined.wait_for(|j| *j) => r.is_ok(),
+        _ = stop.recv() => false,
     }
 }

@@ -219,6 +219,32 @@ fn a_learner_is_added_caught_up_promoted_and_a_member_removed() {
         })
     };
     let new = c.add_member(leader, true);
+    // Its very first answer knows the cluster and that it is a learner (it
+    // serves clients only once it has applied its own addition).
+    let status = |c: &Cluster, i: usize| {
+        let url = c.url(i);
+        c.rt.block_on(async move {
+            let call = async {
+                let mut m =
+                    cairn_proto::etcdserverpb::maintenance_client::MaintenanceClient::connect(url)
+                        .await
+                        .expect("connect");
+                m.status(pb::StatusRequest {}).await
+            };
+            tokio::time::timeout(common::cluster::SETTLE, call)
+                .await
+                .expect("answers within SETTLE")
+                .expect("status")
+                .into_inner()
+        })
+    };
+    let first = status(&c, new);
+    let cluster_id = status(&c, leader).header.expect("header").cluster_id;
+    assert_eq!(first.header.expect("header").cluster_id, cluster_id);
+    assert!(
+        first.is_learner,
+        "a joining learner says so from its first answer"
+    );
     // The learner catches up from the others and serves serializable reads.
     c.converges(new, "k19", "before");
     let err = c.put(new, "x", "1").expect_err("a learner takes no write");

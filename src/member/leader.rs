@@ -232,10 +232,15 @@ pub async fn run(member: Arc<Member>) {
         }
         // A member that joined learns its cluster's id from the meta group.
         if member.cluster_id() == 0
-            && last_cluster_look.is_none_or(|t| Instant::now() - t >= Duration::from_secs(1))
+            && last_cluster_look.is_none_or(|t| Instant::now() - t >= Duration::from_millis(100))
         {
             last_cluster_look = Some(Instant::now());
             let _ = tokio::time::timeout(election, learn_cluster(&member)).await;
+        }
+        if known && member.cluster_id() != 0 {
+            member
+                .joined
+                .send_if_modified(|joined| !std::mem::replace(joined, true));
         }
         // Bringing the data groups to the meta leader.
         let now = Instant::now();

@@ -40,6 +40,13 @@ pub struct Member {
     pub member_id: u64,
     /// The cluster's id (0 until a member that joined learned it).
     pub cluster_id: std::sync::atomic::AtomicU64,
+    /// Whether the member serves clients yet: from its start, unless it
+    /// is joining a running cluster; then once it has learned the
+    /// cluster's id and applied its own addition (so it never answers
+    /// with cluster id 0, or as a voter while it is a learner), as etcd
+    /// serves a joining member's clients only once it is ready. Only ever
+    /// goes from false to true.
+    pub joined: tokio::sync::watch::Sender<bool>,
     pub shards: Vec<ShardHandle>,
     pub seq: Arc<SharedSequencer>,
     /// Events for watchers (see `crate::watch`).
