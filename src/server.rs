@@ -327,6 +327,7 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
         },
         alarms,
         auth: crate::member::auth::Auth::new(auth, cfg.bcrypt_cost),
+        peer_rtts: Default::default(),
         fatal: fatal.clone(),
         proposals_failed: Default::default(),
         leases: crate::member::lease::Leases::new(leases, member_id, timing),
@@ -389,6 +390,7 @@ pub fn start(cfg: &Config, peering: Peering) -> Result<Running, String> {
         ));
         if clustered {
             tokio::spawn(crate::member::leader::run(member.clone()));
+            tokio::spawn(crate::member::rtt::run(member.clone()));
             // A follower's C is its visible revision.
             let (seq, parts) = (seq.clone(), parts.clone());
             let mut changed = parts.subscribe();

@@ -151,6 +151,41 @@ fn a_killed_leader_is_replaced_over_quic_and_nothing_acknowledged_is_lost() {
     let health =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert_eq!(health.matches("is healthy").count(), 3, "{health}");
+    // Each member's round trips to the other two, by member id (etcd's
+    // metric; sampled every 4 s).
+    let ids: Vec<u64> = rows
+        .iter()
+        .map(|r| r["Status"]["header"]["member_id"].as_u64().expect("id"))
+        .collect();
+    let me = {
+        let own = rows
+            .iter()
+            .find(|r| r["Endpoint"].as_str() == Some(urls[0].as_str()))
+            .unwrap_or_else(|| panic!("{} in {status}", urls[0]));
+        own["Status"]["header"]["member_id"].as_u64().expect("id")
+    };
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let (code, metrics) =
+            common::http_request(urls[0].trim_start_matches("http://"), "GET", "/metrics", "");
+        assert_eq!(code, 200);
+        let measured = |id: &u64| {
+            let line = format!("etcd_network_peer_round_trip_time_seconds_count{{To=\"{id:x}\"}} ");
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(line.as_str()))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .is_some_and(|n| n > 0)
+        };
+        if ids.iter().filter(|id| **id != me).all(measured) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no round trips to the other members in /metrics:\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     // Kill the write leader under writes from a client of another member.
     let other = (leader + 1) % 3;
     let writer = {

@@ -237,6 +237,18 @@ async fn metrics(member: Arc<Member>) -> impl IntoResponse {
             );
         }
     }
+    let _ = writeln!(
+        s,
+        "# HELP etcd_network_peer_round_trip_time_seconds Round-Trip-Time histogram between peers (QUIC's smoothed RTT of the connection, sampled every 4 s).\n# TYPE etcd_network_peer_round_trip_time_seconds histogram"
+    );
+    for (id, h) in member.peer_rtts.histograms() {
+        histogram(
+            &mut s,
+            "etcd_network_peer_round_trip_time_seconds",
+            &format!("To=\"{id:x}\""),
+            &h,
+        );
+    }
     let queued: Vec<_> = member
         .shards
         .iter()

@@ -17,6 +17,7 @@ pub mod lease;
 pub mod lease_expiry;
 pub mod membership;
 pub mod peers;
+pub mod rtt;
 
 use crate::api::EtcdError;
 use crate::mvcc::txn as m;
@@ -64,6 +65,8 @@ pub struct Member {
     pub quota_bytes: u64,
     pub alarms: Arc<crate::raft::alarms::AlarmView>,
     pub auth: auth::Auth,
+    /// Round trips to the other members (`etcd_network_peer_round_trip_time_seconds`).
+    pub peer_rtts: rtt::PeerRtts,
     /// Set when the member cannot go on (see `crate::fatal`).
     pub fatal: Arc<crate::fatal::Fatal>,
     /// The other members, and this member's groups' leadership.

@@ -93,6 +93,12 @@ pub trait Transport: Send + Sync + 'static {
     /// The cluster's members are now `peers` (id → peer URL), as the meta
     /// group's membership says (members added, removed, moved).
     fn set_peers(&self, _peers: &std::collections::BTreeMap<u64, String>) {}
+
+    /// The current round-trip estimate to each connected member (none on
+    /// a transport that measures none).
+    fn round_trips(&self) -> Vec<(u64, Duration)> {
+        Vec::new()
+    }
 }
 
 /// Receives frames for a member and answers them.

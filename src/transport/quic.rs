@@ -346,6 +346,16 @@ impl Transport for QuicTransport {
         }
     }
 
+    /// QUIC's own smoothed RTT of each open connection.
+    fn round_trips(&self) -> Vec<(u64, Duration)> {
+        let conns = self.shared.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns
+            .iter()
+            .filter(|(_, (conn, _))| conn.close_reason().is_none())
+            .map(|(id, (conn, _))| (*id, conn.rtt()))
+            .collect()
+    }
+
     fn call(
         &self,
         to: u64,

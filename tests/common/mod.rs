@@ -40,30 +40,7 @@ impl Cairn {
 
     /// An HTTP/1.1 request with a body.
     pub fn http_with(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(self.endpoint()).expect("connect");
-        // A request that is never answered fails the test, never hangs it.
-        s.set_read_timeout(Some(Duration::from_secs(60)))
-            .expect("read timeout");
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .expect("request");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("response");
-        let code = out
-            .split_whitespace()
-            .nth(1)
-            .expect("status")
-            .parse()
-            .expect("code");
-        let body = out
-            .split_once("\r\n\r\n")
-            .map(|x| x.1.to_string())
-            .unwrap_or_default();
-        (code, body)
+        http_request(&self.endpoint(), method, path, body)
     }
 
     /// A gRPC channel to this member.
@@ -276,4 +253,34 @@ pub async fn channel(url: &str) -> tonic::transport::Channel {
         .connect()
         .await
         .expect("connect")
+}
+
+/// An HTTP/1.1 request with a body to `endpoint` (host:port): the status
+/// code and the body.
+#[allow(dead_code)] // not every test binary uses it
+pub fn http_request(endpoint: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(endpoint).expect("connect");
+    // A request that is never answered fails the test, never hangs it.
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("read timeout");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("response");
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .expect("status")
+        .parse()
+        .expect("code");
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    (code, body)
 }
