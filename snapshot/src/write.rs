@@ -27,6 +27,21 @@ pub trait SnapshotSource {
     ) -> Result<(), SnapshotWriteError>;
 }
 
+/// A closure that feeds every item to its argument: `|out| { for … { out(&item)?; } Ok(()) }`.
+impl<F> SnapshotSource for F
+where
+    F: Fn(
+        &mut dyn FnMut(&Item) -> Result<(), SnapshotWriteError>,
+    ) -> Result<(), SnapshotWriteError>,
+{
+    fn for_each(
+        &self,
+        out: &mut dyn FnMut(&Item) -> Result<(), SnapshotWriteError>,
+    ) -> Result<(), SnapshotWriteError> {
+        self(out)
+    }
+}
+
 impl SnapshotSource for [Item] {
     fn for_each(
         &self,

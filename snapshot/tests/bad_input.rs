@@ -166,3 +166,17 @@ fn items_out_of_order_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn a_closure_source_writes_the_same_bytes_as_a_vec() {
+    let from_vec = snapshot_bytes();
+    let source = |out: &mut dyn FnMut(&Item) -> Result<(), SnapshotWriteError>| {
+        for item in items() {
+            out(&item)?;
+        }
+        Ok(())
+    };
+    let mut from_closure = Vec::new();
+    write_snapshot(&mut from_closure, &WriteOptions::default(), &source).unwrap();
+    assert!(from_vec == from_closure, "same items, same file");
+}

@@ -472,3 +472,68 @@ fn large_cairn_snapshot_passes_bbolts_check_and_restores() {
     let last = get_json(&etcd, &["key01999"]);
     assert_eq!(kvs(&last)[0].1, "value-7999");
 }
+
+/// Auth enabled with a root user, and an alarm: the restored etcd refuses
+/// anonymous requests, logs root in with the password whose bcrypt hash we
+/// wrote, and reports the alarm.
+#[test]
+fn auth_enabled_and_alarm_survive_restore() {
+    use cairn_proto::etcdserverpb::{AlarmMember, AlarmType};
+    let dir = tmpdir("auth");
+    let path = dir.path().join("auth.db");
+    let hash = bcrypt::hash_with_result("rootpw", 4)
+        .unwrap()
+        .format_for_version(bcrypt::Version::TwoA);
+    let mut items = vec![
+        Item::Alarm(AlarmMember {
+            member_id: 0xabc,
+            alarm: AlarmType::Nospace as i32,
+        }),
+        Item::AuthEnabled(true),
+        Item::AuthRevision(3),
+        Item::User(User {
+            name: b"root".to_vec(),
+            password: hash.into_bytes(),
+            roles: vec!["root".into()],
+            options: None,
+        }),
+        put(2, "k", "v", 2, 1, 0),
+    ];
+    items.sort_by_key(Item::file_order);
+    write_snapshot(
+        &mut File::create(&path).unwrap(),
+        &WriteOptions::default(),
+        &items,
+    )
+    .unwrap();
+
+    let data = dir.path().join("m1.etcd");
+    let peer = support::free_port();
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    etcdctl_ok(&[
+        "snapshot",
+        "restore",
+        path.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--name",
+        "m1",
+        "--initial-cluster",
+        &format!("m1={peer_url}"),
+        "--initial-advertise-peer-urls",
+        &peer_url,
+    ]);
+    let etcd = Etcd::start(&data, "m1", peer, &dir.path().join("etcd.log"));
+    let anonymous = etcd.ctl_output(&["get", "k"]);
+    assert!(!anonymous.status.success(), "auth is on: {anonymous:?}");
+    let wrong = etcd.ctl_output(&["--user", "root:nope", "get", "k"]);
+    assert!(!wrong.status.success(), "{wrong:?}");
+    assert_eq!(
+        etcd.ctl(&["--user", "root:rootpw", "user", "list"]).trim(),
+        "root"
+    );
+    let got = etcd.ctl(&["--user", "root:rootpw", "get", "k", "--print-value-only"]);
+    assert_eq!(got.trim(), "v");
+    let alarms = etcd.ctl(&["--user", "root:rootpw", "alarm", "list"]);
+    assert!(alarms.contains("memberID:2748 alarm:NOSPACE"), "{alarms}");
+}

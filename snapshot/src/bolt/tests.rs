@@ -396,6 +396,47 @@ fn input_that_changes_between_passes_is_refused() {
     assert!(matches!(err, WriteError::PlanMismatch { .. }), "{err}");
 }
 
+#[test]
+fn memory_stays_bounded_and_pages_stream_out_as_keys_arrive() {
+    let options = WriteOptions::default();
+    let n = 100_000u32;
+    type Each<'e> = Box<dyn FnMut(u32, &BoltWriter<'_>) + 'e>;
+    let put_all = |w: &mut BoltWriter<'_>, mut each: Each<'_>| {
+        w.begin_bucket(b"b").unwrap();
+        for i in 0..n {
+            w.put(&i.to_be_bytes(), &[i as u8; 50]).unwrap();
+            each(i, w);
+        }
+        w.end_bucket().unwrap();
+    };
+    let mut discard = std::io::sink();
+    let mut planner = BoltWriter::new(&mut discard, &options, None).unwrap();
+    put_all(&mut planner, Box::new(|_, _| {}));
+    let plan = planner.finish().unwrap();
+
+    let mut discard = std::io::sink();
+    let mut writer = BoltWriter::new(&mut discard, &options, Some(plan)).unwrap();
+    let (mut buffered_max, mut pages_at_half) = (0, 0);
+    put_all(
+        &mut writer,
+        Box::new(|i, w| {
+            buffered_max = buffered_max.max(w.buffered_bytes());
+            if i == n / 2 {
+                pages_at_half = w.pages_written();
+            }
+        }),
+    );
+    assert_eq!(writer.finish().unwrap(), plan);
+    // 100k keys of 70 bytes (7 MB) in a 3-level tree: at most one page per level held.
+    assert!(buffered_max <= 3 * 4096 + 64, "held {buffered_max} bytes");
+    let half = plan.pages / 2;
+    assert!(
+        pages_at_half > half * 9 / 10 && pages_at_half < half * 11 / 10,
+        "{pages_at_half} of {} pages out at half the keys",
+        plan.pages
+    );
+}
+
 // ---- the reader refuses damaged files ----
 
 fn sample() -> Vec<u8> {

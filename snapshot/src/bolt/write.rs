@@ -328,6 +328,25 @@ impl<'a> BoltWriter<'a> {
         Ok(layout)
     }
 
+    /// Bytes held for pages not yet written (pending elements of every level
+    /// of every open bucket, plus the last keys): bounded by about
+    /// `page_size × tree depth` per open bucket, whatever the number of keys.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buckets
+            .iter()
+            .map(|b| {
+                b.levels.iter().map(|l| l.bytes).sum::<usize>()
+                    + b.last_key.as_ref().map_or(0, Vec::len)
+                    + b.name.len()
+            })
+            .sum()
+    }
+
+    /// Pages written to the sink so far (the meta pages included).
+    pub fn pages_written(&self) -> u64 {
+        self.next_pgid
+    }
+
     /// Adds an element to level `level` of bucket `depth`, writing that
     /// level's page first if the element would not fit.
     fn add(&mut self, depth: usize, level: usize, element: Element) -> Result<(), WriteError> {

@@ -111,26 +111,44 @@ impl Etcd {
         let start = Instant::now();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("etcd exited with {status}: see {}", self.log.display());
+                panic!(
+                    "etcd exited with {status}; its log ends:\n{}",
+                    self.log_tail()
+                );
             }
+            // Ready = it answers Status and knows a leader. (Not `endpoint
+            // health`: with auth on, its anonymous Get is refused.)
             let out = etcdctl(&[
                 "--endpoints",
                 &self.client_url,
                 "--dial-timeout=1s",
                 "--command-timeout=2s",
                 "endpoint",
-                "health",
+                "status",
+                "-w",
+                "json",
             ]);
-            if out.status.success() {
+            let leader = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .ok()
+                .and_then(|v| v[0]["Status"]["leader"].as_u64());
+            if out.status.success() && leader.is_some_and(|l| l != 0) {
                 return;
             }
             assert!(
                 start.elapsed() < START_WAIT_MAX,
-                "etcd not healthy after {START_WAIT_MAX:?}: see {}",
-                self.log.display()
+                "etcd not healthy after {START_WAIT_MAX:?}: {}{}\netcd's log ends:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.log_tail()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The last few KiB of the member's log (the temp dir goes when the test fails).
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read(&self.log).unwrap_or_default();
+        String::from_utf8_lossy(&log[log.len().saturating_sub(3000)..]).into_owned()
     }
 
     /// `etcdctl --endpoints <this member> args…`, required to succeed.
