@@ -5,7 +5,8 @@
 //! SHA-256 of those bytes (32 bytes). This crate writes one as a stream from
 //! etcd-level records, and reads one (from etcd or from us) back into them.
 //! It is a library of plain functions over `Write`/`ReadAt`: no threads, no
-//! async, no clock; the server decides where the bytes go.
+//! async, no clock, no shared state; it runs on whichever thread calls it,
+//! and the server decides where the bytes go.
 //!
 //! Layout:
 //! - [`bolt`]: bbolt's file format; [`bolt::write`] (streaming bulk build,
@@ -23,4 +24,4 @@ pub mod write;
 
 pub use etcd::{Item, Lease, Member, Revision};
 pub use read::{ReadError, ReadOptions, Snapshot, Status};
-pub use write::{write_snapshot, SnapshotSource, SnapshotWriteError, WriteSummary};
+pub use write::{write_snapshot, SnapshotSource, SnapshotWriteError, SnapshotWriter, WriteSummary};

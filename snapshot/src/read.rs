@@ -173,7 +173,7 @@ impl<S: ReadAt> Snapshot<S> {
     }
 
     /// Bytes of the whole file and of its bbolt part.
-    pub fn len(&self) -> (u64, u64) {
+    pub fn file_and_bolt_bytes(&self) -> (u64, u64) {
         (self.len, self.bolt_len)
     }
 
@@ -186,7 +186,9 @@ impl<S: ReadAt> Snapshot<S> {
         })
     }
 
-    /// What `etcdctl snapshot status` reports for this file (see the module doc).
+    /// What `etcdctl snapshot status` reports for this file (see the module
+    /// doc). etcdctl's status reads a file without a trailer too: open such a
+    /// file with `skip_hash_check` to get its status here.
     pub fn status(&self) -> Result<Status, ReadError> {
         let bolt = self.bolt()?;
         let mut hash = Crc32c::default();

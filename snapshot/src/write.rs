@@ -87,8 +87,11 @@ pub struct WriteSummary {
     pub total_key: u64,
 }
 
-/// Feeds items into a [`BoltWriter`], opening etcd's buckets in order.
-pub struct ItemWriter<'w, 'a> {
+/// The etcd-level writer: feeds [`Item`]s into a [`BoltWriter`], opening
+/// etcd's buckets in order (empty ones included) and refusing items out of
+/// order. [`write_snapshot`] drives it through both passes and adds the
+/// trailer; use it directly only to run the passes yourself.
+pub struct SnapshotWriter<'w, 'a> {
     bolt: &'w mut BoltWriter<'a>,
     /// Index in [`bucket::ALL`] of the next etcd bucket not yet written.
     next_bucket: usize,
@@ -97,9 +100,9 @@ pub struct ItemWriter<'w, 'a> {
     total_key: u64,
 }
 
-impl<'w, 'a> ItemWriter<'w, 'a> {
+impl<'w, 'a> SnapshotWriter<'w, 'a> {
     pub fn new(bolt: &'w mut BoltWriter<'a>) -> Self {
-        ItemWriter {
+        SnapshotWriter {
             bolt,
             next_bucket: 0,
             open: None,
@@ -195,7 +198,7 @@ pub fn write_snapshot(
     };
     let (mut revision, mut total_key) = (0, 0);
     let layout = write_bolt(&mut hashing, options, |bolt| {
-        let mut items = ItemWriter::new(bolt);
+        let mut items = SnapshotWriter::new(bolt);
         source.for_each(&mut |item| items.push(item))?;
         items.finish()?;
         (revision, total_key) = (items.revision, items.total_key);
