@@ -3,6 +3,7 @@
 //! members over `https://` peer URLs (mutual TLS over QUIC: a member whose
 //! certificate chains to another CA is refused, and under
 //! `--peer-cert-allowed-cn` one whose certificate has another CommonName).
+//! A rotated certificate file is served from the next connection on.
 
 mod common;
 
@@ -23,6 +24,17 @@ fn etcdctl_as(
     client: Option<&str>,
     args: &[&str],
 ) -> std::process::Output {
+    etcdctl_trusting(endpoint, &pki.join("ca.pem"), pki, client, args)
+}
+
+/// [`etcdctl_as`], trusting the server certificates of CA `ca`.
+fn etcdctl_trusting(
+    endpoint: &str,
+    ca: &Path,
+    pki: &Path,
+    client: Option<&str>,
+    args: &[&str],
+) -> std::process::Output {
     let mut cmd = Command::new("etcdctl");
     cmd.env("ETCDCTL_API", "3")
         .args([
@@ -33,7 +45,7 @@ fn etcdctl_as(
             "--dial-timeout",
             "3s",
         ])
-        .arg(format!("--cacert={}", pki.join("ca.pem").display()));
+        .arg(format!("--cacert={}", ca.display()));
     if let Some(name) = client {
         cmd.arg(format!(
             "--cert={}",
@@ -146,6 +158,33 @@ fn etcdctl_talks_tls_and_a_client_without_a_certificate_is_refused() {
             &["--user", "root:pw", "get", "secret", "--print-value-only"]
         ),
         "2"
+    );
+    // The member's certificate rotates on disk (here to one of another
+    // CA): the next connection gets the new one, without a restart.
+    let rotated = base.path().join("rotated");
+    make_ca(&rotated, "rotated CA", 30, false).unwrap();
+    make_member(&rotated, "m", &["127.0.0.1", "localhost"], 30, false).unwrap();
+    for file in ["m.pem", "m-key.pem"] {
+        std::fs::copy(rotated.join(file), pki.join(file)).unwrap();
+    }
+    let new_ca = rotated.join("ca.pem");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = etcdctl_trusting(&url, &new_ca, &pki, Some("root"), &["get", "pub"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rotated certificate is not served: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = etcdctl_as(&url, &pki, Some("root"), &["get", "pub"]);
+    assert!(
+        !out.status.success(),
+        "still served the certificate of the old CA"
     );
     // SAFETY: kill(2) on the child this test started.
     unsafe {

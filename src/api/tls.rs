@@ -1,8 +1,9 @@
 //! TLS on the client port (`https://` in `--listen-client-urls`): gRPC and
 //! HTTP (`/health`, `/metrics`, the JSON gateway) on the same TLS port, as
 //! etcd serves them. `--cert-file` and `--key-file` are the member's
-//! certificate; with `--client-cert-auth` a client must present a
-//! certificate that chains to `--trusted-ca-file`, or the handshake fails.
+//! certificate (read again when the files change); with
+//! `--client-cert-auth` a client must present a certificate that chains to
+//! `--trusted-ca-file`, or the handshake fails.
 //!
 //! Handshakes run as tasks of their own (bounded by [`HANDSHAKES_MAX`] and
 //! a deadline), so a slow or silent client never holds up other
@@ -29,7 +30,7 @@ pub fn server_config(
     key: &Path,
     client_ca: Option<&Path>,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
-    use crate::tls::{certs, key as load_key, provider, roots};
+    use crate::tls::{provider, roots};
     let provider = provider();
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(rustls::DEFAULT_VERSIONS)
@@ -46,12 +47,12 @@ pub fn server_config(
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder
-        .with_single_cert(
-            certs(cert).map_err(|e| format!("--cert-file {e}"))?,
-            load_key(key).map_err(|e| format!("--key-file {e}"))?,
-        )
-        .map_err(|e| format!("--cert-file/--key-file: {e}"))?;
+    // Read again when the files change (a rotated certificate).
+    let mut config = builder.with_cert_resolver(crate::tls::ReloadingCert::new(
+        cert,
+        key,
+        "--cert-file/--key-file",
+    )?);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -128,9 +128,11 @@ pub(super) fn rustls_configs(
         PeerTls::Mutual {
             cert, key: k, ca, ..
         } => {
-            use crate::tls::{certs, key, roots};
+            use crate::tls::roots;
             let roots = roots(ca).map_err(|e| format!("--peer-trusted-ca-file {e}"))?;
-            let chain = certs(cert)?;
+            // Read again when the files change (a rotated certificate),
+            // for both directions of the handshake.
+            let pair = crate::tls::ReloadingCert::new(cert, k, "--peer-cert-file/--peer-key-file")?;
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 roots.clone(),
                 provider.clone(),
@@ -141,14 +143,12 @@ pub(super) fn rustls_configs(
                 .with_protocol_versions(versions)
                 .map_err(|e| e.to_string())?
                 .with_client_cert_verifier(verifier)
-                .with_single_cert(chain.clone(), key(k)?)
-                .map_err(|e| format!("--peer-cert-file/--peer-key-file: {e}"))?;
+                .with_cert_resolver(pair.clone());
             let client = rustls::ClientConfig::builder_with_provider(provider.clone())
                 .with_protocol_versions(versions)
                 .map_err(|e| e.to_string())?
                 .with_root_certificates(roots)
-                .with_client_auth_cert(chain, key(k)?)
-                .map_err(|e| format!("--peer-cert-file/--peer-key-file: {e}"))?;
+                .with_client_cert_resolver(pair);
             (server, client)
         }
     };
