@@ -6,8 +6,16 @@
 //! so concurrent tests and processes never collide (a leftover of a killed
 //! process that had our pid is deleted and recreated). In namespace `i` the
 //! end of the link to `j` is the device `v<j>`. Each link is its own /30 in
-//! 10.200.0.0/16 (the lower index gets `.1`, the higher `.2`); there are no
-//! other routes, so traffic never leaves the namespaces; `lo` is up in each.
+//! 10.200.0.0/16 (the lower index gets `.1`, the higher `.2`); `lo` is up
+//! in each.
+//!
+//! Home addresses: namespace `i` also has [`Net::home`] `10.201.0.(i+1)/32`
+//! on its `lo`, and every other namespace `j` a route to it over the `j`–`i`
+//! link, so one address of `i` (say a member's peer URL) is reachable from
+//! every namespace whose link to `i` is up. Taking a link down deletes the
+//! routes over it (the kernel drops them with the device), so a cut also
+//! cuts the home addresses; healing a link adds them back. There are no
+//! other routes, so traffic never leaves the namespaces.
 //!
 //! Bounds: at most [`MAX_NAMESPACES`] namespaces per [`Net`]. Every call is
 //! a short synchronous `ip` process on the calling thread (no async), and
@@ -77,6 +85,12 @@ fn link_addr(n: usize, i: usize, j: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 200, (base >> 8) as u8, (base & 0xff) as u8)
 }
 
+/// The home address of namespace `i` (see the module docs).
+fn home_addr(i: usize) -> Ipv4Addr {
+    assert!(i < MAX_NAMESPACES, "no home address for namespace {i}");
+    Ipv4Addr::new(10, 201, 0, (i + 1) as u8)
+}
+
 /// N network namespaces, one veth link between every two of them.
 pub struct Net {
     n: usize,
@@ -102,7 +116,10 @@ impl Net {
             }
             ip(&["netns", "add", &name])?;
             net.names.push(name);
-            ip(&["-n", net.names.last().unwrap(), "link", "set", "lo", "up"])?;
+            let name = net.names.last().unwrap();
+            ip(&["-n", name, "link", "set", "lo", "up"])?;
+            let home = format!("{}/32", home_addr(net.names.len() - 1));
+            ip(&["-n", name, "addr", "add", &home, "dev", "lo"])?;
         }
         for i in 0..n {
             for j in i + 1..n {
@@ -116,6 +133,7 @@ impl Net {
                 ip(&["-n", nj, "addr", "add", &format!("{aj}/30"), "dev", &dj])?;
                 ip(&["-n", ni, "link", "set", &di, "up"])?;
                 ip(&["-n", nj, "link", "set", &dj, "up"])?;
+                net.route_homes(i, j)?;
             }
         }
         Ok(net)
@@ -144,6 +162,35 @@ impl Net {
     pub fn addr_of(&self, i: usize, j: usize) -> Ipv4Addr {
         self.check(i, j);
         link_addr(self.n, i, j)
+    }
+
+    /// The home address of namespace `i`: on its `lo`, reachable from every
+    /// namespace whose link to `i` is up (see the module docs).
+    pub fn home(&self, i: usize) -> Ipv4Addr {
+        assert!(i < self.n, "no namespace {i} in a net of {}", self.n);
+        home_addr(i)
+    }
+
+    /// Routes the home addresses of `i` and `j` to each other over their
+    /// link (which must be up: a route is refused over a device that is down).
+    fn route_homes(&self, i: usize, j: usize) -> Result<()> {
+        for (from, to) in [(i, j), (j, i)] {
+            let dest = format!("{}/32", home_addr(to));
+            let via = self.addr_of(to, from).to_string();
+            let dev = self.dev(from, to);
+            ip(&[
+                "-n",
+                self.name(from),
+                "route",
+                "replace",
+                &dest,
+                "via",
+                &via,
+                "dev",
+                &dev,
+            ])?;
+        }
+        Ok(())
     }
 
     /// `ip netns exec NAME program`: add the arguments and run it.
@@ -176,14 +223,17 @@ impl Net {
     }
 
     /// Cuts the link between `i` and `j` (both ends down: datagrams between
-    /// them are dropped, sends fail with "network unreachable").
+    /// them are dropped, sends fail with "network unreachable"). The routes
+    /// to their home addresses over it go with the devices.
     pub fn cut(&self, i: usize, j: usize) -> Result<()> {
         self.set_link(i, j, "down")
     }
 
-    /// Restores the link between `i` and `j`.
+    /// Restores the link between `i` and `j`, and the routes to their home
+    /// addresses over it.
     pub fn heal(&self, i: usize, j: usize) -> Result<()> {
-        self.set_link(i, j, "up")
+        self.set_link(i, j, "up")?;
+        self.route_homes(i, j)
     }
 
     /// Cuts every link of `i`.

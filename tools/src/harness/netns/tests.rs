@@ -84,6 +84,95 @@ fn address_plan_is_point_to_point_and_distinct() {
 }
 
 #[test]
+fn home_addresses_are_distinct_and_on_no_link() {
+    let links: BTreeSet<Ipv4Addr> = (0..MAX_NAMESPACES)
+        .flat_map(|i| {
+            (0..MAX_NAMESPACES)
+                .filter(move |&j| j != i)
+                .map(move |j| (i, j))
+        })
+        .map(|(i, j)| link_addr(MAX_NAMESPACES, i, j))
+        .collect();
+    let homes: BTreeSet<Ipv4Addr> = (0..MAX_NAMESPACES).map(home_addr).collect();
+    assert_eq!(homes.len(), MAX_NAMESPACES);
+    assert!(homes.is_disjoint(&links));
+    assert!(homes.iter().all(|h| h.octets()[..3] == [10, 201, 0]));
+}
+
+/// A home address is reached from every other namespace (from a socket
+/// bound to its own home address too, so the answer has a route back),
+/// until the link to it is cut; healing brings the route back.
+#[test]
+fn home_address_is_reached_over_its_link_and_cut_with_it() {
+    if !enabled() {
+        return;
+    }
+    let net = Net::create(3).unwrap();
+    let h: Vec<UdpSocket> = (0..3).map(|i| socket(&net, i, net.home(i))).collect();
+    let any2 = socket(&net, 2, Ipv4Addr::UNSPECIFIED);
+    for (from, to) in [(0, 1), (1, 0), (0, 2), (2, 0), (1, 2), (2, 1)] {
+        let msg = format!("up-{from}-{to}");
+        assert!(arrives(&h[from], &h[to], &msg, YES), "{from} -> home {to}");
+    }
+    assert!(
+        arrives(&any2, &h[0], "up-any-2-0", YES),
+        "2 (any source) -> home 0"
+    );
+
+    net.cut(0, 1).unwrap();
+    assert!(
+        !arrives(&h[1], &h[0], "cut-1-0", NO),
+        "1 -> home 0 through a cut"
+    );
+    assert!(
+        !arrives(&h[0], &h[1], "cut-0-1", NO),
+        "0 -> home 1 through a cut"
+    );
+    assert!(
+        arrives(&h[2], &h[0], "during-2-0", YES),
+        "2 -> home 0 while 0-1 is cut"
+    );
+    assert!(
+        arrives(&h[2], &h[1], "during-2-1", YES),
+        "2 -> home 1 while 0-1 is cut"
+    );
+
+    net.heal(0, 1).unwrap();
+    assert!(
+        arrives(&h[1], &h[0], "healed-1-0", YES),
+        "1 -> home 0 after healing"
+    );
+    assert!(
+        arrives(&h[0], &h[1], "healed-0-1", YES),
+        "0 -> home 1 after healing"
+    );
+
+    net.isolate(2).unwrap();
+    assert!(
+        !arrives(&h[0], &h[2], "cut-0-2", NO),
+        "0 -> home 2 while 2 is isolated"
+    );
+    assert!(
+        !arrives(&any2, &h[1], "cut-any-2-1", NO),
+        "2 -> home 1 while 2 is isolated"
+    );
+    assert!(
+        arrives(&h[0], &h[1], "other-0-1", YES),
+        "0 -> home 1 while 2 is isolated"
+    );
+
+    net.heal_all().unwrap();
+    assert!(
+        arrives(&h[0], &h[2], "healed-0-2", YES),
+        "0 -> home 2 after heal_all"
+    );
+    assert!(
+        arrives(&h[2], &h[1], "healed-2-1", YES),
+        "2 -> home 1 after heal_all"
+    );
+}
+
+#[test]
 fn cut_and_heal_one_link() {
     if !enabled() {
         return;
