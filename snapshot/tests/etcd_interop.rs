@@ -537,3 +537,113 @@ fn auth_enabled_and_alarm_survive_restore() {
     let alarms = etcd.ctl(&["--user", "root:rootpw", "alarm", "list"]);
     assert!(alarms.contains("memberID:2748 alarm:NOSPACE"), "{alarms}");
 }
+
+/// A real etcd's snapshot with pages of every kind: one transaction of 3000
+/// puts (one revision, sub revisions 0..2999: leaves under branches), 20 KB
+/// values (overflow pages), and its freelist not synced (etcd 3.4's
+/// `NoFreelistSync`). Read whole, status as etcdctl's, rewritten identically.
+#[test]
+fn etcd_snapshot_with_many_pages_is_read_by_cairn() {
+    let dir = tmpdir("pages");
+    let etcd = Etcd::start_with(
+        &dir.path().join("m1.etcd"),
+        "m1",
+        support::free_port(),
+        &dir.path().join("etcd.log"),
+        &["--max-txn-ops", "5000"],
+    );
+    // etcdctl txn reads: compares, a blank line, success ops, a blank line, failure ops.
+    let mut txn = String::from("\n");
+    for i in 0..3000 {
+        let value = if i % 1000 == 999 {
+            "Z".repeat(20_000)
+        } else {
+            format!("v{i}")
+        };
+        txn.push_str(&format!("put k{i:04} {value}\n"));
+    }
+    txn.push_str("\n\n");
+    let mut args = vec![
+        "--endpoints",
+        etcd.client_url.as_str(),
+        "--command-timeout=20s",
+    ];
+    args.extend(["txn"]);
+    support::etcdctl_stdin(&args, &txn);
+    etcd.ctl(&["put", "after", "1"]);
+    let path = dir.path().join("etcd.db");
+    etcd.ctl(&["snapshot", "save", path.to_str().unwrap()]);
+    drop(etcd);
+
+    let bytes = std::fs::read(&path).unwrap();
+    let bolt = BoltReader::open(&bytes, bytes.len() as u64 - 32).unwrap();
+    assert_eq!(
+        bolt.meta().freelist,
+        cairn_snapshot::bolt::PGID_NO_FREELIST,
+        "etcd 3.4 does not sync its freelist"
+    );
+    let key_root = bolt
+        .walk_top_level()
+        .map(Result::unwrap)
+        .find_map(|e| match e {
+            Event::BucketBegin { name, header } if name == b"key" => Some(header.root),
+            _ => None,
+        });
+    assert!(
+        key_root.is_some_and(|r| r != 0),
+        "bucket key is on pages of its own"
+    );
+
+    let snapshot = Snapshot::open_file(&path, &ReadOptions::default()).unwrap();
+    let puts: Vec<(Revision, KeyValue)> = snapshot
+        .items()
+        .unwrap()
+        .map(Result::unwrap)
+        .filter_map(|i| match i {
+            Item::Put { revision, kv } => Some((revision, kv)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(puts.len(), 3001);
+    for (i, (revision, kv)) in puts.iter().take(3000).enumerate() {
+        assert_eq!(
+            *revision,
+            Revision {
+                main: 2,
+                sub: i as i64
+            }
+        );
+        assert_eq!(kv.key, format!("k{i:04}").into_bytes());
+        assert_eq!(kv.mod_revision, 2);
+        let want = if i % 1000 == 999 {
+            20_000
+        } else {
+            format!("v{i}").len()
+        };
+        assert_eq!(kv.value.len(), want);
+    }
+    assert_eq!(puts[3000].0, Revision { main: 3, sub: 0 });
+
+    let status = status_of(&path);
+    assert_eq!(snapshot.status().unwrap(), status);
+    assert_eq!(status.revision, 3);
+
+    let items: Vec<Item> = snapshot.items().unwrap().map(Result::unwrap).collect();
+    let again = dir.path().join("again.db");
+    write_snapshot(
+        &mut File::create(&again).unwrap(),
+        &WriteOptions::default(),
+        &items,
+    )
+    .unwrap();
+    assert_eq!(raw_records(&again), raw_records(&path));
+    let again_status = status_of(&again);
+    assert_eq!(
+        (
+            again_status.hash,
+            again_status.revision,
+            again_status.total_key
+        ),
+        (status.hash, status.revision, status.total_key)
+    );
+}

@@ -52,6 +52,30 @@ pub fn etcdctl(args: &[&str]) -> Output {
         .expect("run etcdctl")
 }
 
+/// Runs `etcdctl` with `input` on its standard input; requires success.
+pub fn etcdctl_stdin(args: &[&str], input: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(require("etcdctl"))
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run etcdctl");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input.as_bytes()).expect("write stdin");
+    drop(stdin);
+    let out = child.wait_with_output().expect("etcdctl output");
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
 /// Runs `etcdctl`, requires success, returns stdout.
 pub fn etcdctl_ok(args: &[&str]) -> String {
     let out = etcdctl(args);
@@ -80,6 +104,17 @@ impl Etcd {
 
     /// Starts etcd on `data_dir` as the single member `name` with peer port `peer_port`.
     pub fn start(data_dir: &Path, name: &str, peer_port: u16, log: &Path) -> Etcd {
+        Etcd::start_with(data_dir, name, peer_port, log, &[])
+    }
+
+    /// [`Etcd::start`] with extra flags.
+    pub fn start_with(
+        data_dir: &Path,
+        name: &str,
+        peer_port: u16,
+        log: &Path,
+        extra: &[&str],
+    ) -> Etcd {
         let client_url = format!("http://127.0.0.1:{}", free_port());
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let log_file = std::fs::File::create(log).expect("etcd log");
@@ -91,6 +126,7 @@ impl Etcd {
             .args(["--listen-peer-urls", &peer_url])
             .args(["--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &format!("{name}={peer_url}")])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log"))
             .stderr(log_file)
