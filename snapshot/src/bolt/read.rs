@@ -15,7 +15,7 @@
 //! dependencies (clap, fake, rand among them) and about 100 `unsafe` sites for
 //! what is here a few hundred lines of safe code whose errors name the page at
 //! fault. This reader is tested on real etcd 3.4 snapshots
-//! (`tests/etcd_interop.rs`).
+//! (`tests/etcd_save.rs`).
 //!
 //! # What is refused, and how
 //! Bad magic, version or checksum on both meta pages; a page size outside

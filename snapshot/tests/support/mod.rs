@@ -4,10 +4,15 @@
 
 #![allow(dead_code)]
 
+use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use cairn_proto::mvccpb::KeyValue;
+use cairn_snapshot::bolt::read::{BoltReader, Event};
+use cairn_snapshot::{Item, Revision, Status};
 
 /// How long a started etcd may take to answer.
 const START_WAIT_MAX: Duration = Duration::from_secs(30);
@@ -208,6 +213,112 @@ impl Drop for Etcd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+pub fn put(main: i64, key: &str, value: &str, create: i64, version: i64, lease: i64) -> Item {
+    Item::Put {
+        revision: Revision { main, sub: 0 },
+        kv: KeyValue {
+            key: key.into(),
+            create_revision: create,
+            mod_revision: main,
+            version,
+            value: value.into(),
+            lease,
+        },
+    }
+}
+
+/// Every (bucket, key, value) of a snapshot's bbolt file, as bytes.
+pub fn raw_records(path: &Path) -> Vec<(String, String, String)> {
+    let bytes = std::fs::read(path).unwrap();
+    let bolt = BoltReader::open(&bytes, bytes.len() as u64 - 32).unwrap();
+    let mut bucket = String::new();
+    let mut out = Vec::new();
+    for event in bolt.walk() {
+        match event.unwrap() {
+            Event::BucketBegin { name, .. } => bucket = String::from_utf8_lossy(&name).into(),
+            Event::Entry { key, value } => out.push((
+                bucket.clone(),
+                format!("{:?}", String::from_utf8_lossy(&key)),
+                format!("{:?}", String::from_utf8_lossy(&value)),
+            )),
+            Event::BucketEnd => {}
+        }
+    }
+    out
+}
+
+pub fn status_of(path: &Path) -> Status {
+    let out = etcdctl_ok(&["snapshot", "status", path.to_str().unwrap(), "-w", "json"]);
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("status JSON {out:?}: {e}"))
+}
+
+pub fn get_json(etcd: &Etcd, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["get", "-w", "json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&etcd.ctl(&all)).expect("get JSON")
+}
+
+/// (key, value, create, mod, version, lease) of each kv in a get's JSON.
+pub fn kvs(json: &serde_json::Value) -> Vec<(String, String, i64, i64, i64, i64)> {
+    let field = |kv: &serde_json::Value, f: &str| kv[f].as_i64().unwrap_or(0);
+    json["kvs"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|kv| {
+            let text =
+                |f: &str| String::from_utf8(base64_decode(kv[f].as_str().unwrap_or(""))).unwrap();
+            (
+                text("key"),
+                text("value"),
+                field(kv, "create_revision"),
+                field(kv, "mod_revision"),
+                field(kv, "version"),
+                field(kv, "lease"),
+            )
+        })
+        .collect()
+}
+
+/// `etcdctl snapshot restore` of `snapshot` into `dir`/m1.etcd as the single
+/// member m1 (the hash is checked: no --skip-hash-check), then etcd started on it.
+pub fn restore_and_start(snapshot: &Path, dir: &Path) -> Etcd {
+    restore_and_start_with(snapshot, dir, &[])
+}
+
+pub fn restore_and_start_with(snapshot: &Path, dir: &Path, extra: &[&str]) -> Etcd {
+    let data = dir.join("m1.etcd");
+    let peer = free_port();
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    etcdctl_ok(&[
+        "snapshot",
+        "restore",
+        snapshot.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--name",
+        "m1",
+        "--initial-cluster",
+        &format!("m1={peer_url}"),
+        "--initial-advertise-peer-urls",
+        &peer_url,
+    ]);
+    Etcd::start_with(&data, "m1", peer, &dir.join("etcd.log"), extra)
+}
+
+/// Writes `items` as a snapshot file with the default options.
+#[allow(clippy::ptr_arg)] // `&dyn SnapshotSource` needs a sized `Vec`
+pub fn write_file(path: &Path, items: &Vec<Item>) -> cairn_snapshot::WriteSummary {
+    let mut file = File::create(path).unwrap();
+    cairn_snapshot::write_snapshot(
+        &mut file,
+        &cairn_snapshot::bolt::write::WriteOptions::default(),
+        items,
+    )
+    .unwrap()
 }
 
 /// Standard base64 (etcdctl's JSON keys and values).
