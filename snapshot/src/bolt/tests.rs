@@ -5,7 +5,7 @@
 #![allow(clippy::ptr_arg)]
 
 use super::read::{BoltError, BoltReader, Event};
-use super::write::{write_bolt, BoltWriter, WriteError, WriteOptions};
+use super::write::{write_bolt, BoltWriter, Layout, WriteError, WriteOptions};
 use super::*;
 
 /// A tree to write: buckets hold keys and buckets.
@@ -435,6 +435,31 @@ fn memory_stays_bounded_and_pages_stream_out_as_keys_arrive() {
         "{pages_at_half} of {} pages out at half the keys",
         plan.pages
     );
+}
+
+#[test]
+fn a_plan_that_pass_1_cannot_have_made_is_refused() {
+    let bad = [
+        Layout {
+            page_size: 4096,
+            root: 1,
+            pages: 4,
+        },
+        Layout {
+            page_size: 4096,
+            root: 3,
+            pages: 4,
+        },
+        Layout {
+            page_size: 8192,
+            root: 2,
+            pages: 4,
+        },
+    ];
+    for plan in bad {
+        let err = BoltWriter::new(&mut Vec::new(), &WriteOptions::default(), Some(plan)).err();
+        assert!(matches!(err, Some(WriteError::BadPlan(_))), "{plan:?}");
+    }
 }
 
 // ---- the reader refuses damaged files ----

@@ -106,6 +106,8 @@ pub enum WriteError {
     NoOpenBucket,
     #[error("finish with {0} bucket(s) still open")]
     BucketsOpen(usize),
+    #[error("not a layout from pass 1 with these options: {0:?}")]
+    BadPlan(Layout),
     #[error("the input changed between the two passes: planned {planned:?}, wrote root {root} and {pages} pages")]
     PlanMismatch {
         planned: Layout,
@@ -173,6 +175,12 @@ impl<'a> BoltWriter<'a> {
     ) -> Result<Self, WriteError> {
         if !super::page_size_ok(options.page_size) {
             return Err(WriteError::PageSize(options.page_size));
+        }
+        if let Some(plan) = planned {
+            let root_ok = plan.root >= 2 && plan.root < plan.pages.saturating_sub(1);
+            if plan.page_size != options.page_size || !root_ok {
+                return Err(WriteError::BadPlan(plan));
+            }
         }
         let page_size = options.page_size as usize;
         let w = BoltWriter {
