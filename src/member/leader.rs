@@ -61,6 +61,44 @@ fn terms(views: &[GroupView]) -> Vec<u64> {
     views.iter().map(|v| v.term).collect()
 }
 
+/// The pause between failed failovers: from [`LOOK_EVERY`], doubling up
+/// to an election timeout; a failure is logged when its reason changes, or
+/// every [`LEADERLESS_SAY`] with how often it repeated meanwhile.
+#[derive(Default)]
+struct Retry {
+    next: Option<Instant>,
+    pause: Duration,
+    said: Option<(String, Instant)>,
+    unsaid: u64,
+}
+
+impl Retry {
+    fn due(&self) -> bool {
+        self.next.is_none_or(|t| Instant::now() >= t)
+    }
+
+    /// Records a failure; what to append to its log line, if it is logged.
+    fn failed(&mut self, why: &str, election: Duration) -> Option<String> {
+        let now = Instant::now();
+        self.pause = (self.pause * 2).clamp(LOOK_EVERY, election.max(LOOK_EVERY));
+        self.next = Some(now + self.pause);
+        let say = match &self.said {
+            Some((last, at)) => last != why || now - *at >= LEADERLESS_SAY,
+            None => true,
+        };
+        if !say {
+            self.unsaid += 1;
+            return None;
+        }
+        let repeats = match std::mem::take(&mut self.unsaid) {
+            0 => String::new(),
+            n => format!(" ({n} more failures since the last line)"),
+        };
+        self.said = Some((why.to_string(), now));
+        Some(repeats)
+    }
+}
+
 /// Runs the controller until the member goes away.
 pub async fn run(member: Arc<Member>) {
     let peers = &member.peers;
@@ -89,6 +127,10 @@ pub async fn run(member: Arc<Member>) {
     // what each group looks like from here).
     let mut leaderless_since: Option<Instant> = None;
     let mut leaderless_said: Option<Instant> = None;
+    // Failed failovers are retried with a growing pause (a member that
+    // leads every group it can see but cannot commit, e.g. cut off, would
+    // otherwise retry and log dozens of times a second).
+    let mut retry = Retry::default();
     loop {
         if member.fatal.is_latched() {
             member.seq.follow();
@@ -110,8 +152,9 @@ pub async fn run(member: Arc<Member>) {
                     state = State::Following;
                 }
             }
-            State::Following if leads_all => match failover(&member, &views).await {
+            State::Following if leads_all && retry.due() => match failover(&member, &views).await {
                 Ok(epoch) => {
+                    retry = Retry::default();
                     eprintln!("cairn: member {me:x}: write leader (epoch {epoch})");
                     // Keys a revoke under an earlier leadership left behind.
                     let m = member.clone();
@@ -128,7 +171,11 @@ pub async fn run(member: Arc<Member>) {
                         terms: terms(&views),
                     };
                 }
-                Err(e) => eprintln!("cairn: member {me:x}: failover: {e}"),
+                Err(e) => {
+                    if let Some(repeats) = retry.failed(&e, election) {
+                        eprintln!("cairn: member {me:x}: failover: {e}{repeats}");
+                    }
+                }
             },
             State::Following => {}
         }
@@ -434,4 +481,34 @@ async fn failover(member: &Member, views: &[GroupView]) -> Result<u64, String> {
     // request is routed here.
     member.leases.promote();
     Ok(member.seq.lead(last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_failovers_back_off_and_repeat_reasons_are_not_logged_again() {
+        let election = Duration::from_millis(1000);
+        let mut r = Retry::default();
+        assert!(r.due(), "the first failover runs at once");
+        assert_eq!(r.failed("cut off", election), Some(String::new()));
+        assert_eq!(r.pause, LOOK_EVERY);
+        assert!(!r.due(), "the next one waits");
+        for _ in 0..10 {
+            assert_eq!(
+                r.failed("cut off", election),
+                None,
+                "same reason: not logged"
+            );
+        }
+        assert_eq!(
+            r.pause, election,
+            "the pause grows up to an election timeout"
+        );
+        assert_eq!(
+            r.failed("other", election),
+            Some(" (10 more failures since the last line)".to_string())
+        );
+    }
 }
