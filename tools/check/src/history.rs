@@ -15,6 +15,14 @@
 //!  "outcome":{"status":"ok","revision":45,"succeeded":true}}
 //! {"kind":"op",...,"call":{"type":"txn","ops":[{"f":"r","key":"a"},{"f":"append","key":"b","element":9}]},
 //!  "outcome":{"status":"ok","revision":46,"succeeded":true,"reads":[[1,4]]}}
+//! {"kind":"op",...,"call":{"type":"lease_grant","ttl":5},
+//!  "outcome":{"status":"ok","revision":46,"lease":7587,"ttl":5}}
+//! {"kind":"op",...,"call":{"type":"lease_put","key":"l/1da3/0","value":"l4-1","lease":7587},
+//!  "outcome":{"status":"ok","revision":47}}
+//! {"kind":"op",...,"call":{"type":"lease_keep_alive","lease":7587},
+//!  "outcome":{"status":"ok","revision":47,"ttl":5}}
+//! {"kind":"op",...,"call":{"type":"lease_revoke","lease":7587},
+//!  "outcome":{"status":"ok","revision":48}}
 //! {"kind":"op",...,"outcome":{"status":"unknown","error":"etcdserver: request timed out"}}
 //! {"kind":"op",...,"outcome":{"status":"failed","error":"..."}}
 //! {"kind":"watch_start","watcher":2,"at_us":100,"key":"r","range_end":"s","start_revision":1}
@@ -72,6 +80,34 @@ pub enum Call {
     },
     /// A list-append txn over several keys (read and append micro-ops).
     Txn { ops: Vec<Micro> },
+    /// A LeaseGrant asking for `ttl` seconds (the server may raise it to its
+    /// minimum); the outcome has the granted `lease` id and `ttl`.
+    LeaseGrant { ttl: i64 },
+    /// A Put attaching `key` to `lease` (each lease's keys are its own:
+    /// `l/<lease hex>/<i>`); a write with a revision, like [`Call::Put`].
+    LeasePut {
+        key: String,
+        value: String,
+        lease: i64,
+    },
+    /// One request on a LeaseKeepAlive stream; the outcome's `ttl` is the
+    /// TTL answered (≤ 0: the lease is gone).
+    LeaseKeepAlive { lease: i64 },
+    /// A LeaseRevoke: the lease's keys are deleted at one revision.
+    LeaseRevoke { lease: i64 },
+}
+
+impl Call {
+    /// The lease this call is about (`None`: not a lease call; a grant's
+    /// lease is in its outcome).
+    pub fn lease(&self) -> Option<i64> {
+        match self {
+            Call::LeasePut { lease, .. }
+            | Call::LeaseKeepAlive { lease }
+            | Call::LeaseRevoke { lease } => Some(*lease),
+            _ => None,
+        }
+    }
 }
 
 /// A compare-and-set condition.
@@ -125,6 +161,13 @@ pub struct Done {
     /// Txn: the lists its `R` micro-ops read, in their order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reads: Vec<Vec<u64>>,
+    /// LeaseGrant: the granted lease's id.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lease: i64,
+    /// LeaseGrant / LeaseKeepAlive: the TTL answered, seconds (≤ 0, or
+    /// absent, from a keepalive: the lease is gone).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ttl: i64,
 }
 
 fn is_zero(v: &i64) -> bool {
@@ -247,5 +290,30 @@ mod tests {
             assert_eq!(&again, e);
         }
         assert!(read("{\"kind\":\"nope\"}".as_bytes()).is_err());
+    }
+
+    #[test]
+    fn lease_calls_round_trip() {
+        let text = r#"{"kind":"op","id":1,"client":9,"invoke_us":1,"complete_us":2,"call":{"type":"lease_grant","ttl":5},"outcome":{"status":"ok","revision":3,"lease":7587,"ttl":6}}
+{"kind":"op","id":2,"client":9,"invoke_us":3,"complete_us":4,"call":{"type":"lease_put","key":"l/1da3/0","value":"v","lease":7587},"outcome":{"status":"ok","revision":4}}
+{"kind":"op","id":3,"client":9,"invoke_us":5,"complete_us":6,"call":{"type":"lease_keep_alive","lease":7587},"outcome":{"status":"ok","revision":4}}
+{"kind":"op","id":4,"client":9,"invoke_us":7,"complete_us":8,"call":{"type":"lease_revoke","lease":7587},"outcome":{"status":"unknown","error":"x"}}
+"#;
+        let entries = read(text.as_bytes()).unwrap();
+        let ops = ops(&entries);
+        let Outcome::Ok(grant) = &ops[0].outcome else {
+            panic!("ok")
+        };
+        assert_eq!((grant.lease, grant.ttl), (7587, 6));
+        // A keepalive's TTL 0 is left out, and reads back as 0: gone.
+        let Outcome::Ok(keep) = &ops[2].outcome else {
+            panic!("ok")
+        };
+        assert_eq!(keep.ttl, 0);
+        assert_eq!(ops[3].call.lease(), Some(7587));
+        for e in &entries {
+            let again: Entry = serde_json::from_str(&serde_json::to_string(e).unwrap()).unwrap();
+            assert_eq!(&again, e);
+        }
     }
 }

@@ -15,10 +15,13 @@
 //!   (dependency graph from the observed lists plus real-time edges, cycle
 //!   search, as Elle does).
 //! - [`watch`]: watch streams against the KV history.
+//! - [`leases`]: a lease's keys deleted together at one revision, never
+//!   before a keepalive's (or the grant's) TTL ran out, unless revoked.
 //! - [`timeline`]: an SVG picture of a window of a history, one lane per client.
 
 pub mod append;
 pub mod history;
+pub mod leases;
 pub mod linear;
 pub mod revisions;
 pub mod timeline;

@@ -6,7 +6,7 @@
 //! - [`Rule::WriteOrder`]: a write acknowledged before another write was
 //!   invoked has the lower revision. A write is an `Ok` Put, an `Ok` Cas that
 //!   succeeded, or an `Ok` Txn that did not report a failed compare and has
-//!   an Append; its revision is its header revision.
+//!   an Append, or an `Ok` LeasePut; its revision is its header revision.
 //! - [`Rule::DuplicateRevision`]: no two writes share a revision.
 //! - [`Rule::StaleHeader`]: any other `Ok` op (Get, Cas whose compare failed,
 //!   read-only Txn) has a header revision at least that of every write
@@ -14,6 +14,10 @@
 //!   may be served by a lagging member).
 //! - [`Rule::ModRevisionAboveHeader`]: an `Ok` Get's `mod_revision` is at most
 //!   its header revision (serializable ones too).
+//!
+//! LeaseGrant, LeaseKeepAlive and LeaseRevoke are not used: a revoke (or an
+//! expiry) deletes keys at a revision no op names, which the watch streams
+//! show and [`crate::leases`] checks.
 //!
 //! Revision gaps are allowed. "Before" is real time: a completion strictly
 //! earlier than an invocation (ties are concurrent). `Failed` and `Unknown`
@@ -80,8 +84,21 @@ fn is_write(op: &Op, succeeded: Option<bool>) -> bool {
         Call::Txn { ops } => {
             succeeded != Some(false) && ops.iter().any(|m| matches!(m, Micro::Append { .. }))
         }
+        Call::LeasePut { .. } => true,
         Call::Get { .. } => false,
+        // Not checked here (see the module docs).
+        Call::LeaseGrant { .. } | Call::LeaseKeepAlive { .. } | Call::LeaseRevoke { .. } => false,
     }
+}
+
+/// A lease call other than a put: its header revision is not a write's
+/// (a revoke's deletes may or may not have made one), and a keepalive's
+/// header may come from a lagging member (etcd fills it locally).
+fn is_lease_call(call: &Call) -> bool {
+    matches!(
+        call,
+        Call::LeaseGrant { .. } | Call::LeaseKeepAlive { .. } | Call::LeaseRevoke { .. }
+    )
 }
 
 struct Write {
@@ -146,6 +163,9 @@ pub fn check(ops: &[&Op]) -> Report {
                     ),
                 );
             }
+        }
+        if is_lease_call(&op.call) {
+            continue;
         }
         if is_write(op, d.succeeded) {
             writes.push(Write {
@@ -398,6 +418,39 @@ mod tests {
             get(4, (40, 50), "b", 1, 0, false),
         ];
         assert!(run(&h).is_ok());
+    }
+
+    #[test]
+    fn a_lease_put_is_a_write_and_other_lease_calls_are_not_checked() {
+        let lease_put = |id, t, rev| {
+            let call = Call::LeasePut {
+                key: format!("l/7/{id}"),
+                value: format!("v{id}"),
+                lease: 7,
+            };
+            let d = Done {
+                revision: rev,
+                ..Done::default()
+            };
+            op(id, t, call, d)
+        };
+        // A keepalive's header from a lagging member is not a violation.
+        let keep = op(
+            3,
+            (40, 50),
+            Call::LeaseKeepAlive { lease: 7 },
+            Done {
+                revision: 1,
+                ttl: 5,
+                ..Done::default()
+            },
+        );
+        let fine = [put(1, (0, 10), "a", 5), lease_put(2, (20, 30), 6), keep];
+        let r = run(&fine);
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(r.writes, 2);
+        let bad = [put(1, (0, 10), "a", 5), lease_put(2, (20, 30), 4)];
+        assert_eq!(run(&bad).violations[0].rule, Rule::WriteOrder);
     }
 
     #[test]

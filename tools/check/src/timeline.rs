@@ -259,6 +259,16 @@ pub fn label(op: &Op) -> String {
                 .collect();
             format!("txn {}", micro.join(", "))
         }
+        Call::LeaseGrant { ttl } => match &op.outcome {
+            Outcome::Ok(d) => format!("grant {ttl}s → {:x} {}s", d.lease, d.ttl),
+            _ => format!("grant {ttl}s"),
+        },
+        Call::LeasePut { key, value, lease } => format!("put {key}={value} lease {lease:x}"),
+        Call::LeaseKeepAlive { lease } => match &op.outcome {
+            Outcome::Ok(d) => format!("keepalive {lease:x} → {}s", d.ttl),
+            _ => format!("keepalive {lease:x}"),
+        },
+        Call::LeaseRevoke { lease } => format!("revoke {lease:x}"),
     };
     let outcome = match (&op.outcome, &op.call) {
         (Outcome::Unknown { .. }, _) => " ?".to_string(),

@@ -35,8 +35,11 @@
 //! # Bounds
 //!
 //! Time O(events × log + watchers × Ok writes in their windows): a million
-//! events take about a second. The history has no delete calls, so a delete
-//! event is a phantom. A fragmented watch (etcd's `fragment` option) would
+//! events take about a second. The history has no delete calls: a delete
+//! event is a phantom unless its key was attached to a lease by a LeasePut
+//! (Ok or Unknown), whose revoke or expiry deletes it at a revision no op
+//! names ([`crate::leases`] checks when and with what). LeasePut is checked
+//! as a Put. A fragmented watch (etcd's `fragment` option) would
 //! show as `split-revision`. Only progress notifications vouch for what came
 //! before them; the header revision of a response with events does not.
 //! Beyond [`MAX_PER_KIND`] violations of a kind for one watcher, they are
@@ -130,6 +133,9 @@ struct Writes<'a> {
     maybe_txn: HashMap<&'a str, u64>,
     /// Failed Put / Cas by (key, value): the op.
     failed: HashMap<(&'a str, &'a str), u64>,
+    /// Keys an Ok or Unknown LeasePut attached to a lease: the op. Their
+    /// lease's revoke or expiry deletes them (no op names that revision).
+    lease_keys: HashMap<&'a str, u64>,
 }
 
 impl<'a> Writes<'a> {
@@ -142,7 +148,9 @@ impl<'a> Writes<'a> {
                 _ => None,
             };
             let (key, value) = match &op.call {
-                Call::Put { key, value } | Call::Cas { key, value, .. } => (key, value),
+                Call::Put { key, value }
+                | Call::Cas { key, value, .. }
+                | Call::LeasePut { key, value, .. } => (key, value),
                 Call::Txn { ops } => {
                     let mut keys: Vec<&str> = ops.iter().filter_map(appended).collect();
                     keys.sort_unstable();
@@ -162,10 +170,18 @@ impl<'a> Writes<'a> {
                     }
                     continue;
                 }
-                Call::Get { .. } => continue,
+                Call::Get { .. }
+                | Call::LeaseGrant { .. }
+                | Call::LeaseKeepAlive { .. }
+                | Call::LeaseRevoke { .. } => continue,
             };
             let (key, value) = (key.as_str(), value.as_str());
-            let put = matches!(op.call, Call::Put { .. });
+            let put = matches!(op.call, Call::Put { .. } | Call::LeasePut { .. });
+            if matches!(op.call, Call::LeasePut { .. })
+                && !matches!(op.outcome, Outcome::Failed { .. })
+            {
+                w.lease_keys.insert(key, id);
+            }
             match done.map(|d| (d.revision, put || d.succeeded == Some(true), d.succeeded)) {
                 Some((rev, true, _)) => {
                     w.ok.entry(rev).or_default().push(Write {
@@ -223,6 +239,9 @@ impl<'a> Writes<'a> {
                 )),
                 None => Ok(None),
             };
+        }
+        if e.kind == EventKind::Delete && self.lease_keys.contains_key(key) {
+            return Ok(None);
         }
         if e.kind == EventKind::Put {
             if let Some(&op) = self.maybe.get(&(key, value)) {

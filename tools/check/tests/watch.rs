@@ -302,3 +302,33 @@ fn responses_after_cancel_and_without_start_are_reported() {
         &[("malformed", 0), ("after-cancel", 7), ("malformed", 0)],
     );
 }
+
+#[test]
+fn a_lease_keys_delete_is_explained_and_a_plain_keys_is_a_phantom() {
+    let lease_put = |id, key: &str, outcome| {
+        let call = Call::LeasePut {
+            key: key.into(),
+            value: format!("v{id}"),
+            lease: 7,
+        };
+        op(id, call, outcome)
+    };
+    let del = |key: &str, mod_revision| Event {
+        kind: EventKind::Delete,
+        key: key.into(),
+        value: String::new(),
+        mod_revision,
+    };
+    let mut entries = base();
+    entries.extend([
+        lease_put(6, "b/l0", ok(7)),
+        lease_put(7, "b/l1", unknown()),
+        resp(1, 7, vec![ev("b/l0", "v6", 7)]),
+        // The lease's revoke or expiry: no op names revision 9.
+        resp(1, 9, vec![del("b/l0", 9), del("b/l1", 9)]),
+    ]);
+    assert_only(&entries, &[]);
+    // A key no LeasePut attached cannot be deleted.
+    entries.push(resp(1, 10, vec![del("b", 10)]));
+    assert_only(&entries, &[("phantom", 10)]);
+}

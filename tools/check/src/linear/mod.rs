@@ -152,7 +152,12 @@ pub fn check(ops: &[&Op], limits: &Limits) -> Report {
             Call::Put { key, .. } | Call::Get { key, .. } | Call::Cas { key, .. } => {
                 by_key.entry(key.as_str()).or_default().push(op)
             }
-            Call::Txn { .. } => {}
+            // Lease keys are their own (`l/...`), checked by `leases`.
+            Call::Txn { .. }
+            | Call::LeaseGrant { .. }
+            | Call::LeasePut { .. }
+            | Call::LeaseKeepAlive { .. }
+            | Call::LeaseRevoke { .. } => {}
         }
     }
     let mut report = Report::default();
