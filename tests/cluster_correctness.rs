@@ -1,13 +1,14 @@
 //! The correctness harness's workloads against three members in one process
-//! (`common::cluster`, the in-memory channel transport): register and
-//! list-append clients and watchers spread over all three members while the
+//! (`common::cluster`, the in-memory channel transport): register,
+//! list-append and lease clients and watchers spread over all three members while the
 //! test thread injects a fixed, bounded schedule of cluster faults: the write
 //! leader isolated, one link cut one way, a slow and lossy network, a
 //! follower stopped and restarted, the leader stopped and restarted. Then
 //! everything is healed, the final reads are made (client `FINAL_CLIENT`) and
 //! every checker of the harness runs over the history: per-key
 //! linearizability, the revision rules, list-append (Elle-style), the watch
-//! streams, and no acknowledged write lost.
+//! streams, the leases (keys deleted together, no kept-alive lease
+//! expired), and no acknowledged write lost.
 //!
 //! `CAIRN_CLUSTER_SEED` replays a seed (each run prints its own). When the
 //! test fails, its directory (history.jsonl, report.json, timelines) is kept
@@ -20,6 +21,7 @@
 mod common;
 
 use cairn_proto::etcdserverpb::kv_client::KvClient;
+use cairn_tools::harness;
 use cairn_tools::harness::check::{self, FINAL_CLIENT};
 use cairn_tools::harness::recorder::Recorder;
 use cairn_tools::harness::workload::{self, Ctx, WatchSpec};
@@ -38,6 +40,9 @@ const REGISTER_CLIENTS: usize = 4;
 const REGISTER_KEYS: usize = 5;
 const APPEND_CLIENTS: usize = 2;
 const APPEND_KEYS: usize = 4;
+/// Lease clients (`harness::leases`), their keys on both shards.
+const LEASE_CLIENTS: usize = 2;
+const SHARDS: usize = 2;
 /// How long a fault lasts, and the quiet time between two.
 const FAULT: Duration = Duration::from_secs(3);
 const GAP: Duration = Duration::from_secs(2);
@@ -228,10 +233,21 @@ fn three_members_under_cluster_faults_are_linearizable_and_lose_nothing() {
             deadline,
         )));
     }
+    let first_lease_client = REGISTER_CLIENTS + APPEND_CLIENTS;
+    for client in first_lease_client..first_lease_client + LEASE_CLIENTS {
+        clients.push(rt.spawn(harness::leases::lease_client(
+            ctx.clone(),
+            client as u32,
+            SHARDS,
+            StdRng::seed_from_u64(rng.random()),
+            deadline,
+        )));
+    }
     let ids = Arc::new(AtomicU32::new(0));
     let specs = [
         ("r", "s", 1),   // the registers, from the beginning
         ("\0", "\0", 0), // every key, from now
+        ("l/", "l0", 1), // the lease keys, from the beginning
     ];
     let watchers: Vec<_> = specs
         .into_iter()
@@ -360,7 +376,9 @@ fn three_members_under_cluster_faults_are_linearizable_and_lose_nothing() {
     limits.per_key = Duration::from_secs(10);
     limits.shrink = Duration::from_secs(5);
     let verdict = check::check(entries.as_slice(), &limits);
-    let pictures = check::write_report(dir.path(), &entries, &verdict).expect("the report");
+    let mut pictures = check::write_report(dir.path(), &entries, &verdict).expect("the report");
+    let (leases, more) = harness::check_leases(dir.path(), &entries).expect("the lease report");
+    pictures.extend(more);
 
     let summary = serde_json::json!({
         "seed": seed,
@@ -378,12 +396,14 @@ fn three_members_under_cluster_faults_are_linearizable_and_lose_nothing() {
         "txns": verdict.append.txns,
         "lost_acknowledged_writes": verdict.lost.len(),
         "search_timed_out_keys": verdict.timed_out(),
+        "leases": harness::lease_summary(&leases),
         "nemesis_errors": nemesis_errors,
         "stuck": stuck,
         "seconds": began.elapsed().as_secs_f64(),
     });
     println!("verdict: {summary}");
-    let findings = verdict.findings();
+    let mut findings = verdict.findings();
+    findings.extend(harness::lease_findings(&leases));
     for f in &findings {
         eprintln!("finding: {f}");
     }
@@ -391,6 +411,7 @@ fn three_members_under_cluster_faults_are_linearizable_and_lose_nothing() {
         eprintln!("timeline: {p}");
     }
     let clean = verdict.violations() == 0
+        && leases.valid()
         && verdict.lost.is_empty()
         && verdict.timed_out().is_empty()
         && nemesis_errors.is_empty()

@@ -4,11 +4,11 @@
 //! disk — and 3 members over QUIC under every cluster fault (issue 12) —
 //! the write leader or a follower killed, paused, cut off, one link cut one
 //! way, every link slow and lossy, WAL errors and slow WAL writes — while
-//! register, list-append and watch workloads record a history; then every
-//! checker: per-key linearizability, the global revision order, strict
-//! serializability of the txns, the watch streams, and no acknowledged
-//! write lost. One more test checks that the harness's relays really cut
-//! real members apart.
+//! register, list-append, lease and watch workloads record a history; then
+//! every checker: per-key linearizability, the global revision order, strict
+//! serializability of the txns, the watch streams, the leases, and no
+//! acknowledged write lost. One more test checks that the harness's relays
+//! really cut real members apart.
 //!
 //! The one-member runs need root (loop devices). `CAIRN_HARNESS_SEED`
 //! replays a seed (each run prints its own); the history, report and any
@@ -73,14 +73,18 @@ fn assert_clean(summary: &harness::Summary, tmp: tempfile::TempDir) {
         for f in summary.verdict.findings() {
             eprintln!("{f}");
         }
+        for f in harness::lease_findings(&summary.leases) {
+            eprintln!("{f}");
+        }
     }
     assert!(
         clean,
-        "findings: nemesis {:?}, stuck {:?}, panics {:?}, violations {}, lost {:?}, unchecked keys {:?}",
+        "findings: nemesis {:?}, stuck {:?}, panics {:?}, violations {}, lease violations {}, lost {:?}, unchecked keys {:?}",
         summary.nemesis_errors,
         summary.stuck,
         summary.panics,
         summary.verdict.violations(),
+        summary.leases.violations.len() + summary.leases.suppressed,
         summary.verdict.lost,
         summary.verdict.timed_out()
     );

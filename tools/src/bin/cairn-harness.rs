@@ -1,7 +1,7 @@
 //! `cairn-harness`: cairn's correctness harness. Runs workloads against real
 //! members while injecting faults, records the history and checks it
 //! (linearizability per key, one global revision order, strict
-//! serializability of list-append txns, watch streams, lost writes).
+//! serializability of list-append txns, watch streams, leases, lost writes).
 //!
 //! ```text
 //! cairn-harness run --seconds 60 --seed 7 --dir /tmp/h1          # one member, every fault
@@ -79,6 +79,10 @@ enum Cmd {
         /// No watchers (registers and list-append only).
         #[arg(long)]
         no_watchers: bool,
+        /// Lease clients: each grants leases, attaches keys on every shard
+        /// and keeps them alive, revokes them or lets them expire (0: none).
+        #[arg(long, default_value_t = 2)]
+        lease_clients: usize,
         /// Seconds the linearizability search may spend per key.
         #[arg(long, default_value_t = 20)]
         check_seconds: u64,
@@ -137,6 +141,7 @@ fn real_main() -> Result<bool> {
             election_timeout,
             direct_peers,
             no_watchers,
+            lease_clients,
             check_seconds,
             failpoint,
             member_arg,
@@ -165,6 +170,7 @@ fn real_main() -> Result<bool> {
             cfg.election_ms = election_timeout;
             cfg.relays = !direct_peers;
             cfg.watchers = !no_watchers;
+            cfg.lease_clients = lease_clients;
             cfg.limits = limits(check_seconds);
             if let Some(f) = faults {
                 cfg.faults = if f == "none" {
@@ -186,6 +192,9 @@ fn real_main() -> Result<bool> {
             }
             let summary = harness::run(&cfg)?;
             for f in summary.verdict.findings() {
+                println!("{f}");
+            }
+            for f in harness::lease_findings(&summary.leases) {
                 println!("{f}");
             }
             for e in &summary.nemesis_errors {
@@ -214,8 +223,13 @@ fn real_main() -> Result<bool> {
                 .map_err(|e| anyhow::anyhow!("{}: {e}", history.display()))?;
             let verdict = harness::check::check(&entries, &limits(check_seconds));
             let dir = history.parent().unwrap_or(std::path::Path::new("."));
-            let pictures = harness::check::write_report(dir, &entries, &verdict)?;
+            let mut pictures = harness::check::write_report(dir, &entries, &verdict)?;
+            let (leases, more) = harness::check_leases(dir, &entries)?;
+            pictures.extend(more);
             for f in verdict.findings() {
+                println!("{f}");
+            }
+            for f in harness::lease_findings(&leases) {
                 println!("{f}");
             }
             for p in &pictures {
@@ -227,9 +241,11 @@ fn real_main() -> Result<bool> {
                     "ops": verdict.ops, "violations": verdict.violations(),
                     "lost_acknowledged_writes": verdict.lost.len(),
                     "search_timed_out_keys": verdict.timed_out(),
+                    "leases": harness::lease_summary(&leases),
                 })
             );
             Ok(verdict.violations() == 0
+                && leases.valid()
                 && verdict.lost.is_empty()
                 && verdict.timed_out().is_empty())
         }

@@ -22,12 +22,13 @@
 //! - [`recorder`]: the history writer; [`members`]: member processes and
 //!   the loop disk; [`cluster`]: the members of a cluster run;
 //!   [`peernet`] and [`relay`]: the links between them; [`workload`]: the
-//!   clients; [`nemesis`]: the faults; [`check`]: the verdict; `single`
+//!   clients; [`leases`]: the lease clients; [`nemesis`]: the faults; [`check`]: the verdict; `single`
 //!   and `clustered`: the two kinds of run.
 
 pub mod check;
 pub mod cluster;
 mod clustered;
+pub mod leases;
 pub mod members;
 pub mod nemesis;
 pub mod netns;
@@ -68,6 +69,9 @@ pub struct Config {
     pub register_keys: usize,
     pub append_clients: usize,
     pub append_keys: usize,
+    /// Lease clients (grant, attach keys, keep alive, revoke or let expire);
+    /// 0: none.
+    pub lease_clients: usize,
     pub watchers: bool,
     pub faults: Vec<Kind>,
     /// Time between faults, ms (uniform in the range).
@@ -106,6 +110,7 @@ impl Config {
             register_keys: 6,
             append_clients: 3,
             append_keys: 6,
+            lease_clients: 2,
             watchers: true,
             faults: Kind::SINGLE.to_vec(),
             fault_gap_ms: (1000, 3000),
@@ -146,6 +151,8 @@ impl Config {
 #[derive(Debug)]
 pub struct Summary {
     pub verdict: check::Verdict,
+    /// The lease checker's verdict (beside `verdict`, which predates it).
+    pub leases: cairn_check::leases::Report,
     /// Faults that could not be injected or healed (e.g. a member that did
     /// not come back): each is a finding too. A fault not injected because
     /// the member was stopping on its own is not one: the member is
@@ -168,6 +175,7 @@ impl Summary {
     /// search finished.
     pub fn clean(&self) -> bool {
         self.verdict.violations() == 0
+            && self.leases.valid()
             && self.verdict.lost.is_empty()
             && self.nemesis_errors.is_empty()
             && self.stuck.is_empty()
@@ -195,8 +203,66 @@ impl Summary {
             "panics": self.panics,
             "watch_events": self.verdict.watch.events,
             "txns": self.verdict.append.txns,
+            "leases": lease_summary(&self.leases),
         })
     }
+}
+
+/// The lease checker's counts, for the JSON summaries.
+pub fn lease_summary(r: &cairn_check::leases::Report) -> serde_json::Value {
+    serde_json::json!({
+        "leases": r.leases,
+        "revoked": r.revoked,
+        "expired": r.expired,
+        "never_deleted": r.never_deleted,
+        "revoked_not_deleted": r.revoked_not_deleted,
+        "renewals": r.renewals,
+        "violations": r.violations.len() + r.suppressed,
+    })
+}
+
+/// One line per lease violation, for people.
+pub fn lease_findings(r: &cairn_check::leases::Report) -> Vec<String> {
+    r.violations
+        .iter()
+        .map(|v| {
+            format!(
+                "leases, {}: {} (ops {:?}; events {})",
+                v.rule,
+                v.message,
+                v.ops,
+                v.events.join(", ")
+            )
+        })
+        .collect()
+}
+
+/// Runs the lease checker over `entries`, adds its report to `dir`'s
+/// `report.json` (under `leases`; [`check::write_report`] wrote the rest)
+/// and draws a timeline per violation (the first 5); the report and the
+/// pictures' paths.
+pub fn check_leases(
+    dir: &std::path::Path,
+    entries: &[cairn_check::history::Entry],
+) -> Result<(cairn_check::leases::Report, Vec<String>)> {
+    let report = cairn_check::leases::check(entries);
+    let path = dir.join("report.json");
+    let mut json: serde_json::Value = match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).context("report.json")?,
+        Err(_) => serde_json::json!({}),
+    };
+    if let Some(o) = json.as_object_mut() {
+        o.insert("leases".into(), serde_json::to_value(&report)?);
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
+    let mut pictures = Vec::new();
+    for (i, v) in report.violations.iter().enumerate().take(5) {
+        let (from, to) = cairn_check::timeline::window_bounds(entries, &v.ops);
+        let path = dir.join(format!("timeline-leases-{i}-{}.svg", v.rule));
+        std::fs::write(&path, cairn_check::timeline::svg(entries, &v.ops, from, to))?;
+        pictures.push(path.display().to_string());
+    }
+    Ok((report, pictures))
 }
 
 /// Runs the harness: see the module docs.
@@ -250,13 +316,26 @@ fn start_workload(
     }
     let catch_up = Duration::from_secs(30);
     let ids = Arc::new(AtomicU32::new(0));
+    for c in 0..cfg.lease_clients {
+        let seed = rng.random();
+        clients.push(rt.spawn(leases::lease_client(
+            ctx.clone(),
+            (cfg.register_clients + cfg.append_clients + c) as u32,
+            cfg.shards,
+            StdRng::seed_from_u64(seed),
+            deadline,
+        )));
+    }
     let mut watchers = Vec::new();
     if cfg.watchers {
-        let specs = [
+        let mut specs = vec![
             ("r", "s", 1),   // the registers, from the beginning
             ("\0", "\0", 0), // every key, from now
             ("a", "b", 0),   // the lists, from now
         ];
+        if cfg.lease_clients > 0 {
+            specs.push(("l/", "l0", 1)); // the lease keys, from the beginning
+        }
         for (i, (key, end, from)) in specs.into_iter().enumerate() {
             let spec = WatchSpec {
                 key: key.into(),
@@ -348,9 +427,12 @@ fn finish(
         cairn_check::history::read(std::io::BufReader::new(std::fs::File::open(&history)?))
             .map_err(|e| anyhow::anyhow!("reading {}: {e}", history.display()))?;
     let verdict = check::check(&entries, &cfg.limits);
-    let pictures = check::write_report(&cfg.dir, &entries, &verdict)?;
+    let mut pictures = check::write_report(&cfg.dir, &entries, &verdict)?;
+    let (leases, more) = check_leases(&cfg.dir, &entries)?;
+    pictures.extend(more);
     Ok(Summary {
         verdict,
+        leases,
         nemesis_errors,
         history,
         pictures,

@@ -7,7 +7,8 @@
 //!   different shards) at one revision, with mod_revision compares on every
 //!   key they touch (optimistic concurrency);
 //! - watchers: streams on the keys from different start revisions,
-//!   resumed after a break from the revision after the last one seen.
+//!   resumed after a break from the revision after the last one seen;
+//! - leases: in [`super::leases`].
 //!
 //! Every client has at most one request in flight and gives up on it after
 //! [`OP_TIMEOUT`]: a write given up on, or answered with an error, is an
@@ -53,7 +54,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn channel(&self, n: usize) -> Channel {
+    pub(super) fn channel(&self, n: usize) -> Channel {
         let url = &self.endpoints[n % self.endpoints.len()];
         // The URLs are the harness's own loopback URLs.
         Endpoint::from_shared(url.clone())
@@ -68,7 +69,7 @@ impl Ctx {
 
     /// Records `call`'s outcome from `answer` (`done` describes an answered
     /// one); the answer, if there was one.
-    fn settle<T>(
+    pub(super) fn settle<T>(
         &self,
         client: u32,
         invoke_us: u64,
@@ -85,7 +86,7 @@ impl Ctx {
         answered
     }
 
-    fn op(&self, client: u32, invoke_us: u64, call: Call, outcome: Outcome) {
+    pub(super) fn op(&self, client: u32, invoke_us: u64, call: Call, outcome: Outcome) {
         if let Outcome::Ok(done) = &outcome {
             self.saw(done.revision);
         }
@@ -112,13 +113,13 @@ pub fn append_keys(n: usize) -> Vec<String> {
 
 /// An answered request, an error that says the request never took effect,
 /// or one that leaves it open.
-enum Answer<T> {
+pub(super) enum Answer<T> {
     Ok(T),
     Failed(String),
     Unknown(String),
 }
 
-async fn call<T>(
+pub(super) async fn call<T>(
     fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Answer<T> {
     match tokio::time::timeout(OP_TIMEOUT, fut).await {
@@ -138,7 +139,7 @@ async fn call<T>(
     }
 }
 
-fn bytes(s: &str) -> Vec<u8> {
+pub(super) fn bytes(s: &str) -> Vec<u8> {
     s.as_bytes().to_vec()
 }
 
@@ -180,7 +181,7 @@ fn put_op(key: &str, value: &str) -> RequestOp {
     }
 }
 
-fn header_revision(h: &Option<cairn_proto::etcdserverpb::ResponseHeader>) -> i64 {
+pub(super) fn header_revision(h: &Option<cairn_proto::etcdserverpb::ResponseHeader>) -> i64 {
     h.as_ref().map_or(0, |h| h.revision)
 }
 
