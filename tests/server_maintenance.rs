@@ -100,30 +100,40 @@ fn snapshot_save_streams_every_key_at_one_revision() {
     let file = base.path().join("snap.db");
     let out = ok(&e, &["snapshot", "save", file.to_str().unwrap()]);
     assert!(out.contains("Snapshot saved"), "{out}");
-    let bytes = std::fs::read(&file).unwrap();
-    let (revision, images) = cairn::api::maintenance::read_snapshot(&bytes).unwrap();
-    assert_eq!(revision, 302, "301 puts after revision 1");
-    assert_eq!(images.len(), 3);
-    let mut store = cairn::mvcc::Store::import(cairn::mvcc::StoreImage::merge(images));
-    store.compact(revision).unwrap();
-    let all = store
-        .range(
-            b"key/",
-            &cairn::mvcc::RangeEnd::Until(b"key0".to_vec()),
-            revision,
-            0,
-        )
-        .unwrap();
-    assert_eq!(all.count, 300);
-    assert_eq!(all.kvs[0].value, b"changed");
-    assert_eq!(all.kvs[0].version, 2);
-    assert_eq!(all.kvs[299].value, b"value-299");
+    // etcd 3.4's file: every version of every key by revision.
+    use cairn_snapshot::{Item, ReadOptions, Snapshot};
+    let snap = Snapshot::open_file(&file, &ReadOptions::default()).unwrap();
+    assert_eq!(
+        snap.status().unwrap().revision,
+        302,
+        "301 puts after revision 1"
+    );
+    let mut latest = std::collections::BTreeMap::new();
+    let mut revisions = Vec::new();
+    for item in snap.items().unwrap() {
+        if let Item::Put { revision, kv } = item.unwrap() {
+            revisions.push(revision.main);
+            latest.insert(kv.key.clone(), kv);
+        }
+    }
+    assert_eq!(revisions.len(), 301, "every version");
+    assert!(revisions.windows(2).all(|w| w[0] < w[1]), "by revision");
+    assert_eq!(latest.len(), 300);
+    let first = &latest[&b"key/000".to_vec()];
+    assert_eq!(
+        (first.value.as_slice(), first.version),
+        (&b"changed"[..], 2)
+    );
+    assert_eq!(latest[&b"key/299".to_vec()].value, b"value-299");
     // A damaged copy is refused.
-    let mut bad = bytes.clone();
-    bad[100] ^= 1;
-    assert!(cairn::api::maintenance::read_snapshot(&bad)
-        .unwrap_err()
-        .contains("SHA-256"));
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[100] ^= 1;
+    let bad = base.path().join("bad.db");
+    std::fs::write(&bad, &bytes).unwrap();
+    let err = Snapshot::open_file(&bad, &ReadOptions::default())
+        .err()
+        .expect("a damaged copy is refused");
+    assert!(err.to_string().contains("hash mismatch"), "{err}");
 }
 
 #[test]

@@ -651,8 +651,8 @@ async fn snapshot_script(url: String) -> (Vec<String>, usize) {
     (snapshot_shape(&messages), messages.len())
 }
 
-/// The Snapshot stream's shape (its content is cairn's own format, see
-/// `api::maintenance`): 32 KiB chunks without headers, `remaining_bytes`
+/// The Snapshot stream's shape (its content, etcd's file format, is
+/// checked by `tests/server_snapshot_etcd.rs`): 32 KiB chunks without headers, `remaining_bytes`
 /// counting down the data, then the SHA-256 alone.
 #[test]
 fn snapshot_streams_as_etcd() {

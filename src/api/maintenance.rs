@@ -20,9 +20,10 @@
 //! - `Defragment`: cairn's store is in memory and compaction frees its space
 //!   at once; defragment makes every shard write a fresh snapshot so the WAL
 //!   behind it is reclaimed on disk.
-//! - `Snapshot`: a consistent point-in-time copy of every key's history at
-//!   the committed revision (format below), streamed as etcd streams its
-//!   file: 32 KiB chunks of the data, then the SHA-256 in a message of its own.
+//! - `Snapshot`: etcd 3.4's own snapshot file (a bbolt database with etcd's
+//!   buckets, see `crate::member::snapshot`) of every key's history at the
+//!   committed revision, streamed as etcd streams its file: 32 KiB chunks of
+//!   the database, then its SHA-256 in a message of its own.
 //! - `MoveLeader`: a lone member leads every shard; only itself is a target.
 //!   In a cluster the write leadership moves to a voter.
 //! - A learner serves `Status` and `Snapshot` only (etcd 3.4's interceptors
@@ -32,33 +33,19 @@
 //! Response shapes (which fields are set, headers or none) are etcd 3.4.23's,
 //! checked side by side with a real etcd in `tests/server_shapes.rs` and, on
 //! every member of a cluster, `tests/server_shapes_cluster.rs`.
-//!
-//! Snapshot format (all integers little-endian):
-//! ```text
-//! magic "CAIRNSNP" (8) | format version u32 = 1 | shards u32 | revision i64
-//! per shard, in shard order: length u64 | postcard-encoded StoreImage
-//! zeros up to a multiple of 512 bytes
-//! SHA-256 of every byte before it (32)
-//! ```
-//! The padding makes `etcdctl snapshot save` accept the stream: it checks that
-//! a snapshot is whole 512-byte pages followed by a SHA-256, as etcd's are.
 
 use crate::api::EtcdError;
 use crate::member::{Member, ETCD_API_VERSION};
-use crate::mvcc::StoreImage;
 use crate::shard::ShardMsg;
 use cairn_proto::etcdserverpb as pb;
 use pb::alarm_request::AlarmAction;
 use pb::AlarmType;
-use sha2::Digest;
 use std::pin::Pin;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 /// Snapshot stream chunk size (as etcd's).
 const SNAPSHOT_CHUNK_BYTES: usize = 32 << 10;
-const SNAPSHOT_MAGIC: &[u8; 8] = b"CAIRNSNP";
-const SNAPSHOT_VERSION: u32 = 1;
 
 /// What the puts of a request add to the store (see [`Member::check_quota`]).
 pub fn put_cost(key: &[u8], value: &[u8]) -> u64 {
@@ -103,35 +90,6 @@ pub struct MaintenanceService(pub Arc<Member>);
 
 type SnapshotStream =
     Pin<Box<dyn futures::Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
-
-impl MaintenanceService {
-    /// The snapshot's bytes: every shard's histories at C.
-    async fn snapshot_bytes(&self) -> Result<Vec<u8>, Status> {
-        let m = &self.0;
-        // No compaction while the images are taken.
-        let _no_compaction = m.cross.lock().await;
-        let revision = m.seq.committed();
-        let mut out = Vec::new();
-        out.extend_from_slice(SNAPSHOT_MAGIC);
-        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-        out.extend_from_slice(&(m.shards.len() as u32).to_le_bytes());
-        out.extend_from_slice(&revision.to_le_bytes());
-        for shard in 0..m.shards.len() {
-            let body = m
-                .ask(shard, |reply| ShardMsg::Image {
-                    upto: revision,
-                    reply,
-                })
-                .await??;
-            out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-            out.extend_from_slice(&body);
-        }
-        out.resize(out.len().next_multiple_of(512), 0);
-        let digest = sha2::Sha256::digest(&out);
-        out.extend_from_slice(&digest);
-        Ok(out)
-    }
-}
 
 #[tonic::async_trait]
 impl pb::maintenance_server::Maintenance for MaintenanceService {
@@ -276,7 +234,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         super::access::admin_maintenance(&self.0, &request).await?;
-        let mut data = self.snapshot_bytes().await?;
+        let mut data = self.0.etcd_snapshot().await?;
         let digest = data.split_off(data.len() - 32);
         let total = data.len();
         let mut messages: Vec<Result<pb::SnapshotResponse, Status>> = data
@@ -346,41 +304,4 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         // etcd 3.4 answers an empty response, a move included.
         Ok(Response::new(pb::MoveLeaderResponse { header: None }))
     }
-}
-
-/// Reads a snapshot made by `Maintenance.Snapshot`: its revision and every
-/// shard's image. Checks the format and the SHA-256.
-pub fn read_snapshot(bytes: &[u8]) -> Result<(i64, Vec<StoreImage>), String> {
-    if bytes.len() < 24 + 32 || &bytes[..8] != SNAPSHOT_MAGIC {
-        return Err("not a cairn snapshot".into());
-    }
-    let (body, digest) = bytes.split_at(bytes.len() - 32);
-    if sha2::Sha256::digest(body).as_slice() != digest {
-        return Err("SHA-256 mismatch: the snapshot is damaged or incomplete".into());
-    }
-    let u32_at = |at: usize| u32::from_le_bytes(body[at..at + 4].try_into().expect("4 bytes"));
-    let version = u32_at(8);
-    if version != SNAPSHOT_VERSION {
-        return Err(format!("unsupported snapshot format version {version}"));
-    }
-    let shards = u32_at(12) as usize;
-    let revision = i64::from_le_bytes(body[16..24].try_into().expect("8 bytes"));
-    let mut at = 24;
-    let mut images = Vec::with_capacity(shards);
-    for shard in 0..shards {
-        let len = body
-            .get(at..at + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
-            .ok_or_else(|| format!("shard {shard}: truncated"))?;
-        at += 8;
-        let image = body
-            .get(at..at + len)
-            .ok_or_else(|| format!("shard {shard}: truncated"))?;
-        images.push(postcard::from_bytes(image).map_err(|e| format!("shard {shard}: {e}"))?);
-        at += len;
-    }
-    if body[at..].iter().any(|b| *b != 0) {
-        return Err("non-zero bytes after the last shard".into());
-    }
-    Ok((revision, images))
 }

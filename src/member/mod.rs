@@ -18,6 +18,7 @@ pub mod lease_expiry;
 pub mod membership;
 pub mod peers;
 pub mod rtt;
+mod snapshot;
 
 use crate::api::EtcdError;
 use crate::mvcc::txn as m;

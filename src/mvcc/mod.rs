@@ -17,4 +17,6 @@ pub mod lease_index;
 pub mod store;
 pub mod txn;
 
-pub use store::{Change, Event, KeyValue, MvccError, RangeEnd, RangeResult, Store, StoreImage};
+pub use store::{
+    Change, Event, KeyValue, MvccError, RangeEnd, RangeResult, Store, StoreImage, VersionImage,
+};

@@ -29,7 +29,41 @@ impl Etcd {
     /// If `etcd` is not installed or does not answer within 30 s.
     pub fn start_in(base: &Path) -> Etcd {
         let dir = tempfile::tempdir_in(base).expect("a temp dir for etcd");
-        let (client, peer) = (free_port(), free_port());
+        let peer = free_port();
+        Self::start_on(dir, peer)
+    }
+
+    /// `etcdctl snapshot restore` of `snapshot` into a data dir under
+    /// `base` (a one-member cluster), then an etcd started on it.
+    ///
+    /// # Panics
+    /// If the restore fails, or etcd does not answer within 30 s.
+    pub fn restore_in(base: &Path, snapshot: &Path) -> Etcd {
+        let dir = tempfile::tempdir_in(base).expect("a temp dir for etcd");
+        let peer = free_port();
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["snapshot", "restore"])
+            .arg(snapshot)
+            .arg("--data-dir")
+            .arg(dir.path().join("etcd"))
+            .args(["--name", "ref", "--initial-cluster"])
+            .arg(format!("ref={peer_url}"))
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .output()
+            .expect("`etcdctl` not found: run tools/test.sh");
+        assert!(
+            out.status.success(),
+            "etcdctl snapshot restore: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self::start_on(dir, peer)
+    }
+
+    /// Starts etcd member `ref` on `dir/etcd` (a data dir, or none yet).
+    fn start_on(dir: tempfile::TempDir, peer: u16) -> Etcd {
+        let client = free_port();
         let url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let child = Command::new("etcd")
