@@ -627,6 +627,25 @@ fn snapshot_shape(messages: &[pb::SnapshotResponse]) -> Vec<String> {
         "data in whole 512-byte pages: {}",
         total.is_multiple_of(512)
     ));
+    // The content: an etcd backend (bbolt with etcd's buckets) holding the
+    // 150 keys the script put, each once.
+    let file: Vec<u8> = messages
+        .iter()
+        .flat_map(|m| m.blob.iter().copied())
+        .collect();
+    let content = match cairn_snapshot::Snapshot::new(file.clone(), file.len() as u64, &Default::default())
+        .and_then(|snap| snap.items()?.collect::<Result<Vec<_>, _>>())
+    {
+        Ok(items) => format!(
+            "content: an etcd backend with {} puts under snap/",
+            items
+                .iter()
+                .filter(|i| matches!(i, cairn_snapshot::Item::Put { kv, .. } if kv.key.starts_with(b"snap/")))
+                .count()
+        ),
+        Err(e) => format!("content: not an etcd backend ({e})"),
+    };
+    shape.push(content);
     shape
 }
 
@@ -674,6 +693,7 @@ fn snapshot_streams_as_etcd() {
             "last data chunk: 1 B to 32 KiB, header absent, remaining_bytes the data after it",
             "final: SHA-256 of the data, header absent, remaining_bytes 0",
             "data in whole 512-byte pages: true",
+            "content: an etcd backend with 150 puts under snap/",
         ]
     );
 }
