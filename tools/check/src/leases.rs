@@ -27,6 +27,11 @@
 //!   happened before the promise ran out. etcd's semantics keep this across a
 //!   leader change: a new leader extends every remaining TTL (full TTL plus
 //!   an election timeout), it never shortens one.
+//! - `revoked-not-deleted`: a revoke answered Ok at header revision h
+//!   deleted every key attached before h (an Ok LeasePut below h) at a
+//!   revision ≤ h: a delete event above h, or none though a watcher whose
+//!   range holds the key covered h, breaks it (etcd answers a revoke after
+//!   applying it; cairn's header is the deletion's revision).
 //! - `renewed-after-deletion`: a keepalive invoked after `w` does not answer
 //!   TTL > 0: the lease is dead, a client told otherwise would think it still
 //!   holds what its keys stood for.
@@ -264,6 +269,57 @@ pub fn check(entries: &[Entry]) -> Report {
             ops.extend(lease.puts.iter().map(|p| p.id));
             ops
         };
+        // An acknowledged revoke: every key attached before its header
+        // revision h was deleted at or below h.
+        for rv in &lease.revokes {
+            let Outcome::Ok(d) = &rv.outcome else {
+                continue;
+            };
+            let h = d.revision;
+            let mut wrong = Vec::new();
+            for p in &lease.puts {
+                let (Call::LeasePut { key, .. }, Outcome::Ok(pd)) = (&p.call, &p.outcome) else {
+                    continue;
+                };
+                if pd.revision >= h {
+                    continue;
+                }
+                match deletes.iter().find(|d| d.0 == key) {
+                    Some(&(_, r, s)) if r > h => wrong.push(show(key, r, true, s)),
+                    Some(_) => {}
+                    None => {
+                        if let Some(c) = covered
+                            .iter()
+                            .find(|c| c.from <= h && h <= c.to && in_range(c.start, key))
+                        {
+                            wrong.push(format!(
+                                "{key} (put at revision {}) never deleted, though watcher {} \
+                                 covered revisions {}..={}",
+                                pd.revision, c.start.watcher, c.from, c.to
+                            ));
+                        }
+                    }
+                }
+            }
+            if !wrong.is_empty() {
+                let mut ops = base_ops();
+                ops.push(rv.id);
+                report.push(
+                    &mut counts,
+                    Violation {
+                        lease: id,
+                        rule: "revoked-not-deleted",
+                        ops,
+                        message: format!(
+                            "lease {id:x}: revoke op {} was acknowledged at revision {h}, but \
+                             keys attached before it were not deleted by then",
+                            rv.id
+                        ),
+                        events: wrong,
+                    },
+                );
+            }
+        }
         let Some(first) = deletes.iter().min_by_key(|(_, _, s)| (s.at_us, s.watcher)) else {
             if !lease.puts.is_empty() {
                 if lease.revokes.is_empty() {
@@ -677,6 +733,36 @@ mod tests {
             ["put-after-deletion", "renewed-after-deletion"],
             "{r:#?}"
         );
+    }
+
+    #[test]
+    fn an_acknowledged_revoke_deleted_its_keys_by_its_revision() {
+        let revoked = |deleted_at: &[(u32, i64, u64)], h: i64| {
+            let mut h_ = granted();
+            let d = Done {
+                revision: h,
+                ..Done::default()
+            };
+            h_.ok((s(2), s(2) + 10), Call::LeaseRevoke { lease: L }, d);
+            h_.watch(deleted_at);
+            h_.entries.push(Entry::WatchResponse(WatchResponse {
+                watcher: 0,
+                at_us: s(3),
+                header_revision: 12,
+                events: vec![],
+                progress: true,
+                canceled: false,
+                compact_revision: 0,
+            }));
+            check(&h_.entries)
+        };
+        let fine = revoked(&[(0, 9, s(2) + 5), (1, 9, s(2) + 5)], 9);
+        assert!(fine.valid(), "{fine:#?}");
+        let late = revoked(&[(0, 11, s(2) + 50), (1, 11, s(2) + 50)], 9);
+        assert_eq!(late.rules(), ["revoked-not-deleted"], "{late:#?}");
+        let never = revoked(&[], 9);
+        assert_eq!(never.rules(), ["revoked-not-deleted"], "{never:#?}");
+        assert_eq!(never.violations[0].events.len(), 2, "{never:#?}");
     }
 
     #[test]
