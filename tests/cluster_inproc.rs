@@ -83,10 +83,31 @@ fn a_stopped_leader_is_replaced_and_nothing_acknowledged_is_lost() {
 
 #[test]
 fn an_isolated_leader_acknowledges_nothing_and_the_majority_goes_on() {
-    let c = Cluster::start(3, &[]);
+    let mut c = Cluster::start(3, &[]);
     let old = c.leader(&[]);
     c.put_until_acked(old, "before", "1");
     c.net.isolate(c.id(old));
+    // A write sent to it at once is stamped and proposed before it notices:
+    // it stays in its log, never committed, while it is cut off.
+    let pending = {
+        let url = c.url(old);
+        std::thread::spawn(move || {
+            let rt = common::rt();
+            rt.block_on(async move {
+                use cairn_proto::etcdserverpb as pb;
+                let mut kv = pb::kv_client::KvClient::connect(url).await.ok()?;
+                let put = kv.put(pb::PutRequest {
+                    key: b"lost".to_vec(),
+                    value: b"0".to_vec(),
+                    ..Default::default()
+                });
+                tokio::time::timeout(std::time::Duration::from_secs(30), put)
+                    .await
+                    .ok()
+                    .map(|r| r.is_ok())
+            })
+        })
+    };
     let new = c.leader(&[old]);
     let rev = c.put_until_acked(new, "during", "2");
     // The isolated member acknowledges no write and no linearizable read.
@@ -98,7 +119,23 @@ fn an_isolated_leader_acknowledges_nothing_and_the_majority_goes_on() {
         c.get(old, "during", false).is_err(),
         "isolated member answered a linearizable read"
     );
+    // Stopped while still cut off, with its write still in its log: a
+    // clean stop, not a fatal error (the write's outcome is unknown).
+    let fatal = c.members[old]
+        .as_ref()
+        .expect("running")
+        .member
+        .fatal
+        .clone();
+    c.stop(old);
+    assert!(!fatal.is_latched(), "stopping latched a fatal error");
+    assert_ne!(
+        pending.join().expect("pending put"),
+        Some(true),
+        "the cut-off member acknowledged a write"
+    );
     c.net.heal();
+    c.restart(old);
     c.converges(old, "during", "2");
     assert_eq!(c.read(new, "lost"), None);
     let hashes: Vec<u32> = (0..MEMBERS).map(|i| c.hash(i, rev)).collect();

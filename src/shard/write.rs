@@ -25,8 +25,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-/// What became of a proposal whose commit notice never came, when Raft
-/// did not fail (that is fatal).
+/// What became of a proposal whose commit notice never came (the `Err`
+/// of [`uncommitted`]: Raft answered something else, which is fatal).
 #[derive(Debug, PartialEq, Eq)]
 enum Uncommitted {
     /// Raft refused to append it although this member still leads the
@@ -36,6 +36,10 @@ enum Uncommitted {
     /// This member stopped leading the group: it may still commit under
     /// the next leader, or not (an unknown outcome).
     Unknown,
+    /// The group's Raft stopped: the member is stopping (or Raft failed,
+    /// which the group's watcher latches as fatal, see `groups.rs`); the
+    /// write may have been appended (an unknown outcome).
+    Stopped,
 }
 
 async fn uncommitted(
@@ -58,7 +62,7 @@ async fn uncommitted(
         }
         Ok(Err(e)) => Err(e.to_string()),
         Ok(Ok(_)) => Err("committed without a commit notice".into()),
-        Err(e) => Err(format!("raft stopped: {e:?}")),
+        Err(_) => Ok(Uncommitted::Stopped),
     }
 }
 
@@ -127,6 +131,7 @@ pub(super) async fn latched(
                                 Err(ShardError::LeaderChanged)
                             }
                             Ok(Uncommitted::Unknown) => Err(ShardError::LeaderChanged),
+                            Ok(Uncommitted::Stopped) => Err(ShardError::Stopped),
                             Err(err) => {
                                 fatal.latch(format!(
                                     "shard: part {revision} could not be committed: {err}"
@@ -401,6 +406,7 @@ async fn propose(ctx: &WriteCtx<'_>, entry: Entry, permit: Rc<glommio::sync::Sta
                         ShardError::LeaderChanged
                     }
                     Ok(Uncommitted::Unknown) => ShardError::LeaderChanged,
+                    Ok(Uncommitted::Stopped) => ShardError::Stopped,
                     Err(e) => {
                         fatal.latch(format!(
                             "shard: writes {revisions:?} could not be committed: {e}"
