@@ -12,7 +12,6 @@
 
 use crate::auth::{AuthCommand, Caller, Perm, PermKind};
 use crate::member::Member;
-use cairn_proto::authpb;
 use cairn_proto::etcdserverpb as pb;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -242,15 +241,7 @@ impl pb::auth_server::Auth for AuthService {
         let Some(r) = store.roles.get(&role) else {
             return Err(crate::auth::AuthFail::RoleNotFound.into());
         };
-        let perm = r
-            .perms
-            .iter()
-            .map(|p| authpb::Permission {
-                perm_type: p.kind.as_i32(),
-                key: p.key.clone(),
-                range_end: p.range_end.clone(),
-            })
-            .collect();
+        let perm = r.perms.iter().map(crate::auth::Perm::to_pb).collect();
         drop(store);
         Ok(Response::new(pb::AuthRoleGetResponse {
             header: self.header(),

@@ -66,6 +66,17 @@ pub struct Perm {
     pub range_end: Vec<u8>,
 }
 
+impl Perm {
+    /// As etcd's `authpb.Permission` (RoleGet, snapshots).
+    pub fn to_pb(&self) -> cairn_proto::authpb::Permission {
+        cairn_proto::authpb::Permission {
+            perm_type: self.kind.as_i32(),
+            key: self.key.clone(),
+            range_end: self.range_end.clone(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     /// The bcrypt hash of the password (None for a user added with

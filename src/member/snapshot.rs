@@ -157,15 +157,7 @@ fn auth_items(store: &crate::auth::AuthStore) -> Vec<Item> {
     items.extend(store.roles.iter().map(|(name, r)| {
         Item::Role(authpb::Role {
             name: name.as_bytes().to_vec(),
-            key_permission: r
-                .perms
-                .iter()
-                .map(|p| authpb::Permission {
-                    perm_type: p.kind.as_i32(),
-                    key: p.key.clone(),
-                    range_end: p.range_end.clone(),
-                })
-                .collect(),
+            key_permission: r.perms.iter().map(crate::auth::Perm::to_pb).collect(),
         })
     }));
     items
