@@ -38,4 +38,5 @@ fi
 # tests run the same binary the correctness harness drives).
 # The network namespace tests (harness::netns) fail instead of skipping.
 export CAIRN_NETNS_TESTS=1
-cargo test --workspace --all-targets --locked --features cairn/failpoints "$@"
+# --no-fail-fast: a failing suite does not hide how the others fare.
+cargo test --workspace --all-targets --locked --no-fail-fast --features cairn/failpoints "$@"

@@ -59,6 +59,16 @@ fn failpoints() -> axum::Router {
     axum::Router::new()
 }
 
+/// What an answer that needs no body reads of it before answering.
+const DRAIN_MAX: usize = 256 << 10;
+
+/// Reads and drops up to [`DRAIN_MAX`] of a request body that the answer
+/// does not need (as Go's server does): an HTTP/1.1 connection closed with
+/// unread request bytes is reset, and the client may lose the answer.
+pub async fn drain(body: axum::body::Body) {
+    let _ = axum::body::to_bytes(body, DRAIN_MAX).await;
+}
+
 /// Requests no route takes: gRPC calls to services or methods that are not
 /// built get gRPC's Unimplemented; anything else is a plain 404.
 pub async fn fallback(req: axum::extract::Request) -> axum::response::Response {
@@ -70,6 +80,7 @@ pub async fn fallback(req: axum::extract::Request) -> axum::response::Response {
         let path = req.uri().path().to_string();
         tonic::Status::unimplemented(format!("cairn: {path} is not implemented")).into_http()
     } else {
+        drain(req.into_body()).await;
         StatusCode::NOT_FOUND.into_response()
     }
 }

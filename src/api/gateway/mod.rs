@@ -225,7 +225,8 @@ pub fn routes(member: Arc<Member>) -> axum::Router {
 /// Other methods than POST: OPTIONS is etcd's CORS preflight (200, empty),
 /// the rest Go's 405.
 fn only_post(route: MethodRouter) -> MethodRouter {
-    route.fallback(|method: Method| async move {
+    route.fallback(|method: Method, body: Body| async move {
+        crate::api::http::drain(body).await;
         if method == Method::OPTIONS {
             StatusCode::OK.into_response()
         } else {
@@ -262,7 +263,8 @@ fn plain(code: StatusCode) -> Response {
         .into_response()
 }
 
-async fn not_found(method: Method) -> Response {
+async fn not_found(method: Method, body: Body) -> Response {
+    crate::api::http::drain(body).await;
     if method == Method::OPTIONS {
         return StatusCode::OK.into_response();
     }
